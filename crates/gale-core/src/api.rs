@@ -1,0 +1,148 @@
+//! The JSON shapes of the admin API (`/v1/...`), shared by node and CLI.
+
+use crate::manifest::{FunctionSpec, Manifest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/apps/{app}/deploy`: the manifest plus, per function, the
+/// digest (`sha256:<hex>`) of an artifact already uploaded with
+/// `PUT /v1/artifacts/{digest}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub manifest: Manifest,
+    pub artifacts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub app: String,
+    pub functions: Vec<DeployedFunction>,
+    /// Functions the app had before and no longer has.
+    pub removed: Vec<String>,
+    /// False when the deploy changed nothing at all.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployedFunction {
+    pub name: String,
+    pub version: u64,
+    /// False when the function's code and configuration were already current.
+    pub changed: bool,
+    pub routes: Vec<String>,
+}
+
+/// What `gale ls` and `gale describe` show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub app: String,
+    pub version: u64,
+    pub versions: u64,
+    pub artifact: String,
+    pub routes: Vec<String>,
+    pub spec: FunctionSpec,
+    pub stats: FunctionStats,
+    /// Unix milliseconds.
+    pub updated_at: u64,
+}
+
+/// Live counters of one function on this node since it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FunctionStats {
+    pub invocations: u64,
+    pub errors: u64,
+    pub cold_starts: u64,
+    /// Instances running right now.
+    pub active: u64,
+    /// Requests waiting for an instance right now.
+    pub queued: u64,
+    /// Requests refused with 429 because the queue was full.
+    pub throttled: u64,
+    /// Whether the compiled code is loaded (false: scaled to zero).
+    pub warm: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub function: String,
+    pub version: u64,
+    pub artifact: String,
+    pub current: bool,
+    pub routes: Vec<String>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub version: u64,
+}
+
+/// `POST /v1/functions/{name}/invoke`: a request to send to the function.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvokeResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    pub request_id: String,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest answered (whatever status it chose).
+    Ok,
+    /// The guest trapped or failed to answer.
+    Error,
+    /// The invocation ran past its timeout.
+    Timeout,
+    /// The client went away before the guest finished.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One invocation log record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationLog {
+    /// Position in the node's log, increasing; `gale logs -f` resumes after it.
+    pub seq: u64,
+    pub request_id: String,
+    pub function: String,
+    pub version: u64,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub duration_us: u64,
+    pub outcome: Outcome,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    pub cold_start: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+}

@@ -1,0 +1,15 @@
+//! Gale's shared vocabulary.
+//!
+//! Everything the node and the CLI must agree on lives here and nowhere else:
+//! the manifest (`gale.toml`) and its validation, the JSON shapes of the admin
+//! API, human-friendly durations and sizes, and the stable error codes users
+//! see. The crate has no I/O and no heavy dependencies so that every other
+//! crate (and the CLI) can use it cheaply.
+
+pub mod api;
+pub mod error;
+pub mod manifest;
+pub mod units;
+
+pub use error::{Code, Error};
+pub use manifest::{FunctionSpec, HttpTrigger, Manifest, Route};

@@ -1,0 +1,520 @@
+//! The app manifest, `gale.toml`.
+//!
+//! Parsing is strict on purpose: an unknown key is almost always a typo, and a
+//! typo silently ignored is a limit silently not applied. Every error names the
+//! file, the key and the fix, and validation is pure, so a bad manifest is
+//! refused before anything on the node changes.
+
+use crate::error::{Code, Error};
+use crate::units::{HumanDuration, HumanSize};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Path prefixes that belong to Gale itself on the gateway port.
+pub const RESERVED_PREFIXES: &[&str] = &["/_gale", "/2015-03-31"];
+
+/// The largest linear memory a function may ask for (wasm32's address space).
+pub const MAX_MEMORY: u64 = 4 << 30;
+/// The most concurrent instances one function may ask for.
+pub const MAX_INSTANCES: u32 = 1000;
+
+/// A whole `gale.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub app: App,
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+/// The `[app]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: String,
+}
+
+/// How instances of a function are made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A WebAssembly component of the `wasi:http/proxy` world.
+    #[default]
+    Wasm,
+    /// An executable speaking the AWS Lambda Runtime API (not available yet).
+    Process,
+}
+
+/// One `[functions.NAME]` table: the code, its limits and its triggers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// Path of the component, relative to the manifest.
+    pub source: String,
+    /// Shell command that produces `source`, run from the manifest's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// Linear memory limit of one instance.
+    #[serde(default = "defaults::memory")]
+    pub memory: HumanSize,
+    /// Wall-clock limit of one invocation.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: HumanDuration,
+    /// Concurrent invocations (= live instances) at most.
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+    /// Requests that may wait for an instance once `max_instances` are busy.
+    #[serde(default = "defaults::queue")]
+    pub queue: u32,
+    /// Requests one instance may serve before it is replaced (1: a fresh
+    /// instance for every request, full isolation).
+    #[serde(default = "defaults::instance_reuse")]
+    pub instance_reuse: u32,
+    /// Largest request body accepted.
+    #[serde(default = "defaults::max_body")]
+    pub max_body: HumanSize,
+    /// Environment variables the guest sees (it sees no others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Hosts the guest may reach through `wasi:http/outgoing-handler`:
+    /// `"api.example.com"`, `"api.example.com:8443"` or `"*.example.com"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpTrigger>,
+}
+
+mod defaults {
+    use super::*;
+    pub fn memory() -> HumanSize {
+        HumanSize(128 << 20)
+    }
+    pub fn timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub fn max_instances() -> u32 {
+        100
+    }
+    pub fn queue() -> u32 {
+        100
+    }
+    pub fn instance_reuse() -> u32 {
+        1
+    }
+    pub fn max_body() -> HumanSize {
+        HumanSize(6 << 20)
+    }
+}
+
+/// A `[[functions.NAME.http]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTrigger {
+    /// `"METHOD /path/{param}/{*rest}"`, or just a path for every method.
+    pub route: String,
+}
+
+/// A parsed route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// `None` matches every method.
+    pub method: Option<String>,
+    pub path: String,
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+impl Route {
+    /// Parses `"GET /users/{id}"` or `"/users/{id}"`.
+    pub fn parse(text: &str) -> Result<Route, String> {
+        let text = text.trim();
+        let (method, path) = match text.split_once(char::is_whitespace) {
+            Some((m, p)) => (Some(m.to_ascii_uppercase()), p.trim()),
+            None => (None, text),
+        };
+        if let Some(m) = &method
+            && !METHODS.contains(&m.as_str())
+        {
+            return Err(format!(
+                "unknown method {m:?} in route {text:?}; use one of {}",
+                METHODS.join(", ")
+            ));
+        }
+        if !path.starts_with('/') {
+            return Err(format!(
+                "route {text:?} must have a path starting with '/', like \"GET /hello\""
+            ));
+        }
+        if path.contains('?') || path.contains('#') {
+            return Err(format!("route {text:?} must not contain a query or fragment"));
+        }
+        for prefix in RESERVED_PREFIXES {
+            if path == *prefix || path.starts_with(&format!("{prefix}/")) {
+                return Err(format!(
+                    "route {text:?} is under {prefix}/, which Gale reserves for its own endpoints"
+                ));
+            }
+        }
+        // Let the router judge the parameter syntax it will later run.
+        matchit::Router::new()
+            .insert(path, ())
+            .map_err(|e| format!("route {text:?} is not a valid pattern: {e}"))?;
+        Ok(Route {
+            method,
+            path: path.to_string(),
+        })
+    }
+
+    fn overlaps(&self, other: &Route) -> bool {
+        self.method.is_none() || other.method.is_none() || self.method == other.method
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.method {
+            Some(m) => write!(f, "{m} {}", self.path),
+            None => write!(f, "{}", self.path),
+        }
+    }
+}
+
+/// Checks that no two routes could match the same request ambiguously.
+/// `routes` pairs each route with the name of the function that owns it.
+pub fn check_routes<'a>(routes: impl IntoIterator<Item = (&'a str, &'a Route)>) -> Result<(), Error> {
+    let mut by_path: BTreeMap<&str, Vec<(&str, &Route)>> = BTreeMap::new();
+    for (owner, route) in routes {
+        let same_path = by_path.entry(route.path.as_str()).or_default();
+        if let Some((other_owner, other)) = same_path.iter().find(|(_, r)| r.overlaps(route)) {
+            return Err(conflict(owner, route, other_owner, other));
+        }
+        same_path.push((owner, route));
+    }
+    let mut router = matchit::Router::new();
+    let mut owners: Vec<(&str, &Route)> = Vec::new();
+    for (path, entries) in &by_path {
+        if let Err(e) = router.insert(*path, ()) {
+            let (owner, route) = entries[0];
+            let (other_owner, other) = match &e {
+                matchit::InsertError::Conflict { with } => owners
+                    .iter()
+                    .find(|(_, r)| r.path == *with)
+                    .copied()
+                    .unwrap_or((owner, route)),
+                _ => (owner, route),
+            };
+            return Err(conflict(owner, route, other_owner, other)
+                .with_hint(format!("{e}; give the routes distinct static segments")));
+        }
+        owners.push(entries[0]);
+    }
+    Ok(())
+}
+
+fn conflict(owner: &str, route: &Route, other_owner: &str, other: &Route) -> Error {
+    Error::new(
+        Code::RouteConflict,
+        format!(
+            "route \"{route}\" of function `{owner}` conflicts with route \"{other}\" of function `{other_owner}`"
+        ),
+    )
+    .with_hint("change or remove one of the two routes")
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-')
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; `file` names it in error messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<Manifest, Error> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            Error::new(
+                Code::ManifestInvalid,
+                format!("{file}: {}", e.to_string().trim_end()),
+            )
+            .with_hint("see the manifest reference in Gale's README")
+        })?;
+        manifest.validate().map_err(|mut e| {
+            e.message = format!("{file}: {}", e.message);
+            e
+        })?;
+        Ok(manifest)
+    }
+
+    /// Checks everything that can be checked without touching the node.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |key: &str, message: String, hint: &str| {
+            Error::new(Code::ManifestInvalid, format!("`{key}`: {message}")).with_hint(hint)
+        };
+        if !valid_name(&self.app.name) {
+            return Err(invalid(
+                "app.name",
+                format!("{:?} is not a valid app name", self.app.name),
+                "use lowercase letters, digits and '-', starting with a letter (at most 63)",
+            ));
+        }
+        let mut routes = Vec::new();
+        for (name, f) in &self.functions {
+            let key = |k: &str| format!("functions.{name}.{k}");
+            if !valid_name(name) {
+                return Err(invalid(
+                    &format!("functions.{name}"),
+                    format!("{name:?} is not a valid function name"),
+                    "use lowercase letters, digits and '-', starting with a letter (at most 63)",
+                ));
+            }
+            if f.runtime == RuntimeKind::Process {
+                return Err(invalid(
+                    &key("runtime"),
+                    "the \"process\" runtime is not available in this version of Gale".into(),
+                    "use runtime = \"wasm\" (the default) with a wasi:http component",
+                ));
+            }
+            if f.source.trim().is_empty() {
+                return Err(invalid(
+                    &key("source"),
+                    "is empty".into(),
+                    "set it to the path of the .wasm component, relative to the manifest",
+                ));
+            }
+            if f.memory.0 < (1 << 20) || f.memory.0 > MAX_MEMORY {
+                return Err(invalid(
+                    &key("memory"),
+                    format!("{} is out of range", f.memory),
+                    "choose between \"1MiB\" and \"4GiB\"",
+                ));
+            }
+            if f.timeout.0.is_zero() || f.timeout.0 > Duration::from_secs(900) {
+                return Err(invalid(
+                    &key("timeout"),
+                    format!("{} is out of range", humantime::format_duration(f.timeout.0)),
+                    "choose between \"1ms\" and \"15m\"",
+                ));
+            }
+            if f.max_instances == 0 || f.max_instances > MAX_INSTANCES {
+                return Err(invalid(
+                    &key("max_instances"),
+                    format!("{} is out of range", f.max_instances),
+                    "choose between 1 and 1000",
+                ));
+            }
+            if f.instance_reuse == 0 {
+                return Err(invalid(
+                    &key("instance_reuse"),
+                    "must be at least 1".into(),
+                    "1 gives every request a fresh instance; N lets one instance serve N requests",
+                ));
+            }
+            if let Some(bad) = f.env.keys().find(|k| !valid_env_name(k)) {
+                return Err(invalid(
+                    &key("env"),
+                    format!("{bad:?} is not a valid variable name"),
+                    "use letters, digits and '_', not starting with a digit",
+                ));
+            }
+            if let Some(bad) = f
+                .allow_outbound
+                .iter()
+                .find(|h| h.is_empty() || h.contains('/') || h.contains(char::is_whitespace))
+            {
+                return Err(invalid(
+                    &key("allow_outbound"),
+                    format!("{bad:?} is not a host"),
+                    "list hosts like \"api.example.com\", \"api.example.com:8443\" or \"*.example.com\"",
+                ));
+            }
+            for t in &f.http {
+                let route = Route::parse(&t.route)
+                    .map_err(|m| invalid(&key("http.route"), m, "write routes like \"GET /users/{id}\""))?;
+                routes.push((name.as_str(), route));
+            }
+        }
+        check_routes(routes.iter().map(|(n, r)| (*n, r)))
+    }
+}
+
+impl FunctionSpec {
+    /// The parsed routes (valid once the manifest validated).
+    pub fn routes(&self) -> Vec<Route> {
+        self.http
+            .iter()
+            .filter_map(|t| Route::parse(&t.route).ok())
+            .collect()
+    }
+
+    /// Whether a guest may send a request to `authority` (`host` or `host:port`).
+    pub fn allows_outbound(&self, authority: &str) -> bool {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        self.allow_outbound.iter().any(|allowed| {
+            if let Some(suffix) = allowed.strip_prefix("*.") {
+                host.ends_with(&format!(".{suffix}"))
+            } else if allowed.contains(':') {
+                allowed.eq_ignore_ascii_case(authority)
+            } else {
+                allowed.eq_ignore_ascii_case(host)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, Error> {
+        Manifest::from_toml(text, "gale.toml")
+    }
+
+    #[test]
+    fn full_manifest_parses_with_defaults() {
+        let m = parse(
+            r#"
+            [app]
+            name = "shop"
+            [functions.orders]
+            source = "orders.wasm"
+            memory = "64MiB"
+            timeout = "5s"
+            env = { GREETING = "hi" }
+            [[functions.orders.http]]
+            route = "POST /orders"
+            [functions.hello]
+            source = "hello.wasm"
+            [[functions.hello.http]]
+            route = "/hello/{name}"
+            "#,
+        )
+        .unwrap();
+        let orders = &m.functions["orders"];
+        assert_eq!(orders.memory.0, 64 << 20);
+        assert_eq!(orders.timeout.0, Duration::from_secs(5));
+        assert_eq!(orders.routes()[0].to_string(), "POST /orders");
+        let hello = &m.functions["hello"];
+        assert_eq!(hello.max_instances, 100);
+        assert_eq!(hello.instance_reuse, 1);
+        assert_eq!(hello.routes()[0].method, None);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err =
+            parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\ntiemout = \"5s\"\n").unwrap_err();
+        assert_eq!(err.code, Code::ManifestInvalid);
+        assert!(err.message.starts_with("gale.toml:"), "{}", err.message);
+        assert!(err.message.contains("tiemout"), "{}", err.message);
+        assert!(err.message.contains("line 5"), "{}", err.message);
+    }
+
+    #[test]
+    fn bad_duration_and_size_explain_the_form() {
+        let err = parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\ntimeout = \"5 parsecs\"\n")
+            .unwrap_err();
+        assert!(err.message.contains("\"500ms\""), "{}", err.message);
+        let err = parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\nmemory = \"lots\"\n")
+            .unwrap_err();
+        assert!(err.message.contains("\"64MiB\""), "{}", err.message);
+    }
+
+    #[test]
+    fn limits_out_of_range_name_the_key() {
+        let err = parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\nmemory = \"8GiB\"\n")
+            .unwrap_err();
+        assert!(err.message.contains("functions.f.memory"), "{}", err.message);
+        let err = parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\nmax_instances = 0\n")
+            .unwrap_err();
+        assert!(
+            err.message.contains("functions.f.max_instances"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn duplicate_and_conflicting_routes_are_refused() {
+        let dup = r#"
+            [app]
+            name = "a"
+            [functions.f]
+            source = "f.wasm"
+            http = [{ route = "GET /x" }]
+            [functions.g]
+            source = "g.wasm"
+            http = [{ route = "/x" }]
+        "#;
+        let err = parse(dup).unwrap_err();
+        assert_eq!(err.code, Code::RouteConflict);
+        assert!(
+            err.message.contains("`f`") && err.message.contains("`g`"),
+            "{}",
+            err.message
+        );
+
+        let params = r#"
+            [app]
+            name = "a"
+            [functions.f]
+            source = "f.wasm"
+            http = [{ route = "GET /users/{id}" }, { route = "POST /users/{name}" }]
+        "#;
+        assert_eq!(parse(params).unwrap_err().code, Code::RouteConflict);
+
+        let fine = r#"
+            [app]
+            name = "a"
+            [functions.f]
+            source = "f.wasm"
+            http = [{ route = "GET /users/{id}" }, { route = "POST /users/{id}" }, { route = "GET /users/me" }]
+        "#;
+        parse(fine).unwrap();
+    }
+
+    #[test]
+    fn reserved_and_malformed_routes_are_refused() {
+        for route in ["GET /_gale/topics", "FETCH /x", "x", "GET /a/{b"] {
+            assert!(Route::parse(route).is_err(), "{route}");
+        }
+        assert!(Route::parse("GET /files/{*rest}").is_ok());
+    }
+
+    #[test]
+    fn process_runtime_is_refused_clearly() {
+        let err =
+            parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f\"\nruntime = \"process\"\n").unwrap_err();
+        assert!(err.message.contains("functions.f.runtime"), "{}", err.message);
+    }
+
+    #[test]
+    fn outbound_allow_list_matches_hosts() {
+        let mut f = parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\n")
+            .unwrap()
+            .functions
+            .remove("f")
+            .unwrap();
+        f.allow_outbound = vec![
+            "api.example.com".into(),
+            "*.corp.net".into(),
+            "localhost:9000".into(),
+        ];
+        assert!(f.allows_outbound("api.example.com"));
+        assert!(f.allows_outbound("api.example.com:443"));
+        assert!(f.allows_outbound("db.corp.net"));
+        assert!(!f.allows_outbound("corp.net"));
+        assert!(f.allows_outbound("localhost:9000"));
+        assert!(!f.allows_outbound("localhost:9001"));
+        assert!(!f.allows_outbound("evil.com"));
+    }
+}

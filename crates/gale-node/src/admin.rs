@@ -1,0 +1,332 @@
+//! The admin API: REST + JSON under `/v1/`, bearer-token protected,
+//! described by the OpenAPI document at `/v1/openapi.json`.
+//!
+//! The CLI is a thin client of this API; anything the CLI does, a script can
+//! do with curl.
+
+use crate::deploy::not_found;
+use crate::gateway::{self, REQUEST_ID};
+use crate::{NodeError, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use gale_core::api::{
+    DeployRequest, FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest, VersionInfo,
+};
+use gale_core::error::ErrorBody;
+use gale_core::{Code, Error};
+use gale_store::{Artifacts, InvocationLogs};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The OpenAPI document, kept beside the code it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Largest artifact accepted.
+const MAX_ARTIFACT: usize = 256 << 20;
+
+struct ApiError(Error);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self.0 })).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let user = e.to_user();
+        if user.code == Code::Internal || user.code == Code::Storage {
+            tracing::error!(error = %e, "admin request failed");
+        }
+        ApiError(user)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: Arc<State>) -> Router {
+    let protected = Router::new()
+        .route("/v1/artifacts/{digest}", put(put_artifact).get(artifact_exists))
+        .route("/v1/apps/{app}/deploy", post(deploy))
+        .route("/v1/functions", get(list_functions))
+        .route("/v1/functions/{name}", get(describe).delete(remove))
+        .route("/v1/functions/{name}/versions", get(versions))
+        .route("/v1/functions/{name}/rollback", post(rollback))
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/functions/{name}/logs", get(logs))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(DefaultBodyLimit::max(MAX_ARTIFACT));
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/health", get(health))
+        .merge(protected)
+        .fallback(|| async {
+            ApiError(Error::new(Code::BadRequest, "no such admin endpoint").with_hint("see /v1/openapi.json"))
+        })
+        .with_state(state)
+}
+
+pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let app = router(state);
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+async fn authorize(
+    Ext(state): Ext<Arc<State>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        _ => ApiError(
+            Error::new(Code::Unauthorized, "missing or wrong bearer token").with_hint(
+                "send `Authorization: Bearer <token>`; the token is in the node's data directory (token file) \
+                 or in GALE_TOKEN",
+            ),
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn put_artifact(
+    Ext(state): Ext<Arc<State>>,
+    Path(digest): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .put(&digest, body.to_vec())
+        .await
+        .map_err(NodeError::from)?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn deploy(
+    Ext(state): Ext<Arc<State>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<gale_core::api::DeployResponse>> {
+    let request: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
+        Error::new(
+            Code::BadRequest,
+            format!("the deploy request is not valid JSON of the right shape: {e}"),
+        )
+    })?;
+    if request.manifest.app.name != app {
+        return Err(Error::new(
+            Code::BadRequest,
+            format!(
+                "the path names app `{app}` but the manifest names `{}`",
+                request.manifest.app.name
+            ),
+        )
+        .into());
+    }
+    Ok(Json(state.deploy(request).await?))
+}
+
+fn info(state: &State, live: &crate::scheduler::Live, versions: u64, updated_at: u64) -> FunctionInfo {
+    let _ = state;
+    FunctionInfo {
+        name: live.name.clone(),
+        app: live.app.clone(),
+        version: live.version,
+        versions,
+        artifact: live.artifact.clone(),
+        routes: live.spec.routes().iter().map(|r| r.to_string()).collect(),
+        spec: (*live.spec).clone(),
+        stats: live.stats(),
+        updated_at,
+    }
+}
+
+async fn function_info(state: &State, name: &str) -> ApiResult<FunctionInfo> {
+    let live = state.function(name).ok_or_else(|| not_found(name))?;
+    let record = state
+        .registry
+        .read::<crate::registry::FunctionRecord>(&crate::registry::function_key(name))
+        .await?;
+    let version = state.registry.version(name, live.version).await?;
+    Ok(info(
+        state,
+        &live,
+        record.map(|(r, _)| r.latest).unwrap_or(live.version),
+        version.map(|v| v.created_at).unwrap_or(0),
+    ))
+}
+
+async fn list_functions(Ext(state): Ext<Arc<State>>) -> ApiResult<Json<Vec<FunctionInfo>>> {
+    let mut names: Vec<String> = state
+        .functions
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if let Ok(i) = function_info(&state, &name).await {
+            out.push(i);
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn describe(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> ApiResult<Json<FunctionInfo>> {
+    Ok(Json(function_info(&state, &name).await?))
+}
+
+async fn remove(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn versions(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<VersionInfo>>> {
+    let live = state.function(&name).ok_or_else(|| not_found(&name))?;
+    let versions = state.registry.versions(&name).await?;
+    Ok(Json(
+        versions
+            .into_iter()
+            .map(|v| VersionInfo {
+                current: v.version == live.version,
+                routes: v.spec.routes().iter().map(|r| r.to_string()).collect(),
+                function: v.function,
+                version: v.version,
+                artifact: v.artifact,
+                created_at: v.created_at,
+            })
+            .collect(),
+    ))
+}
+
+async fn rollback(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+    Json(req): Json<RollbackRequest>,
+) -> ApiResult<Json<FunctionInfo>> {
+    state.rollback(&name, req.version).await?;
+    Ok(Json(function_info(&state, &name).await?))
+}
+
+/// Sends a request to the function as the gateway would, bypassing routes,
+/// so functions without an HTTP route can be tried too.
+async fn invoke(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+    Json(req): Json<InvokeRequest>,
+) -> ApiResult<Json<InvokeResponse>> {
+    let live = state.function(&name).ok_or_else(|| not_found(&name))?;
+    let method = req
+        .method
+        .as_deref()
+        .unwrap_or(if req.body.is_empty() { "GET" } else { "POST" });
+    let path = req.path.clone().unwrap_or_else(|| "/".into());
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(&path)
+        .header(header::HOST, "localhost");
+    for (k, v) in &req.headers {
+        builder = builder.header(k, v);
+    }
+    let body = Bytes::from(req.body);
+    let request = builder
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| Error::new(Code::BadRequest, format!("cannot build the request: {e}")))?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let response = gateway::invoke(&state, live, request, &id).await;
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_else(|e| Bytes::from(format!("[response body failed: {e}]")));
+    Ok(Json(InvokeResponse {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(k, _)| k.as_str() != REQUEST_ID)
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        request_id: id,
+    }))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+    #[serde(default)]
+    tail: bool,
+}
+
+async fn logs(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Vec<InvocationLog>>> {
+    if state.function(&name).is_none() {
+        return Err(not_found(&name).into());
+    }
+    let limit = q.limit.unwrap_or(100).min(1000);
+    Ok(Json(
+        state
+            .store
+            .query(&name, q.after, limit, q.tail)
+            .await
+            .map_err(NodeError::from)?,
+    ))
+}
+
+async fn artifact_exists(Ext(state): Ext<Arc<State>>, Path(digest): Path<String>) -> ApiResult<StatusCode> {
+    match state.store.contains(&digest).await.map_err(NodeError::from)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Ok(StatusCode::NOT_FOUND),
+    }
+}

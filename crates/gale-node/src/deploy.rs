@@ -1,0 +1,202 @@
+//! Deploys, rollbacks and removals: the only ways the registry changes.
+//!
+//! A deploy checks everything before it writes anything: the manifest, that
+//! each artifact was uploaded, that no function belongs to another app, that
+//! no route collides with another app's, and that each component compiles and
+//! fits the `wasi:http/proxy` world. Only then are versions created and the
+//! app record swapped in one compare-and-swap; a failed deploy leaves the
+//! previous versions serving.
+
+use crate::State;
+use crate::error::{NodeError, Result};
+use crate::registry::{AppRecord, FunctionRecord, app_key, function_key, identity, now_ms};
+use gale_core::api::{DeployRequest, DeployResponse, DeployedFunction};
+use gale_core::{Code, Error, Route};
+use gale_store::{Artifacts, Expect};
+use std::collections::BTreeMap;
+
+impl State {
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployResponse> {
+        let DeployRequest { manifest, artifacts } = request;
+        manifest.validate()?;
+        let app = manifest.app.name.clone();
+        let _changes = self.changes.lock().await;
+
+        // Ownership and artifacts.
+        for name in manifest.functions.keys() {
+            if let Some((owner, _)) = self.registry.read::<FunctionRecord>(&function_key(name)).await?
+                && owner.app != app
+            {
+                return Err(Error::new(
+                    Code::FunctionOwned,
+                    format!("function `{name}` belongs to app `{}`", owner.app),
+                )
+                .with_hint(format!("rename the function, or `gale rm {name}` first"))
+                .into());
+            }
+            let Some(digest) = artifacts.get(name) else {
+                return Err(Error::new(
+                    Code::ArtifactInvalid,
+                    format!("no artifact given for function `{name}`"),
+                )
+                .with_hint("upload the component with PUT /v1/artifacts/{digest} and name it in `artifacts`")
+                .into());
+            };
+            if !self.store.contains(digest).await? {
+                return Err(Error::new(
+                    Code::ArtifactInvalid,
+                    format!("artifact {digest} of function `{name}` was not uploaded"),
+                )
+                .with_hint("upload it with PUT /v1/artifacts/{digest} first")
+                .into());
+            }
+        }
+
+        // Routes against every other app's.
+        let others: Vec<(String, Route)> = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| l.app != app)
+            .flat_map(|l| l.spec.routes().into_iter().map(|r| (l.name.clone(), r)))
+            .collect();
+        let ours: Vec<(String, Route)> = manifest
+            .functions
+            .iter()
+            .flat_map(|(n, f)| f.routes().into_iter().map(|r| (n.clone(), r)))
+            .collect();
+        gale_core::manifest::check_routes(ours.iter().chain(&others).map(|(n, r)| (n.as_str(), r)))?;
+
+        // Compile (or find compiled) every component.
+        for (name, digest) in &artifacts {
+            if !manifest.functions.contains_key(name) || self.runtime.is_compiled(digest) {
+                continue;
+            }
+            let Some(wasm) = self.store.get(digest).await? else {
+                return Err(Error::new(Code::ArtifactInvalid, format!("artifact {digest} vanished")).into());
+            };
+            let runtime = self.runtime.clone();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || runtime.compile(&digest, &wasm))
+                .await
+                .map_err(|e| NodeError::DataDir(format!("compile task failed: {e}")))?
+                .map_err(|source| NodeError::Component {
+                    function: name.clone(),
+                    source,
+                })?;
+        }
+
+        // Versions, then the one atomic switch.
+        let key = app_key(&app);
+        let (previous, expect) = match self.registry.read::<AppRecord>(&key).await? {
+            Some((record, rev)) => (record, Expect::Revision(rev)),
+            None => (AppRecord::default(), Expect::Absent),
+        };
+        let mut record = AppRecord {
+            name: app.clone(),
+            functions: BTreeMap::new(),
+            updated_at: now_ms(),
+        };
+        let mut deployed = Vec::new();
+        for (name, spec) in &manifest.functions {
+            let digest = &artifacts[name];
+            let id = identity(digest, spec);
+            let current = match previous.functions.get(name) {
+                Some(v) => self.registry.version(name, *v).await?,
+                None => None,
+            };
+            let (version, changed) = match current {
+                Some(c) if c.identity == id => (c.version, false),
+                _ => (
+                    self.registry.create_version(&app, name, digest, id, spec).await?,
+                    true,
+                ),
+            };
+            record.functions.insert(name.clone(), version);
+            deployed.push(DeployedFunction {
+                name: name.clone(),
+                version,
+                changed,
+                routes: spec.routes().iter().map(|r| r.to_string()).collect(),
+            });
+        }
+        let removed: Vec<String> = previous
+            .functions
+            .keys()
+            .filter(|n| !record.functions.contains_key(*n))
+            .cloned()
+            .collect();
+        let changed = !removed.is_empty() || deployed.iter().any(|d| d.changed) || expect == Expect::Absent;
+        if changed {
+            self.registry.write(&key, &record, expect).await?;
+            for name in &removed {
+                self.registry.forget_function(name).await?;
+            }
+            self.sync().await?;
+            tracing::info!(app = %app, functions = record.functions.len(), removed = removed.len(), "deployed");
+        }
+        Ok(DeployResponse {
+            app,
+            functions: deployed,
+            removed,
+            changed,
+        })
+    }
+
+    /// Points `function` back (or forward) at an existing version.
+    pub async fn rollback(&self, function: &str, version: u64) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let (owner, _) = self
+            .registry
+            .read::<FunctionRecord>(&function_key(function))
+            .await?
+            .ok_or_else(|| not_found(function))?;
+        if self.registry.version(function, version).await?.is_none() {
+            return Err(Error::new(
+                Code::VersionNotFound,
+                format!("function `{function}` has no version {version}"),
+            )
+            .with_hint(format!("`gale versions {function}` lists them"))
+            .into());
+        }
+        let key = app_key(&owner.app);
+        let (mut record, rev) = self
+            .registry
+            .read::<AppRecord>(&key)
+            .await?
+            .ok_or_else(|| not_found(function))?;
+        record.functions.insert(function.to_string(), version);
+        record.updated_at = now_ms();
+        self.registry.write(&key, &record, Expect::Revision(rev)).await?;
+        self.sync().await
+    }
+
+    /// Removes a function: its routes stop at once, its versions are forgotten.
+    pub async fn remove(&self, function: &str) -> Result<()> {
+        let _changes = self.changes.lock().await;
+        let (owner, _) = self
+            .registry
+            .read::<FunctionRecord>(&function_key(function))
+            .await?
+            .ok_or_else(|| not_found(function))?;
+        let key = app_key(&owner.app);
+        if let Some((mut record, rev)) = self.registry.read::<AppRecord>(&key).await? {
+            record.functions.remove(function);
+            record.updated_at = now_ms();
+            if record.functions.is_empty() {
+                self.registry.meta_delete(&key, Expect::Revision(rev)).await?;
+            } else {
+                self.registry.write(&key, &record, Expect::Revision(rev)).await?;
+            }
+        }
+        self.registry.forget_function(function).await?;
+        self.sync().await
+    }
+}
+
+pub fn not_found(function: &str) -> NodeError {
+    Error::new(Code::FunctionNotFound, format!("no function named `{function}`"))
+        .with_hint("`gale ls` lists the deployed functions")
+        .into()
+}

@@ -1,0 +1,58 @@
+//! The node's error type. Every variant maps to a stable user-facing code.
+
+use gale_core::{Code, Error};
+use gale_store::StoreError;
+use gale_wasm::WasmError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A user-facing error with its code, produced by validation.
+    #[error(transparent)]
+    User(#[from] Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("function `{function}`: {source}")]
+    Component {
+        function: String,
+        #[source]
+        source: WasmError,
+    },
+    #[error(transparent)]
+    Wasm(#[from] WasmError),
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory: {0}")]
+    DataDir(String),
+}
+
+impl NodeError {
+    /// The user-facing form: code, message, hint.
+    pub fn to_user(&self) -> Error {
+        match self {
+            NodeError::User(e) => e.clone(),
+            NodeError::Store(StoreError::Conflict { .. }) => Error::new(Code::Conflict, self.to_string())
+                .with_hint("another change landed at the same time; run the command again"),
+            NodeError::Store(StoreError::BadDigest(_) | StoreError::DigestMismatch { .. }) => {
+                Error::new(Code::ArtifactInvalid, self.to_string())
+            }
+            NodeError::Store(_) | NodeError::DataDir(_) => Error::new(Code::Storage, self.to_string()),
+            NodeError::Component { source, .. } => {
+                let hint = match source {
+                    WasmError::WrongWorld(_) => {
+                        "Gale runs components that export wasi:http/incoming-handler (the wasi:http/proxy world), \
+                         built e.g. with `cargo build --target wasm32-wasip2` and the wstd crate"
+                    }
+                    _ => "build a WebAssembly component, e.g. with `cargo build --target wasm32-wasip2`",
+                };
+                Error::new(Code::ComponentInvalid, self.to_string()).with_hint(hint)
+            }
+            NodeError::Wasm(_) | NodeError::Listen { .. } => Error::new(Code::Internal, self.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;

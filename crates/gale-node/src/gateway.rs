@@ -1,0 +1,341 @@
+//! The HTTP gateway: user routes to functions.
+//!
+//! Handlers never fail: every problem becomes an HTTP answer with a JSON
+//! body naming a stable code, and every answer carries `x-gale-request-id`,
+//! the id under which the invocation log records what happened.
+
+use crate::State;
+use crate::routes::Lookup;
+use crate::scheduler::{Live, Refused};
+use bytes::Bytes;
+use gale_core::api::{InvocationLog, Outcome};
+use gale_wasm::{AbortOnDrop, BodyError, Failure, HyperOutgoingBody};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+pub const REQUEST_ID: &str = "x-gale-request-id";
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Time a client has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+fn request_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let id = request_id();
+    let routes = state.routes();
+    let mut response = match routes.lookup(req.method(), req.uri().path()) {
+        Lookup::Found {
+            live,
+            pattern,
+            params,
+        } => {
+            let mut req = req;
+            let headers = req.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(pattern) {
+                headers.insert("x-gale-route", v);
+            }
+            for (name, value) in params {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(format!("x-gale-param-{name}").as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            invoke(&state, live, req, &id).await
+        }
+        Lookup::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "no route matches this path",
+        ),
+        Lookup::MethodNotAllowed(allow) => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("this path accepts {allow}"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Runs one request through `live`: admission, cold start if needed, the
+/// guest, and the invocation log. Shared by the gateway and the admin API.
+pub async fn invoke<B>(state: &Arc<State>, live: Arc<Live>, mut req: Request<B>, id: &str) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BodyError>,
+{
+    let max_body = live.spec.max_body.0;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return too_large(max_body);
+    }
+    let permit = match live.admit().await {
+        Ok(p) => p,
+        Err(Refused::Busy) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                &format!(
+                    "function `{}` is at max_instances = {} and its queue is full",
+                    live.name, live.spec.max_instances
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    };
+    let started_at = crate::registry::now_ms();
+    let (prepared, cold) = match live.prepared(&state.runtime).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(function = %live.name, error = %e, "loading function failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", &e.to_string());
+        }
+    };
+    if req.headers().get(header::HOST).is_none() {
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| Limited {
+        inner,
+        remaining: max_body,
+        exceeded: exceeded.clone(),
+    });
+
+    let done = {
+        let state = state.clone();
+        let live = live.clone();
+        let id = id.to_string();
+        let exceeded = exceeded.clone();
+        move |c: gale_wasm::Completion| {
+            drop(permit);
+            live.touch();
+            live.counters.invocations.fetch_add(1, Relaxed);
+            if c.outcome != Outcome::Ok {
+                live.counters.errors.fetch_add(1, Relaxed);
+            }
+            state.log(InvocationLog {
+                seq: 0,
+                request_id: id,
+                function: live.name.clone(),
+                version: live.version,
+                started_at,
+                duration_us: c.duration.as_micros() as u64,
+                outcome: c.outcome,
+                status: match (c.status, c.outcome) {
+                    (Some(s), _) => s,
+                    _ if exceeded.load(Relaxed) => 413,
+                    (None, Outcome::Timeout) => 504,
+                    (None, Outcome::Cancelled) => 499,
+                    (None, _) => 500,
+                },
+                cold_start: cold,
+                error: c.error,
+                stdout: c.stdout,
+                stderr: c.stderr,
+            });
+        }
+    };
+    match gale_wasm::serve(prepared, req, done).await {
+        Ok(answer) => answer.response.map(|inner| {
+            Guarded {
+                inner,
+                guard: Some(answer.guard),
+            }
+            .boxed_unsync()
+        }),
+        Err(_) if exceeded.load(Relaxed) => too_large(max_body),
+        Err(Failure::Timeout) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            &format!(
+                "function `{}` did not answer within its timeout of {}",
+                live.name,
+                humantime::format_duration(live.spec.timeout.0)
+            ),
+        ),
+        Err(Failure::Guest(message)) => {
+            tracing::debug!(function = %live.name, request_id = id, %message, "invocation failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "function_failed",
+                &format!(
+                    "function `{}` failed (request {id}); `gale logs {}` shows why",
+                    live.name, live.name
+                ),
+            )
+        }
+    }
+}
+
+fn too_large(max: u64) -> Response<Body> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the request body is larger than the function's max_body of {max} bytes"),
+    )
+}
+
+/// A JSON error answer of the gateway.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A request body that stops at the function's `max_body`.
+struct Limited<B> {
+    inner: B,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<B> http_body::Body for Limited<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.remaining {
+                        self.exceeded.store(true, Relaxed);
+                        return Poll::Ready(Some(Err(BodyError::HttpRequestBodySize(None))));
+                    }
+                    self.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that cancels the guest if dropped before its end (the
+/// client went away), and lets it finish on its own once fully sent.
+struct Guarded {
+    inner: HyperOutgoingBody,
+    guard: Option<AbortOnDrop>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled
+            && let Some(mut guard) = self.guard.take()
+        {
+            guard.disarm();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

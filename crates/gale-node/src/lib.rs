@@ -1,0 +1,331 @@
+//! A Gale node: everything `gale serve` runs in one process.
+//!
+//! - the gateway ([`gateway`]) routes user HTTP requests to functions;
+//! - the scheduler ([`scheduler`]) admits requests, loads code on demand and
+//!   scales idle functions to zero;
+//! - the admin API ([`admin`]) deploys apps and answers the CLI;
+//! - the registry ([`registry`]) keeps apps, functions and versions on the
+//!   storage seam ([`gale_store`]); the wasm runtime ([`gale_wasm`]) runs them.
+//!
+//! [`start`] wires these together and returns a [`NodeHandle`].
+
+pub mod admin;
+mod deploy;
+mod error;
+pub mod gateway;
+pub mod registry;
+mod routes;
+pub mod scheduler;
+
+pub use error::NodeError;
+
+use gale_core::api::InvocationLog;
+use gale_store::{Embedded, InvocationLogs};
+use gale_wasm::{Runtime, RuntimeConfig};
+use registry::Registry;
+use routes::RouteTable;
+use scheduler::{Counters, Live};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// Settings of a node (the flags of `gale serve`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A function idle this long unloads its code (scale to zero).
+    pub idle_timeout: Duration,
+    /// Invocation logs older than this are dropped.
+    pub log_retention: Duration,
+    /// Invocation logs kept per function at most.
+    pub log_keep: usize,
+    /// Instances alive at once across all functions.
+    pub max_instances: u32,
+}
+
+impl Options {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 8081).into(),
+            data_dir: data_dir.into(),
+            idle_timeout: Duration::from_secs(60),
+            log_retention: Duration::from_secs(24 * 3600),
+            log_keep: 1000,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// The state every part of the node shares.
+pub struct State {
+    store: Embedded,
+    registry: Registry<Embedded>,
+    runtime: Runtime,
+    functions: RwLock<HashMap<String, Arc<Live>>>,
+    routes: RwLock<Arc<RouteTable>>,
+    counters: Mutex<HashMap<String, Arc<Counters>>>,
+    logs: mpsc::Sender<InvocationLog>,
+    token: String,
+    /// One deploy, rollback or removal at a time on this node.
+    changes: tokio::sync::Mutex<()>,
+    epoch: Instant,
+}
+
+impl State {
+    fn routes(&self) -> Arc<RouteTable> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn function(&self, name: &str) -> Option<Arc<Live>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn log(&self, record: InvocationLog) {
+        // Logs are diagnostics: if the writer falls far behind, drop rather
+        // than grow without bound or slow the request path.
+        if self.logs.try_send(record).is_err() {
+            tracing::warn!("invocation log writer is behind; a record was dropped");
+        }
+    }
+
+    /// Rebuilds the live functions and the route table from the registry,
+    /// keeping warm code of versions that did not change.
+    async fn sync(&self) -> Result<(), NodeError> {
+        let mut next = HashMap::new();
+        for app in self.registry.apps().await? {
+            for (name, version) in &app.functions {
+                let Some(record) = self.registry.version(name, *version).await? else {
+                    tracing::error!(function = %name, version, "app names a version that is missing");
+                    continue;
+                };
+                let current = self.function(name);
+                if let Some(live) = current.as_ref().filter(|l| l.version == *version) {
+                    next.insert(name.clone(), live.clone());
+                    continue;
+                }
+                let counters = self
+                    .counters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.clone())
+                    .or_default()
+                    .clone();
+                let live = Live::new(
+                    name.clone(),
+                    app.name.clone(),
+                    *version,
+                    record.artifact,
+                    record.spec,
+                    counters,
+                    current.map(|l| l.slots.clone()),
+                    self.epoch,
+                );
+                next.insert(name.clone(), Arc::new(live));
+            }
+        }
+        let table = RouteTable::build(next.values());
+        *self.functions.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        Ok(())
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    /// The admin bearer token.
+    pub token: String,
+    /// Whether the token was created by this start (so it should be shown once).
+    pub token_created: bool,
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops accepting, lets running requests finish, flushes logs.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+fn load_or_create_token(dir: &std::path::Path) -> Result<(String, bool), NodeError> {
+    let path = dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(NodeError::DataDir(format!("cannot read {}: {e}", path.display()))),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| NodeError::DataDir(format!("no randomness for a token: {e}")))?;
+    let token = format!("gale_{}", hex::encode(bytes));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| NodeError::DataDir(format!("cannot write {}: {e}", path.display())))?;
+    Ok((token, true))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| NodeError::Listen {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Starts a node: opens (and locks) the data directory, loads what is
+/// deployed, and serves the gateway and the admin API.
+pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
+    let store = Embedded::open(&options.data_dir)?;
+    let (token, token_created) = load_or_create_token(&options.data_dir)?;
+    let runtime_config = RuntimeConfig {
+        cache_dir: options.data_dir.join("compiled"),
+        max_instances: options.max_instances,
+    };
+    let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
+        .await
+        .map_err(|e| NodeError::DataDir(e.to_string()))??;
+    let gateway_listener = bind(options.listen).await?;
+    let admin_listener = bind(options.admin_listen).await?;
+    let (logs_tx, logs_rx) = mpsc::channel(64 * 1024);
+    let state = Arc::new(State {
+        registry: Registry { meta: store.clone() },
+        store,
+        runtime,
+        functions: RwLock::new(HashMap::new()),
+        routes: RwLock::new(Arc::new(RouteTable::empty())),
+        counters: Mutex::new(HashMap::new()),
+        logs: logs_tx,
+        token: token.clone(),
+        changes: tokio::sync::Mutex::new(()),
+        epoch: Instant::now(),
+    });
+    state.sync().await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let gateway = gateway_listener
+        .local_addr()
+        .map_err(|source| NodeError::Listen {
+            addr: options.listen.to_string(),
+            source,
+        })?;
+    let admin = admin_listener.local_addr().map_err(|source| NodeError::Listen {
+        addr: options.admin_listen.to_string(),
+        source,
+    })?;
+    let tasks = vec![
+        tokio::spawn(gateway::run(state.clone(), gateway_listener, shutdown_rx.clone())),
+        tokio::spawn(admin::run(state.clone(), admin_listener, shutdown_rx.clone())),
+        tokio::spawn(write_logs(state.store.clone(), logs_rx, shutdown_rx.clone())),
+        tokio::spawn(housekeeping(state.clone(), options.clone(), shutdown_rx)),
+    ];
+    tracing::info!(%gateway, %admin, data_dir = %options.data_dir.display(), "node started");
+    Ok(NodeHandle {
+        gateway,
+        admin,
+        token,
+        token_created,
+        state,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Writes invocation logs in batches: one transaction per batch keeps the
+/// request path free of storage latency.
+async fn write_logs(
+    store: Embedded,
+    mut rx: mpsc::Receiver<InvocationLog>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => batch.push(r),
+                None => return,
+            },
+            _ = shutdown.changed() => {
+                while let Ok(r) = rx.try_recv() {
+                    batch.push(r);
+                }
+                if let Err(e) = store.append(batch).await {
+                    tracing::error!(error = %e, "writing invocation logs failed");
+                }
+                return;
+            }
+        }
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.append(batch).await {
+            tracing::error!(error = %e, "writing invocation logs failed");
+        }
+    }
+}
+
+/// Periodic work: scale idle functions to zero, prune old logs.
+async fn housekeeping(state: Arc<State>, options: Options, mut shutdown: watch::Receiver<bool>) {
+    let tick = options
+        .idle_timeout
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut interval = tokio::time::interval(tick);
+    let mut last_prune = Instant::now();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let functions: Vec<Arc<Live>> = state
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for live in functions {
+            if live.reap(options.idle_timeout) {
+                tracing::debug!(function = %live.name, "scaled to zero");
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            last_prune = Instant::now();
+            let retention = options.log_retention.as_millis() as u64;
+            if let Err(e) = state
+                .store
+                .prune(registry::now_ms(), retention, options.log_keep)
+                .await
+            {
+                tracing::warn!(error = %e, "pruning invocation logs failed");
+            }
+        }
+    }
+}

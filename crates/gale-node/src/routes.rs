@@ -1,0 +1,97 @@
+//! The gateway's routing table, rebuilt whole on every change and swapped in
+//! atomically, so a request sees either the old routes or the new, never a mix.
+
+use crate::scheduler::Live;
+use gale_core::Route;
+use http::Method;
+use std::sync::Arc;
+
+pub struct RouteTable {
+    router: matchit::Router<usize>,
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    pattern: String,
+    targets: Vec<(Option<Method>, Arc<Live>)>,
+}
+
+pub enum Lookup<'a> {
+    Found {
+        live: Arc<Live>,
+        pattern: &'a str,
+        params: Vec<(String, String)>,
+    },
+    NotFound,
+    MethodNotAllowed(String),
+}
+
+impl RouteTable {
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            router: matchit::Router::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Builds the table from every live function. Routes were checked for
+    /// conflicts at deploy; one that still fails to insert is skipped and logged.
+    pub fn build<'a>(functions: impl IntoIterator<Item = &'a Arc<Live>>) -> RouteTable {
+        let mut table = RouteTable::empty();
+        let mut index = std::collections::HashMap::new();
+        for live in functions {
+            for route in live.spec.routes() {
+                let Route { method, path } = route;
+                let method = method.and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+                let i = match index.get(&path) {
+                    Some(i) => *i,
+                    None => {
+                        if let Err(e) = table.router.insert(path.clone(), table.entries.len()) {
+                            tracing::error!(function = %live.name, %path, error = %e, "route skipped");
+                            continue;
+                        }
+                        table.entries.push(Entry {
+                            pattern: path.clone(),
+                            targets: Vec::new(),
+                        });
+                        index.insert(path, table.entries.len() - 1);
+                        table.entries.len() - 1
+                    }
+                };
+                table.entries[i].targets.push((method, live.clone()));
+            }
+        }
+        table
+    }
+
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let Ok(found) = self.router.at(path) else {
+            return Lookup::NotFound;
+        };
+        let entry = &self.entries[*found.value];
+        let target = entry
+            .targets
+            .iter()
+            .find(|(m, _)| m.as_ref() == Some(method))
+            .or_else(|| entry.targets.iter().find(|(m, _)| m.is_none()));
+        match target {
+            Some((_, live)) => Lookup::Found {
+                live: live.clone(),
+                pattern: &entry.pattern,
+                params: found
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            None => {
+                let allow: Vec<&str> = entry
+                    .targets
+                    .iter()
+                    .filter_map(|(m, _)| m.as_ref().map(Method::as_str))
+                    .collect();
+                Lookup::MethodNotAllowed(allow.join(", "))
+            }
+        }
+    }
+}

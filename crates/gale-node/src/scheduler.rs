@@ -1,0 +1,165 @@
+//! The scheduler: live functions, admission and scale to zero.
+//!
+//! An instance exists only while it works. What a deployed function holds
+//! between requests is its [`Live`] entry: configuration, counters and, while
+//! warm, the loaded code ([`Prepared`]). Admission is a semaphore of
+//! `max_instances` permits plus a bounded count of waiters; a request that
+//! finds both full is refused at once (429) rather than queued without bound.
+//! The reaper unloads the code of a function idle for the node's idle timeout,
+//! so 1,000 idle functions cost little more than their compiled code on disk.
+
+use gale_core::FunctionSpec;
+use gale_core::api::FunctionStats;
+use gale_wasm::{Prepared, Runtime};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Counters of one function, kept across its versions.
+#[derive(Default)]
+pub struct Counters {
+    pub invocations: AtomicU64,
+    pub errors: AtomicU64,
+    pub cold_starts: AtomicU64,
+    pub queued: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// A function as it serves right now: one version, its limits, its code if warm.
+pub struct Live {
+    pub name: String,
+    pub app: String,
+    pub version: u64,
+    pub artifact: String,
+    pub spec: Arc<FunctionSpec>,
+    pub counters: Arc<Counters>,
+    /// One permit per instance that may run at once.
+    pub slots: Arc<Semaphore>,
+    prepared: Mutex<Option<Arc<Prepared>>>,
+    /// Load time of the node's clock (ms since `epoch`) of the last request.
+    last_used: AtomicU64,
+    epoch: Instant,
+    /// Serialises cold starts so concurrent first requests load the code once.
+    loading: tokio::sync::Mutex<()>,
+}
+
+/// Why admission refused a request.
+pub enum Refused {
+    /// Every instance busy and the queue full, or the wait ran out.
+    Busy,
+}
+
+impl Live {
+    pub fn new(
+        name: String,
+        app: String,
+        version: u64,
+        artifact: String,
+        spec: FunctionSpec,
+        counters: Arc<Counters>,
+        slots: Option<Arc<Semaphore>>,
+        epoch: Instant,
+    ) -> Live {
+        let slots = slots
+            .filter(|s| s.available_permits() == spec.max_instances as usize)
+            .unwrap_or_else(|| Arc::new(Semaphore::new(spec.max_instances as usize)));
+        Live {
+            name,
+            app,
+            version,
+            artifact,
+            spec: Arc::new(spec),
+            counters,
+            slots,
+            prepared: Mutex::new(None),
+            last_used: AtomicU64::new(0),
+            epoch,
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Waits for an instance slot: at once if one is free, else in the
+    /// bounded queue for at most the function's timeout.
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let queued = self.counters.queued.fetch_add(1, Relaxed);
+        let result = if queued >= self.spec.queue as u64 {
+            Err(Refused::Busy)
+        } else {
+            match tokio::time::timeout(self.spec.timeout.0, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Ok(permit),
+                _ => Err(Refused::Busy),
+            }
+        };
+        self.counters.queued.fetch_sub(1, Relaxed);
+        if result.is_err() {
+            self.counters.throttled.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    /// The loaded code, loading it first if the function was scaled to zero.
+    /// Returns whether this call was a cold start.
+    pub async fn prepared(&self, runtime: &Runtime) -> Result<(Arc<Prepared>, bool), gale_wasm::WasmError> {
+        self.touch();
+        if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok((p, false));
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok((p, false));
+        }
+        let runtime = runtime.clone();
+        let artifact = self.artifact.clone();
+        let spec = self.spec.clone();
+        let prepared = tokio::task::spawn_blocking(move || runtime.load(&artifact, spec))
+            .await
+            .map_err(|e| gale_wasm::WasmError::Engine(format!("loading task failed: {e}")))??;
+        let prepared = Arc::new(prepared);
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(prepared.clone());
+        self.counters.cold_starts.fetch_add(1, Relaxed);
+        Ok((prepared, true))
+    }
+
+    pub fn touch(&self) {
+        self.last_used
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn active(&self) -> u64 {
+        (self.spec.max_instances as usize).saturating_sub(self.slots.available_permits()) as u64
+    }
+
+    /// Unloads the code if the function has been idle for `idle`.
+    /// Returns whether it did.
+    pub fn reap(&self, idle: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if now.saturating_sub(self.last_used.load(Relaxed)) < idle.as_millis() as u64 || self.active() > 0 {
+            return false;
+        }
+        let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        match prepared.take() {
+            Some(p) => {
+                p.drop_idle();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn stats(&self) -> FunctionStats {
+        let c = &self.counters;
+        FunctionStats {
+            invocations: c.invocations.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+            cold_starts: c.cold_starts.load(Relaxed),
+            active: self.active(),
+            queued: c.queued.load(Relaxed),
+            throttled: c.throttled.load(Relaxed),
+            warm: self.prepared.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The embedded backend: one directory, nothing to install.
+//!
+//! Metadata and logs live in SQLite (WAL mode, `synchronous=FULL` for
+//! metadata so an acknowledged write survives power loss); artifacts are plain
+//! files named by their digest, written to a temporary name, synced, then
+//! renamed, so a crash never leaves a half-written blob under a real name.
+//! The directory is locked for the life of the node: two nodes on one data
+//! directory would corrupt each other's view.
+
+use crate::{Artifacts, Entry, Expect, InvocationLogs, Metadata, Result, StoreError, digest_hex, digest_of};
+use async_trait::async_trait;
+use gale_core::api::{InvocationLog, Outcome};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The embedded backend rooted at a data directory.
+#[derive(Clone)]
+pub struct Embedded {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    meta: Mutex<Connection>,
+    logs: Mutex<Connection>,
+    /// Held (and locked) for as long as the backend lives.
+    _lock: File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn engine_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+impl Embedded {
+    /// Opens (creating if needed) the data directory and locks it.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Embedded> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(dir.join("artifacts")).map_err(io_err(&dir))?;
+        let lock_path = dir.join("LOCK");
+        let mut lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        if lock.try_lock().is_err() {
+            let pid = std::fs::read_to_string(&lock_path)
+                .ok()
+                .map(|s| s.trim().to_string());
+            return Err(StoreError::Locked {
+                dir,
+                pid: pid.filter(|p| !p.is_empty()),
+            });
+        }
+        lock.set_len(0).map_err(io_err(&lock_path))?;
+        write!(lock, "{}", std::process::id()).map_err(io_err(&lock_path))?;
+
+        let db = dir.join("gale.db");
+        let meta = Connection::open(&db).map_err(engine_err)?;
+        meta.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS kv (
+                 key TEXT PRIMARY KEY,
+                 value BLOB NOT NULL,
+                 revision INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS invocations (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 function TEXT NOT NULL,
+                 started_at INTEGER NOT NULL,
+                 record TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations(function, seq);",
+        )
+        .map_err(engine_err)?;
+        let logs = Connection::open(&db).map_err(engine_err)?;
+        logs.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
+            .map_err(engine_err)?;
+        Ok(Embedded {
+            inner: Arc::new(Inner {
+                dir,
+                meta: Mutex::new(meta),
+                logs: Mutex::new(logs),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn artifact_path(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self
+            .inner
+            .dir
+            .join("artifacts")
+            .join(format!("{}.wasm", digest_hex(digest)?)))
+    }
+
+    /// Runs `f` on the metadata connection off the async runtime.
+    async fn with_meta<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || f(&mut inner.meta.lock().unwrap_or_else(|p| p.into_inner()))).await
+    }
+
+    async fn with_logs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || f(&mut inner.logs.lock().unwrap_or_else(|p| p.into_inner()))).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Engine(format!("storage task failed: {e}")))?
+}
+
+fn current_revision(tx: &Connection, key: &str) -> Result<Option<u64>> {
+    tx.query_row("SELECT revision FROM kv WHERE key = ?1", [key], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|r| r.map(|v| v as u64))
+    .map_err(engine_err)
+}
+
+fn check(expect: Expect, current: Option<u64>, key: &str) -> Result<()> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Revision(r) => current == Some(r),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict { key: key.to_string() })
+    }
+}
+
+#[async_trait]
+impl Metadata for Embedded {
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let key = key.to_string();
+        self.with_meta(move |c| {
+            c.query_row("SELECT value, revision FROM kv WHERE key = ?1", [&key], |r| {
+                Ok(Entry {
+                    value: r.get(0)?,
+                    revision: r.get::<_, i64>(1)? as u64,
+                })
+            })
+            .optional()
+            .map_err(engine_err)
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64> {
+        let key = key.to_string();
+        self.with_meta(move |c| {
+            let tx = c.transaction().map_err(engine_err)?;
+            let current = current_revision(&tx, &key)?;
+            check(expect, current, &key)?;
+            let revision = current.unwrap_or(0) + 1;
+            tx.execute(
+                "INSERT INTO kv (key, value, revision) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, revision = excluded.revision",
+                params![key, value, revision as i64],
+            )
+            .map_err(engine_err)?;
+            tx.commit().map_err(engine_err)?;
+            Ok(revision)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<()> {
+        let key = key.to_string();
+        self.with_meta(move |c| {
+            let tx = c.transaction().map_err(engine_err)?;
+            check(expect, current_revision(&tx, &key)?, &key)?;
+            tx.execute("DELETE FROM kv WHERE key = ?1", [&key])
+                .map_err(engine_err)?;
+            tx.commit().map_err(engine_err)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>> {
+        let prefix = prefix.to_string();
+        self.with_meta(move |c| {
+            // Range scan on the primary key: [prefix, prefix + U+10FFFF).
+            let end = format!("{prefix}\u{10FFFF}");
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT key, value, revision FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                )
+                .map_err(engine_err)?;
+            let rows = stmt
+                .query_map([&prefix, &end], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        Entry {
+                            value: r.get(1)?,
+                            revision: r.get::<_, i64>(2)? as u64,
+                        },
+                    ))
+                })
+                .map_err(engine_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(engine_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Artifacts for Embedded {
+    async fn put(&self, digest: &str, data: Vec<u8>) -> Result<()> {
+        let path = self.artifact_path(digest)?;
+        if digest_of(&data) != digest {
+            return Err(StoreError::DigestMismatch {
+                digest: digest.to_string(),
+            });
+        }
+        blocking(move || {
+            if path.exists() {
+                return Ok(());
+            }
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+            file.write_all(&data).map_err(io_err(&tmp))?;
+            file.sync_all().map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            if let Some(parent) = path.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(parent))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.artifact_path(digest)?;
+        blocking(move || match std::fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        })
+        .await
+    }
+
+    async fn contains(&self, digest: &str) -> Result<bool> {
+        Ok(self.artifact_path(digest)?.exists())
+    }
+}
+
+fn decode_log(seq: i64, record: &str) -> InvocationLog {
+    let mut log: InvocationLog = serde_json::from_str(record).unwrap_or_else(|e| InvocationLog {
+        seq: 0,
+        request_id: String::new(),
+        function: String::new(),
+        version: 0,
+        started_at: 0,
+        duration_us: 0,
+        outcome: Outcome::Error,
+        status: 0,
+        cold_start: false,
+        error: Some(format!("unreadable log record: {e}")),
+        stdout: String::new(),
+        stderr: String::new(),
+    });
+    log.seq = seq as u64;
+    log
+}
+
+#[async_trait]
+impl InvocationLogs for Embedded {
+    async fn append(&self, records: Vec<InvocationLog>) -> Result<()> {
+        self.with_logs(move |c| {
+            let tx = c.transaction().map_err(engine_err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO invocations (function, started_at, record) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(engine_err)?;
+                for r in &records {
+                    let json = serde_json::to_string(r).map_err(|e| StoreError::Engine(e.to_string()))?;
+                    stmt.execute(params![r.function, r.started_at as i64, json])
+                        .map_err(engine_err)?;
+                }
+            }
+            tx.commit().map_err(engine_err)
+        })
+        .await
+    }
+
+    async fn query(
+        &self,
+        function: &str,
+        after: u64,
+        limit: usize,
+        tail: bool,
+    ) -> Result<Vec<InvocationLog>> {
+        let function = function.to_string();
+        self.with_logs(move |c| {
+            let sql = if tail {
+                "SELECT seq, record FROM invocations WHERE function = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3"
+            } else {
+                "SELECT seq, record FROM invocations WHERE function = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            };
+            let mut stmt = c.prepare_cached(sql).map_err(engine_err)?;
+            let rows = stmt
+                .query_map(params![function, after as i64, limit as i64], |r| {
+                    Ok(decode_log(r.get(0)?, &r.get::<_, String>(1)?))
+                })
+                .map_err(engine_err)?;
+            let mut logs = rows.collect::<Result<Vec<_>, _>>().map_err(engine_err)?;
+            if tail {
+                logs.reverse();
+            }
+            Ok(logs)
+        })
+        .await
+    }
+
+    async fn prune(&self, now_ms: u64, max_age_ms: u64, keep_per_function: usize) -> Result<u64> {
+        self.with_logs(move |c| {
+            let cutoff = now_ms.saturating_sub(max_age_ms) as i64;
+            let mut removed = c
+                .execute("DELETE FROM invocations WHERE started_at < ?1", [cutoff])
+                .map_err(engine_err)?;
+            removed += c
+                .execute(
+                    "DELETE FROM invocations WHERE seq IN (
+                         SELECT seq FROM (
+                             SELECT seq, ROW_NUMBER() OVER (PARTITION BY function ORDER BY seq DESC) AS n
+                             FROM invocations
+                         ) WHERE n > ?1
+                     )",
+                    [keep_per_function as i64],
+                )
+                .map_err(engine_err)?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+}

@@ -1,0 +1,472 @@
+//! Gale's WebAssembly runtime.
+//!
+//! Functions are components of the `wasi:http/proxy` world, so the same
+//! `.wasm` that runs under `wasmtime serve` runs here. The shape follows
+//! wasmtime's own reference host:
+//!
+//! - one shared [`Engine`] with the pooling allocator (instance slots are
+//!   reused, so making an instance is microseconds, not a fresh mmap);
+//! - components are compiled once at deploy, ahead of time, and the machine
+//!   code is cached on disk by digest; loading it later is an mmap;
+//! - a cached [`ProxyPre`] per loaded version, from which every request gets a
+//!   fresh instance (full isolation) unless the function opts into reuse;
+//! - an epoch ticker makes a busy guest yield every tick, so a guest stuck in
+//!   a loop neither blocks other work on its thread nor outlives its timeout.
+//!
+//! A guest sees no files, no host environment and no sockets; only the env
+//! vars its manifest lists, and outbound HTTP only to allow-listed hosts.
+
+mod host;
+mod pipe;
+
+use bytes::Bytes;
+use gale_core::FunctionSpec;
+use gale_core::api::Outcome;
+use host::Host;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+
+pub use wasmtime_wasi_http::Error as BodyError;
+pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// How often the epoch ticks: the granularity of timeouts and of yielding.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Guest stdout and stderr kept per invocation, each.
+pub const LOG_CAPTURE_LIMIT: usize = 16 * 1024;
+
+/// Everything that can go wrong in the wasm runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("the component does not fit the wasi:http/proxy world: {0}")]
+    WrongWorld(String),
+    #[error("compiled code cache failed at {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wasm engine setup failed: {0}")]
+    Engine(String),
+}
+
+/// Node-wide settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled machine code is cached.
+    pub cache_dir: PathBuf,
+    /// Instances alive at once across all functions (pool slots).
+    pub max_instances: u32,
+}
+
+/// The shared engine, linker and compiled-code cache.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<Host>>,
+    cache_dir: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, WasmError> {
+        let n = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n)
+            .max_memory_size(gale_core::manifest::MAX_MEMORY as usize);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("gale-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| WasmError::Engine(e.to_string()))?;
+
+        let cache_dir = config.cache_dir.join(engine_fingerprint(&engine));
+        std::fs::create_dir_all(&cache_dir).map_err(|source| WasmError::Cache {
+            path: cache_dir.clone(),
+            source,
+        })?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir,
+        })
+    }
+
+    fn cached_path(&self, digest: &str) -> PathBuf {
+        let name = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.cache_dir.join(format!("{name}.cwasm"))
+    }
+
+    /// Whether compiled code for `digest` is already cached.
+    pub fn is_compiled(&self, digest: &str) -> bool {
+        self.cached_path(digest).exists()
+    }
+
+    /// Validates `wasm` as a `wasi:http/proxy` component and compiles it ahead
+    /// of time into the cache. Blocking and CPU-heavy: call off the async runtime.
+    pub fn compile(&self, digest: &str, wasm: &[u8]) -> Result<(), WasmError> {
+        let path = self.cached_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        if !wasmparser_is_component(wasm) {
+            return Err(WasmError::Invalid(
+                "this is a core module or not WebAssembly at all; build a component, e.g. with \
+                 `cargo build --target wasm32-wasip2`"
+                    .into(),
+            ));
+        }
+        let code = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
+        // Check the world before anything lands in the cache.
+        let component = unsafe { Component::deserialize(&self.engine, &code) }
+            .map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
+        self.proxy_pre(&component)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let cache_err = |source| WasmError::Cache {
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&tmp, &code).map_err(cache_err)?;
+        std::fs::rename(&tmp, &path).map_err(cache_err)?;
+        Ok(())
+    }
+
+    fn proxy_pre(&self, component: &Component) -> Result<ProxyPre<Host>, WasmError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| WasmError::WrongWorld(format!("{e:#}")))?;
+        ProxyPre::new(pre).map_err(|e| WasmError::WrongWorld(format!("{e:#}")))
+    }
+
+    /// Loads compiled code for one version, ready to serve.
+    /// Blocking (an mmap and some linking): call off the async runtime.
+    pub fn load(&self, digest: &str, spec: Arc<FunctionSpec>) -> Result<Prepared, WasmError> {
+        let path = self.cached_path(digest);
+        // SAFETY: the file was written by `compile` above from this engine's
+        // own output, into Gale's private data directory.
+        let component = unsafe { Component::deserialize_file(&self.engine, &path) }
+            .map_err(|e| WasmError::Invalid(format!("cached code at {}: {e:#}", path.display())))?;
+        let pre = self.proxy_pre(&component)?;
+        let env = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        Ok(Prepared {
+            pre,
+            spec,
+            env,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+fn engine_fingerprint(engine: &Engine) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn wasmparser_is_component(wasm: &[u8]) -> bool {
+    // Component binaries carry layer 1 in the version field of the preamble.
+    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [0x01, 0x00]
+}
+
+/// One version, loaded and linked, ready to make instances.
+pub struct Prepared {
+    pre: ProxyPre<Host>,
+    spec: Arc<FunctionSpec>,
+    env: Vec<(String, String)>,
+    /// Instances kept for reuse when `instance_reuse > 1`, with their use counts.
+    idle: Mutex<Vec<(Store<Host>, Proxy, u32)>>,
+}
+
+impl Prepared {
+    pub fn spec(&self) -> &FunctionSpec {
+        &self.spec
+    }
+
+    /// Drops instances kept for reuse (scale to zero).
+    pub fn drop_idle(&self) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let n = idle.len();
+        idle.clear();
+        n
+    }
+
+    fn new_store(&self) -> (Store<Host>, pipe::LogPipe, pipe::LogPipe) {
+        let stdout = pipe::LogPipe::new(LOG_CAPTURE_LIMIT);
+        let stderr = pipe::LogPipe::new(LOG_CAPTURE_LIMIT);
+        let host = Host::new(&self.spec, &self.env, stdout.clone(), stderr.clone());
+        let mut store = Store::new(self.pre.engine(), host);
+        store.limiter(|h| &mut h.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        (store, stdout, stderr)
+    }
+}
+
+/// How an invocation ended, with what the guest printed.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub outcome: Outcome,
+    /// The status the guest answered with, if it answered.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+/// Why a request got no response from the guest.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The invocation ran past its timeout before answering.
+    Timeout,
+    /// The guest trapped, or ended without answering.
+    Guest(String),
+}
+
+type DoneFn = Box<dyn FnOnce(Completion) + Send>;
+
+/// Calls `done` exactly once: with the real end, or as cancelled if the task
+/// running the invocation is dropped first (the client went away).
+struct Finish {
+    done: Option<DoneFn>,
+    started: Instant,
+    stdout: pipe::LogPipe,
+    stderr: pipe::LogPipe,
+    status: Arc<AtomicU16>,
+}
+
+impl Finish {
+    fn finish(&mut self, outcome: Outcome, error: Option<String>) {
+        if let Some(done) = self.done.take() {
+            done(Completion {
+                outcome,
+                status: match self.status.load(Relaxed) {
+                    0 => None,
+                    s => Some(s),
+                },
+                error,
+                stdout: self.stdout.take(),
+                stderr: self.stderr.take(),
+                duration: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.finish(
+            Outcome::Cancelled,
+            Some("the client went away before the function finished".into()),
+        );
+    }
+}
+
+/// Aborts the invocation's task when dropped, unless disarmed.
+pub struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    /// The response finished: let the guest wind down on its own (its timeout still applies).
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// A response from the guest, and the guard that cancels the guest if the
+/// response is dropped before it is fully sent.
+pub struct Answer {
+    pub response: hyper::Response<HyperOutgoingBody>,
+    pub guard: AbortOnDrop,
+}
+
+/// Serves one HTTP request with an instance of `prepared`.
+///
+/// Returns as soon as the guest has set its response (the body may still be
+/// streaming). `done` is called exactly once when the invocation is over.
+/// Dropping the returned future, or the [`Answer`]'s guard before the body
+/// ends, cancels the guest and frees its instance.
+pub async fn serve<B>(
+    prepared: Arc<Prepared>,
+    request: hyper::Request<B>,
+    done: impl FnOnce(Completion) + Send + 'static,
+) -> Result<Answer, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let started = Instant::now();
+    let timeout = prepared.spec.timeout.0;
+    let reused = if prepared.spec.instance_reuse > 1 {
+        prepared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    } else {
+        None
+    };
+    let (mut store, proxy, uses, stdout, stderr) = match reused {
+        Some((store, proxy, uses)) => {
+            let (stdout, stderr) = store.data().logs();
+            (store, Some(proxy), uses, stdout, stderr)
+        }
+        None => {
+            let (store, stdout, stderr) = prepared.new_store();
+            (store, None, 0, stdout, stderr)
+        }
+    };
+    let mut finish = Finish {
+        done: Some(Box::new(done)),
+        started,
+        stdout,
+        stderr,
+        status: Arc::new(AtomicU16::new(0)),
+    };
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Failure>();
+    let setup = (|| -> wasmtime::Result<_> {
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let status = finish.status.clone();
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam_from_callback(move |response| {
+                if let Ok(r) = &response {
+                    status.store(r.status().as_u16(), Relaxed);
+                }
+                let _ = sender.send(response);
+            })?;
+        Ok((req, out))
+    })();
+    let (req, out) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!("the request could not be handed to the guest: {e:#}");
+            finish.finish(Outcome::Error, Some(msg.clone()));
+            return Err(Failure::Guest(msg));
+        }
+    };
+
+    let task_prepared = prepared.clone();
+    let task = tokio::spawn(async move {
+        let run = async {
+            let proxy = match proxy {
+                Some(p) => p,
+                None => task_prepared.pre.instantiate_async(&mut store).await?,
+            };
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await?;
+            wasmtime::Result::Ok(proxy)
+        };
+        let (outcome, failure) = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(proxy)) => {
+                let uses = uses + 1;
+                if uses < task_prepared.spec.instance_reuse {
+                    let mut idle = task_prepared.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    if idle.len() < task_prepared.spec.max_instances as usize {
+                        idle.push((store, proxy, uses));
+                    }
+                }
+                (Outcome::Ok, None)
+            }
+            Ok(Err(e)) => (
+                Outcome::Error,
+                Some(Failure::Guest(describe_trap(&e, &task_prepared.spec))),
+            ),
+            Err(_) => (Outcome::Timeout, Some(Failure::Timeout)),
+        };
+        let error = match &failure {
+            Some(Failure::Guest(m)) => Some(m.clone()),
+            Some(Failure::Timeout) => Some(format!("timed out after {}", humantime_ms(timeout))),
+            None => None,
+        };
+        if let Some(f) = failure {
+            let _ = end_tx.send(f);
+        }
+        finish.finish(outcome, error);
+    });
+    let mut guard = AbortOnDrop(Some(task.abort_handle()));
+
+    match receiver.await {
+        Ok(Ok(response)) => Ok(Answer { response, guard }),
+        Ok(Err(code)) => {
+            guard.disarm();
+            Err(Failure::Guest(format!(
+                "the guest answered with an error: {code:?}"
+            )))
+        }
+        Err(_) => {
+            guard.disarm();
+            match end_rx.await {
+                Ok(failure) => Err(failure),
+                Err(_) => Err(Failure::Guest(
+                    "the guest returned without setting a response".into(),
+                )),
+            }
+        }
+    }
+}
+
+fn humantime_ms(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error, spec: &FunctionSpec) -> String {
+    let text = format!("{e:#}");
+    if text.contains("growing memory")
+        || text.contains("memory allocation")
+        || text.contains("resource limit")
+    {
+        format!("the guest exceeded its memory limit of {}: {text}", spec.memory)
+    } else {
+        format!("the guest trapped: {text}")
+    }
+}

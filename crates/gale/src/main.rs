@@ -1,0 +1,342 @@
+//! The `gale` command: run a node, deploy apps, look at what runs.
+
+mod client;
+mod deploy;
+mod output;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::Client;
+use gale_core::api::{
+    FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest, VersionInfo,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "gale",
+    version,
+    about = "Gale: serverless functions, events and scale-to-zero in one binary",
+    after_help = "Start with `gale up examples/hello`, then `curl localhost:8080/hello`."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Admin API of the node to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "GALE_SERVER",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    server: String,
+    /// Admin bearer token (default: read from the data directory's `token` file).
+    #[arg(long, global = true, env = "GALE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The node's data directory.
+    #[arg(long, global = true, env = "GALE_DATA_DIR", default_value = "./.gale")]
+    data_dir: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address of the HTTP gateway.
+    #[arg(long, env = "GALE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of the admin API.
+    #[arg(long, env = "GALE_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    /// How long a function stays warm without requests before it scales to zero.
+    #[arg(long, env = "GALE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// How long invocation logs are kept.
+    #[arg(long, env = "GALE_LOG_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    log_retention: Duration,
+    /// Invocation logs kept per function at most.
+    #[arg(long, env = "GALE_LOG_KEEP", default_value_t = 1000)]
+    log_keep: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: the HTTP gateway and the admin API, on embedded storage.
+    Serve(ServeArgs),
+    /// Run a node and deploy the app in DIR (default: the current directory).
+    Up {
+        /// Directory holding gale.toml.
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Build, upload and deploy the app described by a manifest.
+    Deploy {
+        /// The manifest.
+        #[arg(short = 'f', long = "file", default_value = "gale.toml")]
+        file: PathBuf,
+    },
+    /// List deployed functions.
+    Ls,
+    /// Show one function: version, routes, limits, counters.
+    Describe { function: String },
+    /// List the versions of a function.
+    Versions { function: String },
+    /// Serve an earlier (or later) version of a function again.
+    Rollback { function: String, version: u64 },
+    /// Remove a function and its versions.
+    Rm { function: String },
+    /// Send one request to a function (no route needed).
+    Invoke {
+        function: String,
+        /// Request body; `@FILE` reads it from a file.
+        #[arg(short, long)]
+        data: Option<String>,
+        /// HTTP method (default: POST with data, GET without).
+        #[arg(short = 'X', long)]
+        method: Option<String>,
+        /// Path (and query) the function sees.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Extra header, `NAME: VALUE`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Show invocation logs of a function.
+    Logs {
+        function: String,
+        /// Keep printing new invocations as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the newest invocations to show first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GALE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn node_options(data_dir: PathBuf, args: &ServeArgs) -> gale_node::Options {
+    let mut options = gale_node::Options::new(data_dir);
+    options.listen = args.listen;
+    options.admin_listen = args.admin_listen;
+    options.idle_timeout = args.idle_timeout;
+    options.log_retention = args.log_retention;
+    options.log_keep = args.log_keep;
+    options
+}
+
+async fn start_node(global: &Global, args: &ServeArgs) -> Result<gale_node::NodeHandle> {
+    let node = gale_node::start(node_options(global.data_dir.clone(), args))
+        .await
+        .map_err(|e| anyhow!(e.to_user().render()))?;
+    eprintln!("gateway    http://{}", node.gateway);
+    eprintln!("admin API  http://{}", node.admin);
+    if node.token_created {
+        eprintln!(
+            "admin token (shown once; saved in {}): {}",
+            global.data_dir.join("token").display(),
+            node.token
+        );
+    }
+    Ok(node)
+}
+
+async fn until_stopped(node: gale_node::NodeHandle) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping: letting running requests finish");
+    node.shutdown().await;
+    Ok(())
+}
+
+fn token(global: &Global) -> Result<String> {
+    if let Some(t) = &global.token {
+        return Ok(t.clone());
+    }
+    let path = global.data_dir.join("token");
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .with_context(|| {
+            format!(
+                "no admin token: {} is not readable; set GALE_TOKEN (or --token), or point --data-dir at the node's data directory",
+                path.display()
+            )
+        })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let global = cli.global;
+    match cli.command {
+        Command::Serve(args) => {
+            let node = start_node(&global, &args).await?;
+            until_stopped(node).await
+        }
+        Command::Up { dir, serve } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let node = start_node(&global, &serve).await?;
+            let client = Client::new(&format!("http://{}", node.admin), node.token.clone());
+            let result = deploy::deploy(&client, &dir.join("gale.toml"), global.output).await;
+            if let Err(e) = result {
+                node.shutdown().await;
+                return Err(e);
+            }
+            eprintln!("ready: http://{} (Ctrl-C stops)", node.gateway);
+            until_stopped(node).await
+        }
+        command => {
+            let client = Client::new(&global.server, token(&global)?);
+            client_command(&client, command, global.output).await
+        }
+    }
+}
+
+async fn client_command(client: &Client, command: Command, format: Format) -> Result<()> {
+    match command {
+        Command::Deploy { file } => deploy::deploy(client, &file, format).await,
+        Command::Ls => {
+            let functions: Vec<FunctionInfo> = client.get("/v1/functions").await?;
+            output::print(format, &functions, output::function_table)
+        }
+        Command::Describe { function } => {
+            let info: FunctionInfo = client.get(&format!("/v1/functions/{function}")).await?;
+            output::print(format, &info, output::describe)
+        }
+        Command::Versions { function } => {
+            let versions: Vec<VersionInfo> =
+                client.get(&format!("/v1/functions/{function}/versions")).await?;
+            output::print(format, &versions, output::version_table)
+        }
+        Command::Rollback { function, version } => {
+            let info: FunctionInfo = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/functions/{function}/rollback"),
+                    &RollbackRequest { version },
+                )
+                .await?;
+            output::print(format, &info, |i| {
+                format!("{} now serves version {}\n", i.name, i.version)
+            })
+        }
+        Command::Rm { function } => {
+            client.delete(&format!("/v1/functions/{function}")).await?;
+            output::print(format, &serde_json::json!({ "removed": function }), |_| {
+                format!("removed {function}\n")
+            })
+        }
+        Command::Invoke {
+            function,
+            data,
+            method,
+            path,
+            headers,
+        } => {
+            let body = match data {
+                Some(d) => match d.strip_prefix('@') {
+                    Some(file) => {
+                        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+                    }
+                    None => d,
+                },
+                None => String::new(),
+            };
+            let mut header_map = std::collections::BTreeMap::new();
+            for h in headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("header {h:?} must look like `NAME: VALUE`"))?;
+                header_map.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            let request = InvokeRequest {
+                method,
+                path: Some(path),
+                headers: header_map,
+                body,
+            };
+            let response: InvokeResponse = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/functions/{function}/invoke"),
+                    &request,
+                )
+                .await?;
+            let failed = response.status >= 500;
+            output::print(format, &response, |r| {
+                if r.status >= 400 {
+                    format!("{} (request {})\n{}\n", r.status, r.request_id, r.body)
+                } else {
+                    let mut body = r.body.clone();
+                    if !body.ends_with('\n') {
+                        body.push('\n');
+                    }
+                    body
+                }
+            })?;
+            if failed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Logs {
+            function,
+            follow,
+            limit,
+        } => {
+            let mut after = 0;
+            let first: Vec<InvocationLog> = client
+                .get(&format!("/v1/functions/{function}/logs?tail=true&limit={limit}"))
+                .await?;
+            for log in &first {
+                output::print_log(format, log)?;
+                after = log.seq;
+            }
+            while follow {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let next: Vec<InvocationLog> = client
+                    .get(&format!("/v1/functions/{function}/logs?after={after}&limit=1000"))
+                    .await?;
+                for log in &next {
+                    output::print_log(format, log)?;
+                    after = log.seq;
+                }
+            }
+            Ok(())
+        }
+        Command::Serve(_) | Command::Up { .. } => unreachable!("handled by run"),
+    }
+}

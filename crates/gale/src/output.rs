@@ -1,0 +1,131 @@
+//! Text and JSON rendering of CLI results.
+
+use crate::Format;
+use anyhow::Result;
+use gale_core::api::{FunctionInfo, InvocationLog, VersionInfo};
+use serde::Serialize;
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub fn print<T: Serialize>(format: Format, value: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+        Format::Text => write!(out, "{}", text(value))?,
+    }
+    Ok(())
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub fn function_table(functions: &Vec<FunctionInfo>) -> String {
+    if functions.is_empty() {
+        return "no functions deployed; `gale deploy` deploys gale.toml\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<12} {:>7} {:>11} {:>6} {:<5} {}\n",
+        "FUNCTION", "APP", "VERSION", "INVOCATIONS", "COLD", "WARM", "ROUTES"
+    );
+    for f in functions {
+        out.push_str(&format!(
+            "{:<20} {:<12} {:>7} {:>11} {:>6} {:<5} {}\n",
+            f.name,
+            f.app,
+            f.version,
+            f.stats.invocations,
+            f.stats.cold_starts,
+            if f.stats.warm { "yes" } else { "no" },
+            f.routes.join(", ")
+        ));
+    }
+    out
+}
+
+pub fn describe(f: &FunctionInfo) -> String {
+    let s = &f.spec;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<16} {v}\n"));
+    line("function", f.name.clone());
+    line("app", f.app.clone());
+    line("version", format!("{} (of {})", f.version, f.versions));
+    line("deployed", time(f.updated_at));
+    line("artifact", f.artifact.clone());
+    line(
+        "routes",
+        if f.routes.is_empty() {
+            "-".into()
+        } else {
+            f.routes.join(", ")
+        },
+    );
+    line("memory", s.memory.to_string());
+    line("timeout", humantime::format_duration(s.timeout.0).to_string());
+    line("max_instances", s.max_instances.to_string());
+    line("queue", s.queue.to_string());
+    line("instance_reuse", s.instance_reuse.to_string());
+    line("max_body", s.max_body.to_string());
+    line("invocations", f.stats.invocations.to_string());
+    line("errors", f.stats.errors.to_string());
+    line("cold starts", f.stats.cold_starts.to_string());
+    line("throttled", f.stats.throttled.to_string());
+    line("instances now", f.stats.active.to_string());
+    line("queued now", f.stats.queued.to_string());
+    line(
+        "warm",
+        if f.stats.warm {
+            "yes".into()
+        } else {
+            "no (scaled to zero)".into()
+        },
+    );
+    out
+}
+
+pub fn version_table(versions: &Vec<VersionInfo>) -> String {
+    let mut out = format!(
+        "{:<8} {:<8} {:<25} {:<20} {}\n",
+        "VERSION", "CURRENT", "CREATED", "ARTIFACT", "ROUTES"
+    );
+    for v in versions {
+        out.push_str(&format!(
+            "{:<8} {:<8} {:<25} {:<20} {}\n",
+            v.version,
+            if v.current { "*" } else { "" },
+            time(v.created_at),
+            &v.artifact[..v.artifact.len().min(19)],
+            v.routes.join(", ")
+        ));
+    }
+    out
+}
+
+pub fn print_log(format: Format, log: &InvocationLog) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string(log)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} {} v{} {} {} {}µs{}{}",
+        time(log.started_at),
+        log.request_id,
+        log.version,
+        log.outcome.as_str(),
+        log.status,
+        log.duration_us,
+        if log.cold_start { " cold" } else { "" },
+        log.error
+            .as_ref()
+            .map(|e| format!(" error: {e}"))
+            .unwrap_or_default()
+    )?;
+    for (stream, text) in [("stdout", &log.stdout), ("stderr", &log.stderr)] {
+        for l in text.lines() {
+            writeln!(out, "  {stream}| {l}")?;
+        }
+    }
+    Ok(())
+}
