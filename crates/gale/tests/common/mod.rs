@@ -1,0 +1,178 @@
+//! Shared helpers of the integration tests: build the guest components once,
+//! start real nodes on ephemeral ports, deploy through the admin API.
+
+#![allow(dead_code)]
+
+use gale_core::Manifest;
+use gale_core::api::{DeployRequest, DeployResponse, FunctionInfo, InvocationLog};
+use gale_core::error::ErrorBody;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Builds `tests/guests` (once per test process; cargo's own lock makes
+/// parallel test processes wait for each other) and returns the directory
+/// holding the `.wasm` files.
+pub fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("tests/guests");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .current_dir(&dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the test guests failed; is the wasm32-wasip2 target installed?"
+        );
+        dir.join("target/wasm32-wasip2/release")
+    })
+}
+
+pub struct TestNode {
+    pub node: Option<gale_node::NodeHandle>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub gateway: String,
+    pub admin: String,
+    pub token: String,
+}
+
+pub fn options(dir: &Path) -> gale_node::Options {
+    let mut o = gale_node::Options::new(dir);
+    o.listen = "127.0.0.1:0".parse().unwrap();
+    o.admin_listen = "127.0.0.1:0".parse().unwrap();
+    o
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let o = options(dir.path());
+        Self::start_with(dir, o).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, options: gale_node::Options) -> TestNode {
+        let node = gale_node::start(options).await.expect("node starts");
+        TestNode {
+            gateway: format!("http://{}", node.gateway),
+            admin: format!("http://{}", node.admin),
+            token: node.token.clone(),
+            node: Some(node),
+            dir,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(200)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Stops the node, keeping its data directory.
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    /// Deploys a manifest whose `source`s name files in the guests directory.
+    pub async fn deploy(&self, manifest: &str) -> Result<DeployResponse, gale_core::Error> {
+        self.deploy_from(manifest, guests()).await
+    }
+
+    pub async fn deploy_from(&self, manifest: &str, dir: &Path) -> Result<DeployResponse, gale_core::Error> {
+        let manifest = Manifest::from_toml(manifest, "gale.toml")?;
+        let mut artifacts = std::collections::BTreeMap::new();
+        for (name, f) in &manifest.functions {
+            let data = std::fs::read(dir.join(&f.source)).unwrap();
+            let digest = gale_store::digest_of(&data);
+            let r = self
+                .http
+                .put(format!("{}/v1/artifacts/{digest}", self.admin))
+                .bearer_auth(&self.token)
+                .body(data)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "upload: {}", r.status());
+            artifacts.insert(name.clone(), digest);
+        }
+        let app = manifest.app.name.clone();
+        let r = self
+            .http
+            .post(format!("{}/v1/apps/{app}/deploy", self.admin))
+            .bearer_auth(&self.token)
+            .json(&DeployRequest { manifest, artifacts })
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            Ok(r.json().await.unwrap())
+        } else {
+            Err(r.json::<ErrorBody>().await.unwrap().error)
+        }
+    }
+
+    pub async fn admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.admin))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn describe(&self, function: &str) -> FunctionInfo {
+        self.admin_get(&format!("/v1/functions/{function}")).await
+    }
+
+    /// The invocation logs of `function`, waiting until at least `n` exist
+    /// (logs are written in the background).
+    pub async fn logs(&self, function: &str, n: usize) -> Vec<InvocationLog> {
+        for _ in 0..100 {
+            let logs: Vec<InvocationLog> = self
+                .admin_get(&format!("/v1/functions/{function}/logs?limit=1000"))
+                .await;
+            if logs.len() >= n {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} invocation logs for {function}");
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.text().await.unwrap())
+    }
+}
+
+/// A manifest of one app with functions all running the testbed component.
+pub fn testbed_app(app: &str, functions: &[(&str, &str)]) -> String {
+    let mut m = format!("[app]\nname = \"{app}\"\n");
+    for (name, extra) in functions {
+        m.push_str(&format!(
+            "[functions.{name}]\nsource = \"testbed.wasm\"\n{extra}\n"
+        ));
+    }
+    m
+}

@@ -1,0 +1,419 @@
+//! The gateway as a user meets it: routing, limits, failures, isolation.
+
+mod common;
+
+use common::{TestNode, testbed_app};
+use gale_core::api::Outcome;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_params_not_found_and_wrong_method() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[
+            (
+                "echo",
+                r#"http = [{ route = "POST /users/{id}/echo" }, { route = "GET /files/{*rest}" }]"#,
+            ),
+            ("other", r#"http = [{ route = "/other/echo" }]"#),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    let r = node
+        .http
+        .post(node.url("/users/42/echo"))
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-gale-request-id"));
+    let seen = r.headers()["x-gale-headers"].to_str().unwrap().to_string();
+    assert!(seen.contains("x-gale-param-id=42"), "{seen}");
+    assert!(seen.contains("x-gale-route=/users/{id}/echo"), "{seen}");
+    assert_eq!(r.text().await.unwrap(), "ping");
+
+    let (status, _, body) = node.get("/files/a/b/c").await;
+    assert_eq!((status, body.as_str()), (200, "testbed at /files/a/b/c"));
+
+    // Any method on a route without one.
+    let r = node.http.delete(node.url("/other/echo")).send().await.unwrap();
+    assert_eq!(r.headers()["x-method"], "DELETE");
+
+    let (status, headers, body) = node.get("/nowhere").await;
+    assert_eq!(status, 404);
+    assert!(headers.contains_key("x-gale-request-id"));
+    assert!(body.contains("route_not_found"), "{body}");
+
+    let (status, headers, _) = node.get("/users/42/echo").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_declared_or_streamed() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[("echo", "max_body = \"1KiB\"\nhttp = [{ route = \"/echo\" }]")],
+    ))
+    .await
+    .unwrap();
+    let ok = node
+        .http
+        .post(node.url("/echo"))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let declared = node
+        .http
+        .post(node.url("/echo"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 413);
+    // Chunked: no Content-Length, the limit bites while streaming.
+    let chunks = futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 512])));
+    let streamed = node
+        .http
+        .post(node.url("/echo"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_is_a_500_with_the_reason_in_the_log() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[("fails", "http = [{ route = \"/fails/trap\" }]")],
+    ))
+    .await
+    .unwrap();
+    let (status, headers, body) = node.get("/fails/trap").await;
+    assert_eq!(status, 500, "{body}");
+    let id = headers["x-gale-request-id"].to_str().unwrap().to_string();
+    assert!(body.contains(&id), "the answer names the request: {body}");
+    let logs = node.logs("fails", 1).await;
+    let log = logs.iter().find(|l| l.request_id == id).unwrap();
+    assert_eq!(log.outcome, Outcome::Error);
+    assert_eq!(log.status, 500);
+    assert!(log.stderr.contains("deliberate failure"), "{log:?}");
+    assert!(log.error.as_deref().unwrap_or("").contains("trapped"), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_is_stopped_at_its_limit() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[("hog", "memory = \"16MiB\"\nhttp = [{ route = \"/hog\" }]")],
+    ))
+    .await
+    .unwrap();
+    let (status, _, _) = node.get("/hog").await;
+    assert_eq!(status, 500);
+    let log = &node.logs("hog", 1).await[0];
+    assert_eq!(log.outcome, Outcome::Error);
+    assert!(
+        log.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("memory limit of 16.0 MiB"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_times_out_and_others_keep_serving() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[
+            (
+                "spin",
+                "timeout = \"1500ms\"\nhttp = [{ route = \"/spin/loop\" }]",
+            ),
+            ("echo", "http = [{ route = \"/echo\" }]"),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    // Reference: echo throughput with nothing else running.
+    let quiet = hammer(&node, Duration::from_millis(700)).await;
+    assert_eq!(quiet.failures, 0);
+
+    let spinning = {
+        let http = node.http.clone();
+        let url = node.url("/spin/loop");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let status = http.get(url).send().await.unwrap().status().as_u16();
+            (status, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let busy = hammer(&node, Duration::from_millis(700)).await;
+    let (status, took) = spinning.await.unwrap();
+
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_secs(3), "cut at its timeout, took {took:?}");
+    assert_eq!(busy.failures, 0);
+    // One of the two cores is busy with the loop; the other keeps echo (and
+    // this test's own client) going.
+    assert!(
+        busy.rate >= quiet.rate * 0.3,
+        "echo served {:.0}/s beside the loop vs {:.0}/s alone",
+        busy.rate,
+        quiet.rate
+    );
+    let log = node.logs("spin", 1).await;
+    assert_eq!(log[0].outcome, Outcome::Timeout);
+}
+
+struct Load {
+    rate: f64,
+    failures: usize,
+}
+
+/// Sends requests to /echo from 8 concurrent clients for `time`.
+async fn hammer(node: &TestNode, time: Duration) -> Load {
+    let deadline = Instant::now() + time;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let http = node.http.clone();
+        let url = node.url("/echo");
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, 0usize);
+            while Instant::now() < deadline {
+                match http.post(&url).body("x").send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failures) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failures += f;
+    }
+    Load {
+        rate: ok as f64 / time.as_secs_f64(),
+        failures,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_instances_requests_queue_then_get_429() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[(
+            "slow",
+            "max_instances = 2\nqueue = 1\nhttp = [{ route = \"/slow/sleep\" }]",
+        )],
+    ))
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let http = node.http.clone();
+        let url = node.url("/slow/sleep?ms=400");
+        tasks.push(tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.headers().get("retry-after").cloned())
+        }));
+    }
+    let mut ok = 0;
+    let mut throttled = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => ok += 1,
+            (429, retry_after) => {
+                assert!(retry_after.is_some(), "429 carries Retry-After");
+                throttled += 1
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((ok, throttled), (3, 3), "2 running + 1 queued succeed");
+    assert_eq!(node.describe("slow").await.stats.throttled, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spike_of_100_runs_at_once() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[("slow", "http = [{ route = \"/slow/sleep\" }]")],
+    ))
+    .await
+    .unwrap();
+    node.get("/slow/sleep?ms=1").await; // load the code: this test is about instances
+    let started = Instant::now();
+    let requests = (0..100).map(|_| node.http.get(node.url("/slow/sleep?ms=200")).send());
+    let results = futures::future::join_all(requests).await;
+    let took = started.elapsed();
+    assert!(results.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    // Serialised they would take 20 s; at once, one sleep plus overhead.
+    assert!(
+        took < Duration::from_millis(1500),
+        "100 × 200ms sleeps took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_sees_only_granted_env_no_files() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[(
+            "probe",
+            "env = { GREETING = \"hi\" }\nhttp = [{ route = \"/probe/{what}\" }]",
+        )],
+    ))
+    .await
+    .unwrap();
+    let (_, _, env) = node.get("/probe/env").await;
+    assert_eq!(env, "GREETING=hi", "the guest sees exactly its granted variables");
+    let (status, _, body) = node.get("/probe/fs").await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_only_to_allowed_hosts() {
+    // A real upstream on loopback.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = upstream.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    }
+                }),
+            ));
+        }
+    });
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[
+            (
+                "allowed",
+                &format!("allow_outbound = [\"127.0.0.1:{port}\"]\nhttp = [{{ route = \"/a/outbound\" }}]"),
+            ),
+            ("denied", "http = [{ route = \"/d/outbound\" }]"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let target = format!("http://127.0.0.1:{port}/");
+    let (status, _, body) = node.get(&format!("/a/outbound?url={target}")).await;
+    assert_eq!((status, body.as_str()), (200, "upstream answered 200 OK"));
+    let (status, _, body) = node.get(&format!("/d/outbound?url={target}")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the denied request never left the node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_instance_per_request_unless_reuse_is_granted() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[
+            ("fresh", "http = [{ route = \"/fresh/count\" }]"),
+            (
+                "reused",
+                "instance_reuse = 3\nhttp = [{ route = \"/reused/count\" }]",
+            ),
+        ],
+    ))
+    .await
+    .unwrap();
+    let mut fresh = Vec::new();
+    let mut reused = Vec::new();
+    for _ in 0..4 {
+        fresh.push(node.get("/fresh/count").await.2);
+        reused.push(node.get("/reused/count").await.2);
+    }
+    assert_eq!(fresh, ["1", "1", "1", "1"], "no state leaks between requests");
+    assert_eq!(
+        reused,
+        ["1", "2", "3", "1"],
+        "an instance serves 3 requests, then a fresh one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_disconnects_releases_its_instance() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[(
+            "one",
+            "max_instances = 1\nqueue = 5\ntimeout = \"20s\"\nhttp = [{ route = \"/one/{what}\" }]",
+        )],
+    ))
+    .await
+    .unwrap();
+    let slow = node.http.get(node.url("/one/sleep?ms=10000")).send();
+    let _ = tokio::time::timeout(Duration::from_millis(300), slow).await; // gives up, drops the connection
+    let started = Instant::now();
+    let (status, _, _) = node.get("/one/echo").await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the abandoned request held the only instance for {:?}",
+        started.elapsed()
+    );
+    let logs = node.logs("one", 2).await;
+    assert_eq!(logs[0].outcome, Outcome::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app("web", &[("echo", "http = [{ route = \"/echo\" }]")]))
+        .await
+        .unwrap();
+    let huge = "x".repeat(100 * 1024);
+    let r = node
+        .http
+        .get(node.url("/echo"))
+        .header("x-big", huge)
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
+    }
+    // The node is fine.
+    assert_eq!(node.get("/echo").await.0, 200);
+}
