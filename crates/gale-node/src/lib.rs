@@ -121,16 +121,7 @@ impl State {
                     .entry(name.clone())
                     .or_default()
                     .clone();
-                let live = Live::new(
-                    name.clone(),
-                    app.name.clone(),
-                    *version,
-                    record.artifact,
-                    record.spec,
-                    counters,
-                    current.map(|l| l.slots.clone()),
-                    self.epoch,
-                );
+                let live = Live::new(record, counters, current.map(|l| l.slots.clone()), self.epoch);
                 next.insert(name.clone(), Arc::new(live));
             }
         }

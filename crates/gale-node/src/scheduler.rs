@@ -8,6 +8,7 @@
 //! The reaper unloads the code of a function idle for the node's idle timeout,
 //! so 1,000 idle functions cost little more than their compiled code on disk.
 
+use crate::registry::VersionRecord;
 use gale_core::FunctionSpec;
 use gale_core::api::FunctionStats;
 use gale_wasm::{Prepared, Runtime};
@@ -51,16 +52,22 @@ pub enum Refused {
 }
 
 impl Live {
+    /// A live entry for `version`, keeping `slots` of the version it replaces
+    /// when the instance limit is unchanged (so in-flight work stays counted).
     pub fn new(
-        name: String,
-        app: String,
-        version: u64,
-        artifact: String,
-        spec: FunctionSpec,
+        version: VersionRecord,
         counters: Arc<Counters>,
         slots: Option<Arc<Semaphore>>,
         epoch: Instant,
     ) -> Live {
+        let VersionRecord {
+            function: name,
+            version,
+            app,
+            artifact,
+            spec,
+            ..
+        } = version;
         let slots = slots
             .filter(|s| s.available_permits() == spec.max_instances as usize)
             .unwrap_or_else(|| Arc::new(Semaphore::new(spec.max_instances as usize)));

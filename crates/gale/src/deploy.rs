@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-pub async fn deploy(client: &Client, file: &Path, format: Format) -> Result<()> {
+/// Checks and builds locally first, so a bad manifest fails before any node
+/// is contacted; `connect` makes the client only when there is something to send.
+pub async fn deploy(connect: impl FnOnce() -> Result<Client>, file: &Path, format: Format) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         anyhow!(
             Error::new(
@@ -54,7 +56,7 @@ pub async fn deploy(client: &Client, file: &Path, format: Format) -> Result<()> 
         }
     }
 
-    let mut artifacts = BTreeMap::new();
+    let mut sources = Vec::new();
     for (name, f) in &manifest.functions {
         let path = dir.join(&f.source);
         let data = std::fs::read(&path).map_err(|e| {
@@ -71,6 +73,12 @@ pub async fn deploy(client: &Client, file: &Path, format: Format) -> Result<()> 
                 .render()
             )
         })?;
+        sources.push((name.clone(), data));
+    }
+
+    let client = connect()?;
+    let mut artifacts = BTreeMap::new();
+    for (name, data) in sources {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
         let url = format!("/v1/artifacts/{digest}");
         if !client.exists(&url).await? {

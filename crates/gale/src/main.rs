@@ -209,14 +209,20 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Up { dir, serve } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
             let node = start_node(&global, &serve).await?;
-            let client = Client::new(&format!("http://{}", node.admin), node.token.clone());
-            let result = deploy::deploy(&client, &dir.join("gale.toml"), global.output).await;
+            let admin = format!("http://{}", node.admin);
+            let token = node.token.clone();
+            let connect = || Ok(Client::new(&admin, token));
+            let result = deploy::deploy(connect, &dir.join("gale.toml"), global.output).await;
             if let Err(e) = result {
                 node.shutdown().await;
                 return Err(e);
             }
             eprintln!("ready: http://{} (Ctrl-C stops)", node.gateway);
             until_stopped(node).await
+        }
+        Command::Deploy { file } => {
+            let connect = || Ok(Client::new(&global.server, token(&global)?));
+            deploy::deploy(connect, &file, global.output).await
         }
         command => {
             let client = Client::new(&global.server, token(&global)?);
@@ -227,7 +233,6 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn client_command(client: &Client, command: Command, format: Format) -> Result<()> {
     match command {
-        Command::Deploy { file } => deploy::deploy(client, &file, format).await,
         Command::Ls => {
             let functions: Vec<FunctionInfo> = client.get("/v1/functions").await?;
             output::print(format, &functions, output::function_table)
@@ -325,7 +330,10 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 output::print_log(format, log)?;
                 after = log.seq;
             }
-            while follow {
+            if !follow {
+                return Ok(());
+            }
+            loop {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let next: Vec<InvocationLog> = client
                     .get(&format!("/v1/functions/{function}/logs?after={after}&limit=1000"))
@@ -335,8 +343,9 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                     after = log.seq;
                 }
             }
-            Ok(())
         }
-        Command::Serve(_) | Command::Up { .. } => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Up { .. } | Command::Deploy { .. } => {
+            Err(anyhow!("this command does not run through the client"))
+        }
     }
 }

@@ -1,0 +1,210 @@
+//! The `gale` binary as a user runs it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn gale() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gale"));
+    for var in [
+        "GALE_SERVER",
+        "GALE_TOKEN",
+        "GALE_DATA_DIR",
+        "GALE_LISTEN",
+        "GALE_ADMIN_LISTEN",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// A `gale serve`/`gale up` process whose stderr is read line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Running {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix` and returns the rest.
+    fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no line starting with {prefix:?}; saw:\n{}", self.seen.join("\n"));
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.child.wait().unwrap()
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["up", "--help"],
+        vec!["deploy", "--help"],
+        vec!["ls", "--help"],
+        vec!["describe", "--help"],
+        vec!["versions", "--help"],
+        vec!["rollback", "--help"],
+        vec!["rm", "--help"],
+        vec!["invoke", "--help"],
+        vec!["logs", "--help"],
+    ] {
+        let out = gale().args(&cmd).output().unwrap();
+        assert!(out.status.success(), "gale {cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "gale {cmd:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_manifests_name_file_key_and_fix_before_contacting_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("gale.toml");
+    std::fs::write(
+        &manifest,
+        "[app]\nname = \"x\"\n[functions.f]\nsource = \"f.wasm\"\ntiemout = \"5s\"\n",
+    )
+    .unwrap();
+    let out = gale().arg("deploy").arg("-f").arg(&manifest).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("manifest_invalid") && err.contains("gale.toml") && err.contains("tiemout"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+
+    std::fs::write(
+        &manifest,
+        "[app]\nname = \"x\"\n[functions.f]\nsource = \"missing.wasm\"\n",
+    )
+    .unwrap();
+    let out = gale().arg("deploy").arg("-f").arg(&manifest).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("functions.f.source") && err.contains("missing.wasm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn quickstart_up_serves_hello_and_the_cli_inspects_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut up = gale();
+    up.arg("up")
+        .arg(common::root().join("examples/hello"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path());
+    let mut node = Running::spawn(up);
+    let gateway = node.wait_for("gateway", Duration::from_secs(30));
+    let admin = node.wait_for("admin API", Duration::from_secs(5));
+    node.wait_for("admin token", Duration::from_secs(5));
+    node.wait_for("ready:", Duration::from_secs(300));
+
+    let hello = reqwest::blocking_get(&format!("{gateway}/hello"));
+    assert_eq!(hello, "Hello, world!\n");
+    assert_eq!(
+        reqwest::blocking_get(&format!("{gateway}/hello/ada")),
+        "Hello, ada!\n"
+    );
+
+    let cli = |args: &[&str]| {
+        let out = gale()
+            .args(args)
+            .args(["--server", &admin, "--output", "json"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gale {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ls: serde_json::Value = serde_json::from_str(&cli(&["ls"])).unwrap();
+    assert_eq!(ls[0]["name"], "hello");
+    assert_eq!(ls[0]["stats"]["invocations"], 2);
+    let invoked: serde_json::Value =
+        serde_json::from_str(&cli(&["invoke", "hello", "--path", "/hello"])).unwrap();
+    assert_eq!(invoked["body"], "Hello, world!\n");
+    let logs = cli(&["logs", "hello"]);
+    assert_eq!(logs.lines().count(), 3, "{logs}");
+    assert!(logs.contains("greeting ada"), "{logs}");
+
+    // A second node on the same data directory is refused, clearly.
+    let out = gale()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another Gale node"));
+
+    assert!(node.stop().success(), "SIGTERM stops the node cleanly");
+}
+
+/// A tiny blocking GET without pulling in reqwest's blocking feature.
+mod reqwest {
+    pub fn blocking_get(url: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+}
