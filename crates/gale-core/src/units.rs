@@ -50,16 +50,26 @@ impl std::fmt::Display for HumanSize {
     }
 }
 
+/// Serialised as the exact number of bytes (the display form rounds);
+/// read from either a number or a human string.
 impl Serialize for HumanSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        s.serialize_u64(self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for HumanSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(HumanSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -84,5 +94,14 @@ mod tests {
         assert_eq!("1KB".parse::<HumanSize>().unwrap().0, 1000);
         assert!("lots".parse::<HumanSize>().is_err());
         assert_eq!(HumanSize(64 << 20).to_string(), "64.0 MiB");
+    }
+
+    #[test]
+    fn sizes_round_trip_exactly() {
+        let size: HumanSize = "6MB".parse().unwrap();
+        let json = serde_json::to_string(&size).unwrap();
+        assert_eq!(json, "6000000");
+        assert_eq!(serde_json::from_str::<HumanSize>(&json).unwrap(), size);
+        assert_eq!(serde_json::from_str::<HumanSize>("\"1KiB\"").unwrap().0, 1024);
     }
 }

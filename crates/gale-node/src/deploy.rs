@@ -53,14 +53,7 @@ impl State {
         }
 
         // Routes against every other app's.
-        let others: Vec<(String, Route)> = self
-            .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|l| l.app != app)
-            .flat_map(|l| l.spec.routes().into_iter().map(|r| (l.name.clone(), r)))
-            .collect();
+        let others = self.routes_except(|_, owner| owner == app);
         let ours: Vec<(String, Route)> = manifest
             .functions
             .iter()
@@ -152,14 +145,23 @@ impl State {
             .read::<FunctionRecord>(&function_key(function))
             .await?
             .ok_or_else(|| not_found(function))?;
-        if self.registry.version(function, version).await?.is_none() {
+        let Some(target) = self.registry.version(function, version).await? else {
             return Err(Error::new(
                 Code::VersionNotFound,
                 format!("function `{function}` has no version {version}"),
             )
             .with_hint(format!("`gale versions {function}` lists them"))
             .into());
-        }
+        };
+        // The old version's routes must still fit beside everything else.
+        let theirs: Vec<(String, Route)> = self.routes_except(|name, _| name == function);
+        let ours: Vec<(String, Route)> = target
+            .spec
+            .routes()
+            .into_iter()
+            .map(|r| (function.to_string(), r))
+            .collect();
+        gale_core::manifest::check_routes(ours.iter().chain(&theirs).map(|(n, r)| (n.as_str(), r)))?;
         let key = app_key(&owner.app);
         let (mut record, rev) = self
             .registry
@@ -192,6 +194,19 @@ impl State {
         }
         self.registry.forget_function(function).await?;
         self.sync().await
+    }
+}
+
+impl State {
+    /// Routes of live functions, leaving out those `skip(name, app)` names.
+    fn routes_except(&self, skip: impl Fn(&str, &str) -> bool) -> Vec<(String, Route)> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| !skip(&l.name, &l.app))
+            .flat_map(|l| l.spec.routes().into_iter().map(|r| (l.name.clone(), r)))
+            .collect()
     }
 }
 

@@ -31,7 +31,11 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Time a client has to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Serves until `shutdown`, then lets open connections finish their
+/// requests (graceful shutdown) for up to 10 s.
 pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    // Every connection task holds a clone; the count tells when all are done.
+    let open = Arc::new(());
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -42,12 +46,14 @@ pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let mut shutdown = shutdown.clone();
+        let open = open.clone();
         tokio::spawn(async move {
+            let _open = open;
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
@@ -67,6 +73,10 @@ pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::
             }
         });
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn request_id() -> String {
@@ -84,6 +94,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         } => {
             let mut req = req;
             let headers = req.headers_mut();
+            // Only Gale sets x-gale-* headers; a client must not forge them.
+            let forged: Vec<_> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("x-gale-"))
+                .cloned()
+                .collect();
+            for name in forged {
+                headers.remove(name);
+            }
             if let Ok(v) = HeaderValue::from_str(pattern) {
                 headers.insert("x-gale-route", v);
             }
@@ -153,7 +172,7 @@ where
         }
     };
     let started_at = crate::registry::now_ms();
-    let (prepared, cold) = match live.prepared(&state.runtime).await {
+    let (prepared, cold) = match live.prepared(&state.runtime, &state.store).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(function = %live.name, error = %e, "loading function failed");
@@ -183,7 +202,7 @@ where
             drop(permit);
             live.touch();
             live.counters.invocations.fetch_add(1, Relaxed);
-            if c.outcome != Outcome::Ok {
+            if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
                 live.counters.errors.fetch_add(1, Relaxed);
             }
             state.log(InvocationLog {
@@ -208,15 +227,34 @@ where
             });
         }
     };
+    let head = req.method() == http::Method::HEAD;
     match gale_wasm::serve(prepared, req, done).await {
-        Ok(answer) => answer.response.map(|inner| {
-            Guarded {
-                inner,
-                guard: Some(answer.guard),
+        // The guest got a truncated body; whatever it answered, the answer is 413.
+        _ if exceeded.load(Relaxed) => too_large(max_body),
+        Ok(mut answer) => {
+            // hyper never reads these bodies: do not take that as the client leaving.
+            let status = answer.response.status();
+            if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                answer.guard.disarm();
             }
-            .boxed_unsync()
-        }),
-        Err(_) if exceeded.load(Relaxed) => too_large(max_body),
+            answer.response.map(|inner| {
+                Guarded {
+                    inner,
+                    guard: Some(answer.guard),
+                }
+                .boxed_unsync()
+            })
+        }
+        Err(Failure::Overloaded) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_busy",
+                "every instance slot of this node is in use; try again shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         Err(Failure::Timeout) => error(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
@@ -323,9 +361,14 @@ impl http_body::Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(mut guard) = self.guard.take()
-        {
+        // The end of the body, or its trailers (hyper may stop polling after
+        // them): the response is complete, the guest may wind down.
+        let complete = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            _ => false,
+        };
+        if complete && let Some(mut guard) = self.guard.take() {
             guard.disarm();
         }
         polled

@@ -105,9 +105,17 @@ impl State {
         let mut next = HashMap::new();
         for app in self.registry.apps().await? {
             for (name, version) in &app.functions {
-                let Some(record) = self.registry.version(name, *version).await? else {
-                    tracing::error!(function = %name, version, "app names a version that is missing");
-                    continue;
+                // A record this node cannot read must not stop it serving the rest.
+                let record = match self.registry.version(name, *version).await {
+                    Ok(Some(record)) => record,
+                    Ok(None) => {
+                        tracing::error!(function = %name, version, "app names a version that is missing");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %name, version, error = %e, "version record skipped");
+                        continue;
+                    }
                 };
                 let current = self.function(name);
                 if let Some(live) = current.as_ref().filter(|l| l.version == *version) {
@@ -121,7 +129,7 @@ impl State {
                     .entry(name.clone())
                     .or_default()
                     .clone();
-                let live = Live::new(record, counters, current.map(|l| l.slots.clone()), self.epoch);
+                let live = Live::new(record, counters, current.as_deref(), self.epoch);
                 next.insert(name.clone(), Arc::new(live));
             }
         }
@@ -142,16 +150,24 @@ pub struct NodeHandle {
     pub token_created: bool,
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
+    /// Gateway, admin API, housekeeping: stopped first.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stopped last, once no invocation can log any more.
+    log_writer: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
 }
 
 impl NodeHandle {
-    /// Stops accepting, lets running requests finish, flushes logs.
+    /// Stops accepting, lets running requests finish, then flushes the
+    /// invocation logs; gives up waiting after 15 s in all.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         let _ = self.shutdown.send(true);
         for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
+        let (flush, writer) = self.log_writer;
+        let _ = flush.send(true);
+        let _ = tokio::time::timeout_at(deadline, writer).await;
     }
 }
 
@@ -232,9 +248,13 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     let tasks = vec![
         tokio::spawn(gateway::run(state.clone(), gateway_listener, shutdown_rx.clone())),
         tokio::spawn(admin::run(state.clone(), admin_listener, shutdown_rx.clone())),
-        tokio::spawn(write_logs(state.store.clone(), logs_rx, shutdown_rx.clone())),
         tokio::spawn(housekeeping(state.clone(), options.clone(), shutdown_rx)),
     ];
+    let (flush, flush_rx) = watch::channel(false);
+    let log_writer = (
+        flush,
+        tokio::spawn(write_logs(state.store.clone(), logs_rx, flush_rx)),
+    );
     tracing::info!(%gateway, %admin, data_dir = %options.data_dir.display(), "node started");
     Ok(NodeHandle {
         gateway,
@@ -244,6 +264,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         state,
         shutdown,
         tasks,
+        log_writer,
     })
 }
 

@@ -98,10 +98,14 @@ impl<M: Metadata> Registry<M> {
         Ok(self.meta.put(key, bytes, expect).await?)
     }
 
+    /// Every app; an unreadable record is logged and skipped.
     pub async fn apps(&self) -> Result<Vec<AppRecord>> {
         let mut apps = Vec::new();
         for (key, entry) in self.meta.list("apps/").await? {
-            apps.push(decode(&key, &entry)?);
+            match decode(&key, &entry) {
+                Ok(app) => apps.push(app),
+                Err(e) => tracing::error!(error = %e, "app record skipped"),
+            }
         }
         Ok(apps)
     }

@@ -8,9 +8,11 @@
 //! The reaper unloads the code of a function idle for the node's idle timeout,
 //! so 1,000 idle functions cost little more than their compiled code on disk.
 
+use crate::NodeError;
 use crate::registry::VersionRecord;
 use gale_core::FunctionSpec;
 use gale_core::api::FunctionStats;
+use gale_store::{Artifacts, Embedded};
 use gale_wasm::{Prepared, Runtime};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -57,7 +59,7 @@ impl Live {
     pub fn new(
         version: VersionRecord,
         counters: Arc<Counters>,
-        slots: Option<Arc<Semaphore>>,
+        previous: Option<&Live>,
         epoch: Instant,
     ) -> Live {
         let VersionRecord {
@@ -68,8 +70,11 @@ impl Live {
             spec,
             ..
         } = version;
-        let slots = slots
-            .filter(|s| s.available_permits() == spec.max_instances as usize)
+        // Same limit: share the permits, so work in flight on the old version
+        // still counts. A new limit starts a new count.
+        let slots = previous
+            .filter(|p| p.spec.max_instances == spec.max_instances)
+            .map(|p| p.slots.clone())
             .unwrap_or_else(|| Arc::new(Semaphore::new(spec.max_instances as usize)));
         Live {
             name,
@@ -109,8 +114,14 @@ impl Live {
     }
 
     /// The loaded code, loading it first if the function was scaled to zero.
-    /// Returns whether this call was a cold start.
-    pub async fn prepared(&self, runtime: &Runtime) -> Result<(Arc<Prepared>, bool), gale_wasm::WasmError> {
+    /// Returns whether this call was a cold start. Code missing from the
+    /// compiled cache (a new node version, a cleared cache) is compiled again
+    /// from the stored artifact.
+    pub async fn prepared(
+        &self,
+        runtime: &Runtime,
+        store: &Embedded,
+    ) -> Result<(Arc<Prepared>, bool), NodeError> {
         self.touch();
         if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok((p, false));
@@ -119,12 +130,28 @@ impl Live {
         if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok((p, false));
         }
+        let wasm = if runtime.is_compiled(&self.artifact) {
+            None
+        } else {
+            tracing::info!(function = %self.name, "compiled code missing from the cache; compiling again");
+            Some(
+                store
+                    .get(&self.artifact)
+                    .await?
+                    .ok_or_else(|| NodeError::DataDir(format!("artifact {} is missing", self.artifact)))?,
+            )
+        };
         let runtime = runtime.clone();
         let artifact = self.artifact.clone();
         let spec = self.spec.clone();
-        let prepared = tokio::task::spawn_blocking(move || runtime.load(&artifact, spec))
-            .await
-            .map_err(|e| gale_wasm::WasmError::Engine(format!("loading task failed: {e}")))??;
+        let prepared = tokio::task::spawn_blocking(move || {
+            if let Some(wasm) = wasm {
+                runtime.compile(&artifact, &wasm)?;
+            }
+            runtime.load(&artifact, spec)
+        })
+        .await
+        .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))??;
         let prepared = Arc::new(prepared);
         *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(prepared.clone());
         self.counters.cold_starts.fetch_add(1, Relaxed);

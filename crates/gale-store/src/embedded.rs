@@ -246,7 +246,11 @@ impl Artifacts for Embedded {
             if path.exists() {
                 return Ok(());
             }
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            // A name of its own per upload: concurrent uploads of one digest
+            // must not write into each other's temporary file.
+            static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
             let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
             file.write_all(&data).map_err(io_err(&tmp))?;
             file.sync_all().map_err(io_err(&tmp))?;

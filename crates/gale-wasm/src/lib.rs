@@ -138,7 +138,7 @@ impl Runtime {
         if path.exists() {
             return Ok(());
         }
-        if !wasmparser_is_component(wasm) {
+        if !is_component(wasm) {
             return Err(WasmError::Invalid(
                 "this is a core module or not WebAssembly at all; build a component, e.g. with \
                  `cargo build --target wasm32-wasip2`"
@@ -158,8 +158,14 @@ impl Runtime {
             path: path.clone(),
             source,
         };
-        std::fs::write(&tmp, &code).map_err(cache_err)?;
-        std::fs::rename(&tmp, &path).map_err(cache_err)?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&code)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(cache_err)?;
         Ok(())
     }
 
@@ -190,14 +196,28 @@ impl Runtime {
     }
 }
 
+/// A name for the engine's code compatibility, stable across Rust releases
+/// (std's `DefaultHasher` is not), so the cache survives a rebuild of Gale
+/// with the same wasmtime and settings.
 fn engine_fingerprint(engine: &Engine) -> String {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
+    use sha2::Digest;
+    use std::hash::{Hash, Hasher};
+    struct Sha(sha2::Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut h = Sha(sha2::Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut h);
-    format!("{:016x}", h.finish())
+    let digest = h.0.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn wasmparser_is_component(wasm: &[u8]) -> bool {
+fn is_component(wasm: &[u8]) -> bool {
     // Component binaries carry layer 1 in the version field of the preamble.
     wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [0x01, 0x00]
 }
@@ -255,6 +275,8 @@ pub enum Failure {
     Timeout,
     /// The guest trapped, or ended without answering.
     Guest(String),
+    /// The node's instance pool is exhausted; try again shortly.
+    Overloaded,
 }
 
 type DoneFn = Box<dyn FnOnce(Completion) + Send>;
@@ -266,6 +288,7 @@ struct Finish {
     started: Instant,
     stdout: pipe::LogPipe,
     stderr: pipe::LogPipe,
+    /// The status of the response the guest set (0: none yet).
     status: Arc<AtomicU16>,
 }
 
@@ -362,19 +385,26 @@ where
     };
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Failure>();
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Option<Failure>>();
+    let answered_error = Arc::new(Mutex::new(None::<String>));
+    let status = finish.status.clone();
     let setup = (|| -> wasmtime::Result<_> {
         let req = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)?;
-        let status = finish.status.clone();
+        let status = status.clone();
+        let answered_error = answered_error.clone();
         let out = store
             .data_mut()
             .http()
             .new_response_outparam_from_callback(move |response| {
-                if let Ok(r) = &response {
-                    status.store(r.status().as_u16(), Relaxed);
+                match &response {
+                    Ok(r) => status.store(r.status().as_u16(), Relaxed),
+                    Err(code) => {
+                        *answered_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("the guest answered with an error: {code:?}"))
+                    }
                 }
                 let _ = sender.send(response);
             })?;
@@ -402,8 +432,8 @@ where
                 .await?;
             wasmtime::Result::Ok(proxy)
         };
-        let (outcome, failure) = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(proxy)) => {
+        let failure = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(proxy)) if status.load(Relaxed) != 0 => {
                 let uses = uses + 1;
                 if uses < task_prepared.spec.instance_reuse {
                     let mut idle = task_prepared.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -411,41 +441,65 @@ where
                         idle.push((store, proxy, uses));
                     }
                 }
-                (Outcome::Ok, None)
+                None
             }
-            Ok(Err(e)) => (
+            Ok(Ok(_)) => Some(Failure::Guest(
+                answered_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| "the guest returned without setting a response".into()),
+            )),
+            Ok(Err(e)) if format!("{e:#}").contains("maximum concurrent") => Some(Failure::Overloaded),
+            Ok(Err(e)) => Some(Failure::Guest(describe_trap(&e, &task_prepared.spec))),
+            Err(_) => Some(Failure::Timeout),
+        };
+        let (outcome, error) = match &failure {
+            None => (Outcome::Ok, None),
+            Some(Failure::Guest(m)) => (Outcome::Error, Some(m.clone())),
+            Some(Failure::Overloaded) => (
                 Outcome::Error,
-                Some(Failure::Guest(describe_trap(&e, &task_prepared.spec))),
+                Some("no free instance slot on this node (the node's instance pool is full)".into()),
             ),
-            Err(_) => (Outcome::Timeout, Some(Failure::Timeout)),
+            Some(Failure::Timeout) => (
+                Outcome::Timeout,
+                Some(format!("timed out after {}", humantime_ms(timeout))),
+            ),
         };
-        let error = match &failure {
-            Some(Failure::Guest(m)) => Some(m.clone()),
-            Some(Failure::Timeout) => Some(format!("timed out after {}", humantime_ms(timeout))),
-            None => None,
-        };
-        if let Some(f) = failure {
-            let _ = end_tx.send(f);
-        }
+        let _ = end_tx.send(failure);
         finish.finish(outcome, error);
     });
     let mut guard = AbortOnDrop(Some(task.abort_handle()));
 
-    match receiver.await {
-        Ok(Ok(response)) => Ok(Answer { response, guard }),
-        Ok(Err(code)) => {
+    // The guest may answer and keep running (streaming its body), or end
+    // without answering; whichever comes first decides.
+    let mut receiver = receiver;
+    let mut end_rx = end_rx;
+    let (response, ended) = tokio::select! {
+        biased;
+        r = &mut receiver => (r.ok(), None),
+        end = &mut end_rx => (receiver.try_recv().ok(), Some(end)),
+    };
+    match response {
+        Some(Ok(response)) => Ok(Answer { response, guard }),
+        Some(Err(code)) => {
             guard.disarm();
             Err(Failure::Guest(format!(
                 "the guest answered with an error: {code:?}"
             )))
         }
-        Err(_) => {
+        None => {
             guard.disarm();
-            match end_rx.await {
-                Ok(failure) => Err(failure),
-                Err(_) => Err(Failure::Guest(
+            let end = match ended {
+                Some(end) => end,
+                None => end_rx.await,
+            };
+            match end {
+                Ok(Some(failure)) => Err(failure),
+                Ok(None) => Err(Failure::Guest(
                     "the guest returned without setting a response".into(),
                 )),
+                Err(_) => Err(Failure::Guest("the invocation task failed".into())),
             }
         }
     }

@@ -303,3 +303,54 @@ async fn invoke_reaches_functions_without_routes() {
     assert_eq!(r["body"], "hi there");
     assert_eq!(r["headers"]["x-method"], "POST");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_requests_finish_and_keeps_their_logs() {
+    let mut node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[("slow", "http = [{ route = \"/slow/sleep\" }]")],
+    ))
+    .await
+    .unwrap();
+    let running = tokio::spawn(node.http.get(node.url("/slow/sleep?ms=600")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.stop().await;
+    let answer = running.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "slept 600ms");
+
+    let dir = std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap());
+    let o = options(dir.path());
+    let node = TestNode::start_with(dir, o).await;
+    let logs = node.logs("slow", 1).await;
+    assert_eq!(logs[0].stdout, "", "the in-flight invocation was logged");
+    assert_eq!(logs[0].status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_cannot_take_back_a_route_another_app_now_owns() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app("one", &[("a", "http = [{ route = \"/x/echo\" }]")]))
+        .await
+        .unwrap();
+    node.deploy(&testbed_app("one", &[("a", "http = [{ route = \"/y/echo\" }]")]))
+        .await
+        .unwrap();
+    node.deploy(&testbed_app("two", &[("b", "http = [{ route = \"/x/echo\" }]")]))
+        .await
+        .unwrap();
+    let r = node
+        .http
+        .post(format!("{}/v1/functions/a/rollback", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "version": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "route_conflict");
+    assert_eq!(node.describe("a").await.version, 2);
+    assert_eq!(node.get("/y/echo").await.0, 200);
+}

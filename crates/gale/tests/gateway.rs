@@ -39,9 +39,17 @@ async fn routes_params_not_found_and_wrong_method() {
     let (status, _, body) = node.get("/files/a/b/c").await;
     assert_eq!((status, body.as_str()), (200, "testbed at /files/a/b/c"));
 
-    // Any method on a route without one.
-    let r = node.http.delete(node.url("/other/echo")).send().await.unwrap();
+    // Any method on a route without one; x-gale-* headers come only from Gale.
+    let r = node
+        .http
+        .delete(node.url("/other/echo"))
+        .header("x-gale-param-admin", "true")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-method"], "DELETE");
+    let seen = r.headers()["x-gale-headers"].to_str().unwrap().to_string();
+    assert!(!seen.contains("admin"), "a client forged a parameter: {seen}");
 
     let (status, headers, body) = node.get("/nowhere").await;
     assert_eq!(status, 404);
@@ -149,7 +157,7 @@ async fn infinite_loop_times_out_and_others_keep_serving() {
     .await
     .unwrap();
 
-    // Reference: echo throughput with nothing else running.
+    // Reference: echo with nothing else running.
     let quiet = hammer(&node, Duration::from_millis(700)).await;
     assert_eq!(quiet.failures, 0);
 
@@ -168,22 +176,24 @@ async fn infinite_loop_times_out_and_others_keep_serving() {
 
     assert_eq!(status, 504);
     assert!(took < Duration::from_secs(3), "cut at its timeout, took {took:?}");
+    // The loop holds one of the two cores, yet no echo request fails or
+    // waits for the loop: the guest yields its thread every epoch tick.
     assert_eq!(busy.failures, 0);
-    // One of the two cores is busy with the loop; the other keeps echo (and
-    // this test's own client) going.
     assert!(
-        busy.rate >= quiet.rate * 0.3,
-        "echo served {:.0}/s beside the loop vs {:.0}/s alone",
-        busy.rate,
-        quiet.rate
+        busy.slowest < Duration::from_millis(500),
+        "an echo request waited {:?} beside the loop (alone: {:?})",
+        busy.slowest,
+        quiet.slowest
     );
+    assert!(busy.served > 0);
     let log = node.logs("spin", 1).await;
     assert_eq!(log[0].outcome, Outcome::Timeout);
 }
 
 struct Load {
-    rate: f64,
+    served: usize,
     failures: usize,
+    slowest: Duration,
 }
 
 /// Sends requests to /echo from 8 concurrent clients for `time`.
@@ -194,26 +204,34 @@ async fn hammer(node: &TestNode, time: Duration) -> Load {
         let http = node.http.clone();
         let url = node.url("/echo");
         tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0usize, 0usize);
+            let mut load = Load {
+                served: 0,
+                failures: 0,
+                slowest: Duration::ZERO,
+            };
             while Instant::now() < deadline {
+                let started = Instant::now();
                 match http.post(&url).body("x").send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    _ => failed += 1,
+                    Ok(r) if r.status() == 200 => load.served += 1,
+                    _ => load.failures += 1,
                 }
+                load.slowest = load.slowest.max(started.elapsed());
             }
-            (ok, failed)
+            load
         }));
     }
-    let (mut ok, mut failures) = (0, 0);
+    let mut total = Load {
+        served: 0,
+        failures: 0,
+        slowest: Duration::ZERO,
+    };
     for t in tasks {
-        let (o, f) = t.await.unwrap();
-        ok += o;
-        failures += f;
+        let l = t.await.unwrap();
+        total.served += l.served;
+        total.failures += l.failures;
+        total.slowest = total.slowest.max(l.slowest);
     }
-    Load {
-        rate: ok as f64 / time.as_secs_f64(),
-        failures,
-    }
+    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,516 @@
+//! Gale's whole-system benchmarks. Each scenario measures Gale and, where
+//! there is one, a reference in the same run, and prints ratios: the machines
+//! are shared and noisy, absolute figures drift, ratios much less.
+//!
+//! Run with `bench/run.sh` (builds release binaries, then runs every scenario),
+//! or one scenario: `target/release/gale-bench http|cold-start|spike|idle`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Gale whole-system benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Hello-world throughput and p99: Gale vs `wasmtime serve` vs plain axum (wrk).
+    Http {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Alternating rounds over all targets.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+    },
+    /// Platform overhead of a cold start (code loaded from disk) over a warm request.
+    ColdStart {
+        #[arg(long, default_value_t = 30)]
+        iterations: u32,
+    },
+    /// 0 → 100 concurrent requests to a function that sleeps 50 ms.
+    Spike,
+    /// Node RSS with 1,000 functions deployed, warm, then idle.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        functions: u32,
+    },
+    /// A plain axum hello server: the ceiling for `http`.
+    AxumHello {
+        #[arg(long)]
+        listen: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.scenario {
+        Scenario::Http {
+            seconds,
+            connections,
+            rounds,
+        } => http(seconds, connections, rounds),
+        Scenario::ColdStart { iterations } => rt.block_on(cold_start(iterations)),
+        Scenario::Spike => rt.block_on(spike()),
+        Scenario::Idle { functions } => rt.block_on(idle(functions)),
+        Scenario::AxumHello { listen } => rt.block_on(async {
+            let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            axum::serve(listener, app).await?;
+            Ok(())
+        }),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn release_bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn hello_wasm() -> Result<PathBuf> {
+    let dir = root().join("examples/hello");
+    let ok = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(&dir)
+        .status()?
+        .success();
+    if !ok {
+        bail!("building examples/hello failed");
+    }
+    Ok(dir.join("target/wasm32-wasip2/release/hello.wasm"))
+}
+
+fn testbed_wasm() -> Result<PathBuf> {
+    let dir = root().join("tests/guests");
+    let ok = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(&dir)
+        .status()?
+        .success();
+    if !ok {
+        bail!("building tests/guests failed");
+    }
+    Ok(dir.join("target/wasm32-wasip2/release/testbed.wasm"))
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `gale serve` on free ports with its own data directory.
+struct Node {
+    _proc: Proc,
+    pid: u32,
+    dir: PathBuf,
+    gateway: String,
+    admin: String,
+}
+
+impl Node {
+    fn start(idle_timeout: &str) -> Result<Node> {
+        let dir = std::env::temp_dir().join(format!("gale-bench-{}-{}", std::process::id(), free_port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (gw, admin) = (free_port(), free_port());
+        let child = Command::new(release_bin("gale"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{gw}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--idle-timeout", idle_timeout])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("GALE_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("run target/release/gale (build it with cargo build --release)")?;
+        let node = Node {
+            pid: child.id(),
+            _proc: Proc(child),
+            dir,
+            gateway: format!("http://127.0.0.1:{gw}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() && node.dir.join("token").exists() {
+                return Ok(node);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("gale serve did not start")
+    }
+
+    fn deploy(&self, manifest: &str) -> Result<()> {
+        let file = self.dir.join("bench.toml");
+        std::fs::write(&file, manifest)?;
+        let out = Command::new(release_bin("gale"))
+            .args(["deploy", "-f"])
+            .arg(&file)
+            .args(["--server", &self.admin])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid)
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn wait_http(url: &str) -> Result<()> {
+    for _ in 0..400 {
+        if let Ok(out) = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", url])
+            .status()
+            && out.success()
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("{url} never answered")
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_ms(v: &str) -> f64 {
+    let (num, factor) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+fn wrk(url: &str, seconds: u32, connections: u32) -> Result<WrkResult> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("wrk not found: apt-get install wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = WrkResult {
+        rps: 0.0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: 0,
+    };
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => r.rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => r.p50_ms = parse_ms(v),
+            ["99%", v] => r.p99_ms = parse_ms(v),
+            ["Non-2xx", "or", "3xx", "responses:", v] => r.errors += v.parse::<u64>().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                r.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn http(seconds: u32, connections: u32, rounds: u32) -> Result<()> {
+    let wasm = hello_wasm()?;
+    let node = Node::start("60s")?;
+    node.deploy(&format!(
+        "[app]\nname = \"bench\"\n\
+         [functions.fresh]\nsource = \"{w}\"\nhttp = [{{ route = \"GET /hello\" }}]\n\
+         [functions.reuse]\nsource = \"{w}\"\ninstance_reuse = 128\nhttp = [{{ route = \"GET /reuse/hello\" }}]\n",
+        w = wasm.display()
+    ))?;
+    let mut targets: Vec<(String, String, Option<Proc>)> = vec![
+        ("gale fresh".into(), format!("{}/hello", node.gateway), None),
+        (
+            "gale reuse=128".into(),
+            format!("{}/reuse/hello", node.gateway),
+            None,
+        ),
+    ];
+    let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+    if Command::new(&wasmtime).arg("--version").output().is_ok() {
+        for (label, extra) in [
+            ("wasmtime serve fresh", None),
+            ("wasmtime serve reuse=128", Some("128")),
+        ] {
+            let port = free_port();
+            let mut cmd = Command::new(&wasmtime);
+            cmd.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")]);
+            if let Some(n) = extra {
+                cmd.args(["--max-instance-reuse-count", n]);
+            }
+            let child = cmd
+                .arg(&wasm)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            targets.push((
+                label.into(),
+                format!("http://127.0.0.1:{port}/hello"),
+                Some(Proc(child)),
+            ));
+        }
+    } else {
+        eprintln!("note: `wasmtime` not found (cargo install wasmtime-cli@48.0.8 --locked); skipping it");
+    }
+    let port = free_port();
+    let axum = Command::new(release_bin("gale-bench"))
+        .args(["axum-hello", "--listen", &format!("127.0.0.1:{port}")])
+        .spawn()?;
+    targets.push((
+        "axum hello (ceiling)".into(),
+        format!("http://127.0.0.1:{port}/hello"),
+        Some(Proc(axum)),
+    ));
+    for (_, url, _) in &targets {
+        wait_http(url)?;
+        wrk(url, 1, connections)?; // warm up
+    }
+
+    let mut results: Vec<Vec<WrkResult>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, (label, url, _)) in targets.iter().enumerate() {
+            let r = wrk(url, seconds, connections)?;
+            eprintln!(
+                "round {round} {label:<26} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                r.rps, r.p50_ms, r.p99_ms, r.errors
+            );
+            results[i].push(r);
+        }
+    }
+    println!("\nhello world, wrk -t1 -c{connections}, {seconds}s × {rounds} rounds (median of rounds)");
+    let summary: Vec<(String, f64, f64)> = targets
+        .iter()
+        .zip(&results)
+        .map(|((label, _, _), rs)| {
+            (
+                label.clone(),
+                median(rs.iter().map(|r| r.rps).collect()),
+                median(rs.iter().map(|r| r.p99_ms).collect()),
+            )
+        })
+        .collect();
+    for (label, rps, p99) in &summary {
+        println!("{label:<26} {rps:>9.0} req/s   p99 {p99:>6.2} ms");
+    }
+    let find = |name: &str| {
+        summary
+            .iter()
+            .find(|(l, _, _)| l == name)
+            .map(|(_, r, p)| (*r, *p))
+    };
+    println!();
+    if let (Some((g, gp)), Some((w, wp))) = (find("gale fresh"), find("wasmtime serve fresh")) {
+        println!(
+            "fresh instance: gale / wasmtime serve = {:.2}× throughput, p99 {gp:.2} vs {wp:.2} ms (goal ≥ 2×, p99 no worse)",
+            g / w
+        );
+    }
+    if let (Some((g, _)), Some((w, _))) = (find("gale reuse=128"), find("wasmtime serve reuse=128")) {
+        println!(
+            "instance reuse: gale / wasmtime serve = {:.2}× throughput (goal ≥ 1.0×)",
+            g / w
+        );
+    }
+    if let (Some((g, _)), Some((a, _))) = (find("gale reuse=128"), find("axum hello (ceiling)")) {
+        println!(
+            "instance reuse: gale / plain axum = {:.0} % (goal ≥ 40 %)",
+            100.0 * g / a
+        );
+    }
+    if let (Some((g, _)), Some((a, _))) = (find("gale fresh"), find("axum hello (ceiling)")) {
+        println!("fresh instance: gale / plain axum = {:.0} %", 100.0 * g / a);
+    }
+    Ok(())
+}
+
+async fn timed_get(client: &reqwest::Client, url: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let r = client.get(url).send().await?;
+    let status = r.status();
+    r.bytes().await?;
+    if !status.is_success() {
+        bail!("{url} answered {status}");
+    }
+    Ok(started.elapsed())
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn cold_start(iterations: u32) -> Result<()> {
+    let wasm = hello_wasm()?;
+    let node = Node::start("150ms")?;
+    let manifest = |greeting: u32| {
+        format!(
+            "[app]\nname = \"bench\"\n[functions.hello]\nsource = \"{}\"\nenv = {{ GREETING = \"v{greeting}\" }}\nhttp = [{{ route = \"GET /hello\" }}]\n",
+            wasm.display()
+        )
+    };
+    node.deploy(&manifest(0))?;
+    let client = reqwest::Client::new();
+    let url = format!("{}/hello", node.gateway);
+    timed_get(&client, &url).await?;
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        tokio::time::sleep(Duration::from_millis(1200)).await; // scaled to zero by now
+        cold.push(timed_get(&client, &url).await?);
+        warm.push(timed_get(&client, &url).await?);
+    }
+    let mut after_deploy = Vec::new();
+    for i in 1..=iterations.min(10) {
+        node.deploy(&manifest(i))?;
+        after_deploy.push(timed_get(&client, &url).await?);
+        warm.push(timed_get(&client, &url).await?);
+    }
+    let (c, w, d) = (p50(cold), p50(warm), p50(after_deploy));
+    println!("\ncold start, hello component, {iterations} iterations (p50 round trip over loopback HTTP)");
+    println!("warm request               {:>8.3} ms", w.as_secs_f64() * 1e3);
+    println!("after scale to zero        {:>8.3} ms", c.as_secs_f64() * 1e3);
+    println!("first after a deploy       {:>8.3} ms", d.as_secs_f64() * 1e3);
+    println!(
+        "platform overhead of a cold start (cold − warm): {:.3} ms after idle, {:.3} ms after deploy (goal < 1 ms)",
+        c.saturating_sub(w).as_secs_f64() * 1e3,
+        d.saturating_sub(w).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn spike() -> Result<()> {
+    let wasm = testbed_wasm()?;
+    let node = Node::start("60s")?;
+    node.deploy(&format!(
+        "[app]\nname = \"bench\"\n[functions.slow]\nsource = \"{}\"\nmax_instances = 100\nhttp = [{{ route = \"/slow/sleep\" }}]\n",
+        wasm.display()
+    ))?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
+    let url = format!("{}/slow/sleep?ms=50", node.gateway);
+    timed_get(&client, &url).await?; // load the code: this is about instances
+    // Open 100 connections first so the spike measures Gale, not TCP setup.
+    futures::future::try_join_all((0..100).map(|_| timed_get(&client, &url))).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut worst = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let times = futures::future::try_join_all((0..100).map(|_| timed_get(&client, &url))).await?;
+        let all = started.elapsed();
+        let max = times.iter().max().copied().unwrap_or_default();
+        worst.push(all.max(max));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let w = p50(worst);
+    println!("\nspike: 0 → 100 concurrent requests, each sleeping 50 ms (5 spikes, median)");
+    println!(
+        "all 100 done after {:.1} ms = {:.2}× the sleep (goal ≤ 2×)",
+        w.as_secs_f64() * 1e3,
+        w.as_secs_f64() / 0.05
+    );
+    Ok(())
+}
+
+async fn idle(functions: u32) -> Result<()> {
+    let wasm = hello_wasm()?;
+    let node = Node::start("2s")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let empty = node.rss_kib();
+    let mut manifest = String::from("[app]\nname = \"idle\"\n");
+    for i in 0..functions {
+        manifest.push_str(&format!(
+            "[functions.f{i}]\nsource = \"{}\"\nhttp = [{{ route = \"GET /f{i}\" }}]\n",
+            wasm.display()
+        ));
+    }
+    let started = Instant::now();
+    node.deploy(&manifest)?;
+    let deploy_time = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deployed = node.rss_kib();
+    let client = reqwest::Client::new();
+    for i in 0..functions {
+        timed_get(&client, &format!("{}/f{i}", node.gateway)).await?;
+    }
+    let warm = node.rss_kib();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = node.rss_kib();
+    println!("\nidle cost: node RSS with {functions} functions (hello component)");
+    println!("empty node                       {:>8} KiB", empty);
+    println!(
+        "{functions} deployed, never called      {:>8} KiB  (deploy took {:.1?})",
+        deployed, deploy_time
+    );
+    println!("{functions} called once (all warm)      {:>8} KiB", warm);
+    println!("{functions} idle, scaled to zero        {:>8} KiB", idle);
+    println!(
+        "per idle function: {:.1} KiB over the empty node",
+        (idle.saturating_sub(empty)) as f64 / functions as f64
+    );
+    Ok(())
+}
