@@ -92,30 +92,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn hello_wasm() -> Result<PathBuf> {
-    let dir = root().join("examples/hello");
+/// Builds a guest crate of the repository and returns its component.
+fn guest(crate_dir: &str, name: &str) -> Result<PathBuf> {
+    let dir = root().join(crate_dir);
     let ok = Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
         .current_dir(&dir)
         .status()?
         .success();
     if !ok {
-        bail!("building examples/hello failed");
+        bail!("building {crate_dir} failed");
     }
-    Ok(dir.join("target/wasm32-wasip2/release/hello.wasm"))
+    Ok(dir.join(format!("target/wasm32-wasip2/release/{name}.wasm")))
 }
 
-fn testbed_wasm() -> Result<PathBuf> {
-    let dir = root().join("tests/guests");
-    let ok = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .current_dir(&dir)
-        .status()?
-        .success();
-    if !ok {
-        bail!("building tests/guests failed");
-    }
-    Ok(dir.join("target/wasm32-wasip2/release/testbed.wasm"))
+fn hello_wasm() -> Result<PathBuf> {
+    guest("examples/hello", "hello")
 }
 
 /// A child process killed when dropped.
@@ -445,7 +437,7 @@ async fn cold_start(iterations: u32) -> Result<()> {
 }
 
 async fn spike() -> Result<()> {
-    let wasm = testbed_wasm()?;
+    let wasm = guest("tests/guests", "testbed")?;
     let node = Node::start("60s")?;
     node.deploy(&format!(
         "[app]\nname = \"bench\"\n[functions.slow]\nsource = \"{}\"\nmax_instances = 100\nhttp = [{{ route = \"/slow/sleep\" }}]\n",

@@ -127,6 +127,15 @@ impl State {
                 self.registry.forget_function(name).await?;
             }
             self.sync().await?;
+            // A deploy is a sign traffic is coming: load the new versions now,
+            // so their first requests are not cold starts.
+            for f in deployed.iter().filter(|d| d.changed) {
+                if let Some(live) = self.function(&f.name)
+                    && let Err(e) = live.load(&self.runtime, &self.store).await
+                {
+                    tracing::warn!(function = %f.name, error = %e, "preloading failed");
+                }
+            }
             tracing::info!(app = %app, functions = record.functions.len(), removed = removed.len(), "deployed");
         }
         Ok(DeployResponse {

@@ -292,7 +292,9 @@ async fn write_logs(
                 return;
             }
         }
-        while batch.len() < 1024 {
+        // Let a batch gather: one commit per batch, not per invocation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while batch.len() < 4096 {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,

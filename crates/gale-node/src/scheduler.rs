@@ -113,21 +113,38 @@ impl Live {
         result
     }
 
-    /// The loaded code, loading it first if the function was scaled to zero.
-    /// Returns whether this call was a cold start. Code missing from the
-    /// compiled cache (a new node version, a cleared cache) is compiled again
-    /// from the stored artifact.
+    /// The loaded code for a request, loading it first if the function was
+    /// scaled to zero. Returns whether this request was a cold start.
     pub async fn prepared(
         &self,
         runtime: &Runtime,
         store: &Embedded,
     ) -> Result<(Arc<Prepared>, bool), NodeError> {
         self.touch();
-        if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(p) = self.loaded() {
             return Ok((p, false));
         }
+        let (prepared, loaded_now) = self.load(runtime, store).await?;
+        if loaded_now {
+            self.counters.cold_starts.fetch_add(1, Relaxed);
+        }
+        Ok((prepared, loaded_now))
+    }
+
+    fn loaded(&self) -> Option<Arc<Prepared>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the code (once, however many callers wait); true if this call
+    /// did the loading. Code missing from the compiled cache (a new node
+    /// version, a cleared cache) is compiled again from the stored artifact.
+    pub async fn load(
+        &self,
+        runtime: &Runtime,
+        store: &Embedded,
+    ) -> Result<(Arc<Prepared>, bool), NodeError> {
         let _loading = self.loading.lock().await;
-        if let Some(p) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(p) = self.loaded() {
             return Ok((p, false));
         }
         let wasm = if runtime.is_compiled(&self.artifact) {
@@ -154,7 +171,7 @@ impl Live {
         .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))??;
         let prepared = Arc::new(prepared);
         *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(prepared.clone());
-        self.counters.cold_starts.fetch_add(1, Relaxed);
+        self.touch();
         Ok((prepared, true))
     }
 
@@ -193,7 +210,7 @@ impl Live {
             active: self.active(),
             queued: c.queued.load(Relaxed),
             throttled: c.throttled.load(Relaxed),
-            warm: self.prepared.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
+            warm: self.loaded().is_some(),
         }
     }
 }

@@ -38,6 +38,8 @@ pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// How often the epoch ticks: the granularity of timeouts and of yielding.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Linear memory per pool slot reset by memset rather than madvise.
+const KEEP_RESIDENT: usize = 4 << 20;
 /// Guest stdout and stderr kept per invocation, each.
 pub const LOG_CAPTURE_LIMIT: usize = 16 * 1024;
 
@@ -73,6 +75,44 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<Host>>,
     cache_dir: PathBuf,
+    /// Recently loaded code, shared by every function with the same digest.
+    /// Mapping code from disk is most of a cold start (~0.6 ms for a hello
+    /// component here); linking a cached one takes ~0.1 ms.
+    components: Arc<Mutex<ComponentCache>>,
+}
+
+/// The most recently used components, at most `CACHED_COMPONENTS`.
+#[derive(Default)]
+struct ComponentCache {
+    entries: std::collections::HashMap<String, (Component, u64)>,
+    clock: u64,
+}
+
+const CACHED_COMPONENTS: usize = 128;
+
+impl ComponentCache {
+    fn get(&mut self, digest: &str) -> Option<Component> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(digest).map(|(c, used)| {
+            *used = clock;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, digest: &str, component: Component) {
+        if self.entries.len() >= CACHED_COMPONENTS
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            self.entries.remove(&oldest);
+        }
+        self.clock += 1;
+        self.entries.insert(digest.to_string(), (component, self.clock));
+    }
 }
 
 impl Runtime {
@@ -84,7 +124,14 @@ impl Runtime {
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
-            .max_memory_size(gale_core::manifest::MAX_MEMORY as usize);
+            .max_memory_size(gale_core::manifest::MAX_MEMORY as usize)
+            // Reset a freed slot with memset instead of madvise: madvise on a
+            // multi-threaded process costs a TLB shootdown on every core and
+            // the next instance then faults its pages back in. Measured with
+            // bench `http` on a wstd hello component: +40 % fresh-instance
+            // throughput. Only pages a guest touched stay resident.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -118,6 +165,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache_dir,
+            components: Arc::default(),
         })
     }
 
@@ -180,12 +228,35 @@ impl Runtime {
     /// Loads compiled code for one version, ready to serve.
     /// Blocking (an mmap and some linking): call off the async runtime.
     pub fn load(&self, digest: &str, spec: Arc<FunctionSpec>) -> Result<Prepared, WasmError> {
-        let path = self.cached_path(digest);
-        // SAFETY: the file was written by `compile` above from this engine's
-        // own output, into Gale's private data directory.
-        let component = unsafe { Component::deserialize_file(&self.engine, &path) }
-            .map_err(|e| WasmError::Invalid(format!("cached code at {}: {e:#}", path.display())))?;
+        let started = Instant::now();
+        let cached = self
+            .components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest);
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let path = self.cached_path(digest);
+                // SAFETY: the file was written by `compile` above from this
+                // engine's own output, into Gale's private data directory.
+                let component = unsafe { Component::deserialize_file(&self.engine, &path) }
+                    .map_err(|e| WasmError::Invalid(format!("cached code at {}: {e:#}", path.display())))?;
+                self.components
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(digest, component.clone());
+                component
+            }
+        };
+        let mapped = started.elapsed();
         let pre = self.proxy_pre(&component)?;
+        tracing::debug!(
+            digest,
+            map_us = mapped.as_micros() as u64,
+            link_us = (started.elapsed() - mapped).as_micros() as u64,
+            "code loaded"
+        );
         let env = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         Ok(Prepared {
             pre,

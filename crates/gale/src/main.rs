@@ -130,6 +130,13 @@ enum Command {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // RUST_BACKTRACE=1 (common in shells and CI) would make every error
+        // value inside wasmtime capture a backtrace, several per request.
+        // Panics still print theirs: RUST_BACKTRACE governs those.
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("GALE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));

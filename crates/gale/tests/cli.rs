@@ -175,7 +175,15 @@ fn quickstart_up_serves_hello_and_the_cli_inspects_it() {
     let invoked: serde_json::Value =
         serde_json::from_str(&cli(&["invoke", "hello", "--path", "/hello"])).unwrap();
     assert_eq!(invoked["body"], "Hello, world!\n");
-    let logs = cli(&["logs", "hello"]);
+    // Logs are written in batches, within moments of each invocation.
+    let mut logs = String::new();
+    for _ in 0..40 {
+        logs = cli(&["logs", "hello"]);
+        if logs.lines().count() == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(logs.lines().count(), 3, "{logs}");
     assert!(logs.contains("greeting ada"), "{logs}");
 

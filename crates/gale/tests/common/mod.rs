@@ -139,6 +139,16 @@ impl TestNode {
         r.json().await.unwrap()
     }
 
+    pub async fn rollback(&self, function: &str, version: u64) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/functions/{function}/rollback", self.admin))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn describe(&self, function: &str) -> FunctionInfo {
         self.admin_get(&format!("/v1/functions/{function}")).await
     }
