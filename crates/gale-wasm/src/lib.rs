@@ -303,10 +303,6 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn spec(&self) -> &FunctionSpec {
-        &self.spec
-    }
-
     /// Drops instances kept for reuse (scale to zero).
     pub fn drop_idle(&self) -> usize {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
