@@ -69,11 +69,11 @@ impl RouteTable {
             return Lookup::NotFound;
         };
         let entry = &self.entries[*found.value];
-        let target = entry
-            .targets
-            .iter()
-            .find(|(m, _)| m.as_ref() == Some(method))
-            .or_else(|| entry.targets.iter().find(|(m, _)| m.is_none()));
+        let exact = |wanted: &Method| entry.targets.iter().find(|(m, _)| m.as_ref() == Some(wanted));
+        let target = exact(method)
+            .or_else(|| entry.targets.iter().find(|(m, _)| m.is_none()))
+            // HEAD is GET without the body (hyper drops the body).
+            .or_else(|| (method == Method::HEAD).then(|| exact(&Method::GET)).flatten());
         match target {
             Some((_, live)) => Lookup::Found {
                 live: live.clone(),

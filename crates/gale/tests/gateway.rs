@@ -59,6 +59,11 @@ async fn routes_params_not_found_and_wrong_method() {
     let (status, headers, _) = node.get("/users/42/echo").await;
     assert_eq!(status, 405);
     assert_eq!(headers["allow"], "POST");
+
+    // HEAD is answered by a GET route, without a body.
+    let head = node.http.head(node.url("/files/a")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.text().await.unwrap(), "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
