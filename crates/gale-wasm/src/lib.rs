@@ -304,11 +304,8 @@ pub struct Prepared {
 
 impl Prepared {
     /// Drops instances kept for reuse (scale to zero).
-    pub fn drop_idle(&self) -> usize {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let n = idle.len();
-        idle.clear();
-        n
+    pub fn drop_idle(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn new_store(&self) -> (Store<Host>, pipe::LogPipe, pipe::LogPipe) {

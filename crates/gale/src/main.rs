@@ -91,6 +91,13 @@ enum Command {
         #[arg(short = 'f', long = "file", default_value = "gale.toml")]
         file: PathBuf,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Commands that are plain clients of a running node's admin API.
+#[derive(Subcommand)]
+enum ClientCommand {
     /// List deployed functions.
     Ls,
     /// Show one function: version, routes, limits, counters.
@@ -231,29 +238,29 @@ async fn run(cli: Cli) -> Result<()> {
             let connect = || Ok(Client::new(&global.server, token(&global)?));
             deploy::deploy(connect, &file, global.output).await
         }
-        command => {
+        Command::Client(command) => {
             let client = Client::new(&global.server, token(&global)?);
             client_command(&client, command, global.output).await
         }
     }
 }
 
-async fn client_command(client: &Client, command: Command, format: Format) -> Result<()> {
+async fn client_command(client: &Client, command: ClientCommand, format: Format) -> Result<()> {
     match command {
-        Command::Ls => {
+        ClientCommand::Ls => {
             let functions: Vec<FunctionInfo> = client.get("/v1/functions").await?;
             output::print(format, &functions, output::function_table)
         }
-        Command::Describe { function } => {
+        ClientCommand::Describe { function } => {
             let info: FunctionInfo = client.get(&format!("/v1/functions/{function}")).await?;
             output::print(format, &info, output::describe)
         }
-        Command::Versions { function } => {
+        ClientCommand::Versions { function } => {
             let versions: Vec<VersionInfo> =
                 client.get(&format!("/v1/functions/{function}/versions")).await?;
             output::print(format, &versions, output::version_table)
         }
-        Command::Rollback { function, version } => {
+        ClientCommand::Rollback { function, version } => {
             let info: FunctionInfo = client
                 .send(
                     reqwest::Method::POST,
@@ -265,13 +272,13 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                 format!("{} now serves version {}\n", i.name, i.version)
             })
         }
-        Command::Rm { function } => {
+        ClientCommand::Rm { function } => {
             client.delete(&format!("/v1/functions/{function}")).await?;
             output::print(format, &serde_json::json!({ "removed": function }), |_| {
                 format!("removed {function}\n")
             })
         }
-        Command::Invoke {
+        ClientCommand::Invoke {
             function,
             data,
             method,
@@ -324,7 +331,7 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
             }
             Ok(())
         }
-        Command::Logs {
+        ClientCommand::Logs {
             function,
             follow,
             limit,
@@ -350,9 +357,6 @@ async fn client_command(client: &Client, command: Command, format: Format) -> Re
                     after = log.seq;
                 }
             }
-        }
-        Command::Serve(_) | Command::Up { .. } | Command::Deploy { .. } => {
-            Err(anyhow!("this command does not run through the client"))
         }
     }
 }
