@@ -103,8 +103,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             for name in forged {
                 headers.remove(name);
             }
-            if let Ok(v) = HeaderValue::from_str(pattern) {
-                headers.insert("x-gale-route", v);
+            if let Some(v) = pattern {
+                headers.insert("x-gale-route", v.clone());
             }
             for (name, value) in params {
                 if let (Ok(n), Ok(v)) = (

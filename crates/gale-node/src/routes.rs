@@ -3,7 +3,7 @@
 
 use crate::scheduler::Live;
 use gale_core::Route;
-use http::Method;
+use http::{HeaderValue, Method};
 use std::sync::Arc;
 
 pub struct RouteTable {
@@ -12,14 +12,15 @@ pub struct RouteTable {
 }
 
 struct Entry {
-    pattern: String,
+    /// The route's path pattern, ready to pass to the guest as `x-gale-route`.
+    pattern: Option<HeaderValue>,
     targets: Vec<(Option<Method>, Arc<Live>)>,
 }
 
 pub enum Lookup<'a> {
     Found {
         live: Arc<Live>,
-        pattern: &'a str,
+        pattern: Option<&'a HeaderValue>,
         params: Vec<(String, String)>,
     },
     NotFound,
@@ -51,7 +52,7 @@ impl RouteTable {
                             continue;
                         }
                         table.entries.push(Entry {
-                            pattern: path.clone(),
+                            pattern: HeaderValue::from_str(&path).ok(),
                             targets: Vec::new(),
                         });
                         index.insert(path, table.entries.len() - 1);
@@ -77,7 +78,7 @@ impl RouteTable {
         match target {
             Some((_, live)) => Lookup::Found {
                 live: live.clone(),
-                pattern: &entry.pattern,
+                pattern: entry.pattern.as_ref(),
                 params: found
                     .params
                     .iter()

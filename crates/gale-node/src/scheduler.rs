@@ -120,7 +120,8 @@ impl Live {
         runtime: &Runtime,
         store: &Embedded,
     ) -> Result<(Arc<Prepared>, bool), NodeError> {
-        self.touch();
+        // No touch here: a request in flight holds a slot, which keeps the
+        // reaper away; the idle time counts from when it finishes.
         if let Some(p) = self.loaded() {
             return Ok((p, false));
         }

@@ -146,9 +146,75 @@ async fn embedded_artifacts_are_content_addressed() {
     artifacts_are_content_addressed(&embedded().1).await;
 }
 
+/// A follower (`gale logs -f`) resumes after the last `seq` it saw, so
+/// numbers must keep growing even when pruning removed every record.
+async fn logs_seq_never_goes_back(l: &impl InvocationLogs) {
+    let mut failed = log("f", 1000);
+    failed.outcome = Outcome::Timeout;
+    failed.error = Some("timed out after 1.0s".into());
+    failed.stderr = "partial".into();
+    l.append(vec![failed]).await.unwrap();
+    let first = l.query("f", 0, 10, false).await.unwrap();
+    assert_eq!(first[0].outcome, Outcome::Timeout);
+    assert_eq!(first[0].error.as_deref(), Some("timed out after 1.0s"));
+    assert_eq!(
+        (first[0].stdout.as_str(), first[0].stderr.as_str()),
+        ("out", "partial")
+    );
+    assert_eq!(l.prune(1_000_000, 1, 1000).await.unwrap(), 1);
+    l.append(vec![log("f", 2_000_000)]).await.unwrap();
+    let next = l.query("f", first[0].seq, 10, false).await.unwrap();
+    assert_eq!(
+        next.len(),
+        1,
+        "the record after a full prune must be found after the old cursor"
+    );
+}
+
 #[tokio::test]
 async fn embedded_logs_query_and_prune() {
     logs_query_and_prune(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_logs_seq_never_goes_back() {
+    let (dir, store) = embedded();
+    logs_seq_never_goes_back(&store).await;
+    let last = store.query("f", 0, 1, true).await.unwrap()[0].seq;
+    drop(store);
+    let store = Embedded::open(dir.path()).unwrap();
+    store.append(vec![log("f", 3_000_000)]).await.unwrap();
+    let after = store.query("f", last, 10, false).await.unwrap();
+    assert_eq!(after.len(), 1, "numbering continues across a restart");
+}
+
+/// Data directories from before the columnar log table keep their logs.
+#[tokio::test]
+async fn embedded_logs_from_the_json_table_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Embedded::open(dir.path()).unwrap());
+    let db = rusqlite::Connection::open(dir.path().join("gale.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE invocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, function TEXT NOT NULL,
+             started_at INTEGER NOT NULL, record TEXT NOT NULL);",
+    )
+    .unwrap();
+    let old = log("f", 1000);
+    db.execute(
+        "INSERT INTO invocations (seq, function, started_at, record) VALUES (41, 'f', 1000, ?1)",
+        [serde_json::to_string(&old).unwrap()],
+    )
+    .unwrap();
+    drop(db);
+    let store = Embedded::open(dir.path()).unwrap();
+    let logs = store.query("f", 0, 10, false).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(
+        (logs[0].seq, logs[0].request_id.as_str(), logs[0].stdout.as_str()),
+        (41, "req-1000", "out")
+    );
+    store.append(vec![log("f", 2000)]).await.unwrap();
+    assert_eq!(store.query("f", 41, 10, false).await.unwrap()[0].seq, 42);
 }
 
 #[tokio::test]

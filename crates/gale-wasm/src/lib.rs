@@ -24,13 +24,15 @@ use gale_core::FunctionSpec;
 use gale_core::api::Outcome;
 use host::Host;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 pub use wasmtime_wasi_http::Error as BodyError;
@@ -431,7 +433,11 @@ where
         None
     };
     let (mut store, proxy, uses, stdout, stderr) = match reused {
-        Some((store, proxy, uses)) => {
+        Some((mut store, proxy, uses)) => {
+            // The deadline is relative to the epoch when set: one set when the
+            // store was made has long passed, and would make the guest yield
+            // at its first check.
+            store.set_epoch_deadline(1);
             let (stdout, stderr) = store.data().logs();
             (store, Some(proxy), uses, stdout, stderr)
         }
@@ -449,7 +455,6 @@ where
     };
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Option<Failure>>();
     let answered_error = Arc::new(Mutex::new(None::<String>));
     let status = finish.status.clone();
     let setup = (|| -> wasmtime::Result<_> {
@@ -484,7 +489,7 @@ where
     };
 
     let task_prepared = prepared.clone();
-    let task = tokio::spawn(async move {
+    let guest = async move {
         let run = async {
             let proxy = match proxy {
                 Some(p) => p,
@@ -530,43 +535,53 @@ where
                 Some(format!("timed out after {}", humantime_ms(timeout))),
             ),
         };
-        let _ = end_tx.send(failure);
         finish.finish(outcome, error);
-    });
-    let mut guard = AbortOnDrop(Some(task.abort_handle()));
-
-    // The guest may answer and keep running (streaming its body), or end
-    // without answering; whichever comes first decides.
-    let mut receiver = receiver;
-    let mut end_rx = end_rx;
-    let (response, ended) = tokio::select! {
-        biased;
-        r = &mut receiver => (r.ok(), None),
-        end = &mut end_rx => (receiver.try_recv().ok(), Some(end)),
+        failure
     };
-    match response {
-        Some(Ok(response)) => Ok(Answer { response, guard }),
-        Some(Err(code)) => {
-            guard.disarm();
-            Err(Failure::Guest(format!(
-                "the guest answered with an error: {code:?}"
-            )))
+
+    // Run the guest right here, on the caller's task, until it answers or
+    // ends. A typical handler writes its whole body into the buffered
+    // channel and returns before we look at the response, so no task is
+    // spawned and no other thread is woken. A guest still running once it
+    // has answered (streaming a body, working after the response) moves to
+    // a task of its own, so its timeout holds even if the client stops
+    // reading; dropping the answer's guard cancels it.
+    let mut guest = Box::pin(guest);
+    let mut receiver = receiver;
+    let answered = std::future::poll_fn(|cx| {
+        if let Poll::Ready(end) = guest.as_mut().poll(cx) {
+            return Poll::Ready(Err(end));
         }
-        None => {
-            guard.disarm();
-            let end = match ended {
-                Some(end) => end,
-                None => end_rx.await,
-            };
-            match end {
-                Ok(Some(failure)) => Err(failure),
-                Ok(None) => Err(Failure::Guest(
-                    "the guest returned without setting a response".into(),
-                )),
-                Err(_) => Err(Failure::Guest("the invocation task failed".into())),
-            }
+        Pin::new(&mut receiver).poll(cx).map(Ok)
+    })
+    .await;
+    let unanswered = || Failure::Guest("the guest returned without setting a response".into());
+    match answered {
+        // The guest ended; a response it set on the way is in the channel.
+        Err(end) => match receiver.try_recv() {
+            Ok(Ok(response)) => Ok(Answer {
+                response,
+                guard: AbortOnDrop(None),
+            }),
+            Ok(Err(code)) => Err(answered_with(code)),
+            Err(_) => Err(end.unwrap_or_else(unanswered)),
+        },
+        Ok(Ok(Ok(response))) => Ok(Answer {
+            response,
+            guard: AbortOnDrop(Some(tokio::spawn(guest).abort_handle())),
+        }),
+        // No response to stream: let the guest wind down on its own.
+        Ok(Ok(Err(code))) => {
+            tokio::spawn(guest);
+            Err(answered_with(code))
         }
+        // The guest dropped its response-outparam unset; its end says why.
+        Ok(Err(_)) => Err(guest.await.unwrap_or_else(unanswered)),
     }
+}
+
+fn answered_with(code: ErrorCode) -> Failure {
+    Failure::Guest(format!("the guest answered with an error: {code:?}"))
 }
 
 fn humantime_ms(d: Duration) -> String {
