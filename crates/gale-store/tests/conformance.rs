@@ -171,6 +171,43 @@ async fn logs_seq_never_goes_back(l: &impl InvocationLogs) {
     );
 }
 
+/// Records appended in many batches read and prune as one sequence.
+async fn logs_across_batches(l: &impl InvocationLogs) {
+    for batch in 0..3u64 {
+        l.append((0..4).map(|i| log("f", 1000 * (batch * 4 + i + 1))).collect())
+            .await
+            .unwrap();
+    }
+    let starts = |logs: &[InvocationLog]| logs.iter().map(|r| r.started_at / 1000).collect::<Vec<_>>();
+    let all = l.query("f", 0, 100, false).await.unwrap();
+    assert_eq!(starts(&all), (1..=12).collect::<Vec<_>>());
+    assert_eq!(starts(&l.query("f", 0, 5, false).await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        starts(&l.query("f", all[5].seq, 3, false).await.unwrap()),
+        [7, 8, 9]
+    );
+    assert_eq!(
+        starts(&l.query("f", 0, 6, true).await.unwrap()),
+        [7, 8, 9, 10, 11, 12]
+    );
+    assert_eq!(
+        starts(&l.query("f", all[9].seq, 6, true).await.unwrap()),
+        [11, 12]
+    );
+    // Age cuts inside the first batch; the count inside the second.
+    assert_eq!(l.prune(12_500, 10_000, 100).await.unwrap(), 2);
+    assert_eq!(l.prune(12_500, 10_000, 7).await.unwrap(), 3);
+    assert_eq!(
+        starts(&l.query("f", 0, 100, false).await.unwrap()),
+        [6, 7, 8, 9, 10, 11, 12]
+    );
+}
+
+#[tokio::test]
+async fn embedded_logs_across_batches() {
+    logs_across_batches(&embedded().1).await;
+}
+
 #[tokio::test]
 async fn embedded_logs_query_and_prune() {
     logs_query_and_prune(&embedded().1).await;
