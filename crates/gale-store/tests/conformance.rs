@@ -225,7 +225,30 @@ async fn embedded_logs_seq_never_goes_back() {
     assert_eq!(after.len(), 1, "numbering continues across a restart");
 }
 
-/// Data directories from before the columnar log table keep their logs.
+/// A damaged log row shows as one record saying so, not as an error that
+/// hides the function's other logs.
+#[tokio::test]
+async fn embedded_damaged_log_row_is_reported_in_place() {
+    let (dir, store) = embedded();
+    store.append(vec![log("f", 1000)]).await.unwrap();
+    store.append(vec![log("f", 2000)]).await.unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("gale.db")).unwrap();
+    db.execute(
+        "UPDATE invocation_batches SET records = 'not json' WHERE last_seq = (SELECT min(last_seq) FROM invocation_batches)",
+        [],
+    )
+    .unwrap();
+    let logs = store.query("f", 0, 10, false).await.unwrap();
+    assert_eq!(logs.len(), 2);
+    assert!(
+        logs[0].error.as_deref().unwrap_or("").contains("unreadable"),
+        "{:?}",
+        logs[0]
+    );
+    assert_eq!(logs[1].started_at, 2000);
+}
+
+/// Data directories from before batched log rows keep their logs.
 #[tokio::test]
 async fn embedded_logs_from_the_json_table_are_migrated() {
     let dir = tempfile::tempdir().unwrap();

@@ -151,11 +151,12 @@ fn write_row(tx: &Transaction, function: &str, records: &[Packed]) -> Result<()>
     Ok(())
 }
 
-fn decode(function: &str, json: &str) -> Vec<Packed> {
+/// The records of the row ending at `last_seq`.
+fn decode(function: &str, last_seq: i64, json: &str) -> Vec<Packed> {
     serde_json::from_str(json).unwrap_or_else(|e| {
         // A row that no longer parses is diagnostics lost, not state: say so in its place.
         vec![(
-            0,
+            last_seq as u64,
             String::new(),
             0,
             0,
@@ -214,9 +215,11 @@ pub(super) fn query(
     tail: bool,
 ) -> Result<Vec<InvocationLog>> {
     let sql = if tail {
-        "SELECT records FROM invocation_batches WHERE function = ?1 AND last_seq > ?2 ORDER BY last_seq DESC"
+        "SELECT last_seq, records FROM invocation_batches WHERE function = ?1 AND last_seq > ?2 \
+         ORDER BY last_seq DESC"
     } else {
-        "SELECT records FROM invocation_batches WHERE function = ?1 AND last_seq > ?2 ORDER BY last_seq"
+        "SELECT last_seq, records FROM invocation_batches WHERE function = ?1 AND last_seq > ?2 \
+         ORDER BY last_seq"
     };
     let mut stmt = c.prepare_cached(sql).map_err(engine_err)?;
     let mut rows = stmt.query(params![function, after as i64]).map_err(engine_err)?;
@@ -224,7 +227,8 @@ pub(super) fn query(
     while out.len() < limit
         && let Some(row) = rows.next().map_err(engine_err)?
     {
-        let mut records = decode(function, &row.get::<_, String>(0).map_err(engine_err)?);
+        let last_seq = row.get::<_, i64>(0).map_err(engine_err)?;
+        let mut records = decode(function, last_seq, &row.get::<_, String>(1).map_err(engine_err)?);
         if tail {
             records.reverse();
         }
@@ -297,7 +301,7 @@ pub(super) fn prune(c: &mut Connection, cutoff_ms: u64, keep: usize) -> Result<u
                 kept += count;
                 continue;
             }
-            let records = decode(&function, &json);
+            let records = decode(&function, last_seq, &json);
             let before = records.len();
             let mut survivors: Vec<Packed> = records
                 .into_iter()
