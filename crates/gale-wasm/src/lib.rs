@@ -24,7 +24,6 @@ use gale_core::FunctionSpec;
 use gale_core::api::Outcome;
 use host::Host;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -354,8 +353,40 @@ struct Finish {
     started: Instant,
     stdout: pipe::LogPipe,
     stderr: pipe::LogPipe,
+    answer: Arc<AnswerSlot>,
+}
+
+type GuestResponse = Result<hyper::Response<HyperOutgoingBody>, ErrorCode>;
+
+/// What the guest answered, put here by its `response-outparam.set`. That
+/// call happens inside the guest, which `serve` polls itself until the guest
+/// has answered, so a plain slot does (no channel, no waker).
+#[derive(Default)]
+struct AnswerSlot {
     /// The status of the response the guest set (0: none yet).
-    status: Arc<AtomicU16>,
+    status: AtomicU16,
+    /// Why the guest answered with an error instead of a response.
+    error: Mutex<Option<String>>,
+    /// The answer until `serve` takes it.
+    response: Mutex<Option<GuestResponse>>,
+}
+
+impl AnswerSlot {
+    fn set(&self, response: GuestResponse) {
+        match &response {
+            Ok(r) => self.status.store(r.status().as_u16(), Relaxed),
+            Err(code) => *lock(&self.error) = Some(format!("the guest answered with an error: {code:?}")),
+        }
+        *lock(&self.response) = Some(response);
+    }
+
+    fn take(&self) -> Option<GuestResponse> {
+        lock(&self.response).take()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Finish {
@@ -363,7 +394,7 @@ impl Finish {
         if let Some(done) = self.done.take() {
             done(Completion {
                 outcome,
-                status: match self.status.load(Relaxed) {
+                status: match self.answer.status.load(Relaxed) {
                     0 => None,
                     s => Some(s),
                 },
@@ -451,32 +482,20 @@ where
         started,
         stdout,
         stderr,
-        status: Arc::new(AtomicU16::new(0)),
+        answer: Arc::default(),
     };
 
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let answered_error = Arc::new(Mutex::new(None::<String>));
-    let status = finish.status.clone();
+    let answer = finish.answer.clone();
     let setup = (|| -> wasmtime::Result<_> {
         let req = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)?;
-        let status = status.clone();
-        let answered_error = answered_error.clone();
+        let answer = answer.clone();
         let out = store
             .data_mut()
             .http()
-            .new_response_outparam_from_callback(move |response| {
-                match &response {
-                    Ok(r) => status.store(r.status().as_u16(), Relaxed),
-                    Err(code) => {
-                        *answered_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("the guest answered with an error: {code:?}"))
-                    }
-                }
-                let _ = sender.send(response);
-            })?;
+            .new_response_outparam_from_callback(move |response| answer.set(response))?;
         Ok((req, out))
     })();
     let (req, out) = match setup {
@@ -502,7 +521,7 @@ where
             wasmtime::Result::Ok(proxy)
         };
         let failure = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(proxy)) if status.load(Relaxed) != 0 => {
+            Ok(Ok(proxy)) if finish.answer.status.load(Relaxed) != 0 => {
                 let uses = uses + 1;
                 if uses < task_prepared.spec.instance_reuse {
                     let mut idle = task_prepared.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -512,13 +531,11 @@ where
                 }
                 None
             }
-            Ok(Ok(_)) => Some(Failure::Guest(
-                answered_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .unwrap_or_else(|| "the guest returned without setting a response".into()),
-            )),
+            Ok(Ok(_)) => {
+                Some(Failure::Guest(lock(&finish.answer.error).take().unwrap_or_else(
+                    || "the guest returned without setting a response".into(),
+                )))
+            }
             Ok(Err(e)) if format!("{e:#}").contains("maximum concurrent") => Some(Failure::Overloaded),
             Ok(Err(e)) => Some(Failure::Guest(describe_trap(&e, &task_prepared.spec))),
             Err(_) => Some(Failure::Timeout),
@@ -547,36 +564,39 @@ where
     // a task of its own, so its timeout holds even if the client stops
     // reading; dropping the answer's guard cancels it.
     let mut guest = Box::pin(guest);
-    let mut receiver = receiver;
     let answered = std::future::poll_fn(|cx| {
         if let Poll::Ready(end) = guest.as_mut().poll(cx) {
             return Poll::Ready(Err(end));
         }
-        Pin::new(&mut receiver).poll(cx).map(Ok)
+        match answer.take() {
+            Some(response) => Poll::Ready(Ok(response)),
+            None => Poll::Pending,
+        }
     })
     .await;
-    let unanswered = || Failure::Guest("the guest returned without setting a response".into());
     match answered {
-        // The guest ended; a response it set on the way is in the channel.
-        Err(end) => match receiver.try_recv() {
-            Ok(Ok(response)) => Ok(Answer {
-                response,
-                guard: AbortOnDrop(None),
-            }),
-            Ok(Err(code)) => Err(answered_with(code)),
-            Err(_) => Err(end.unwrap_or_else(unanswered)),
-        },
-        Ok(Ok(Ok(response))) => Ok(Answer {
+        // The guest ended; a response it set on the way is in the slot.
+        Err(end) => {
+            match answer.take() {
+                Some(Ok(response)) => Ok(Answer {
+                    response,
+                    guard: AbortOnDrop(None),
+                }),
+                Some(Err(code)) => Err(answered_with(code)),
+                None => Err(end.unwrap_or_else(|| {
+                    Failure::Guest("the guest returned without setting a response".into())
+                })),
+            }
+        }
+        Ok(Ok(response)) => Ok(Answer {
             response,
             guard: AbortOnDrop(Some(tokio::spawn(guest).abort_handle())),
         }),
         // No response to stream: let the guest wind down on its own.
-        Ok(Ok(Err(code))) => {
+        Ok(Err(code)) => {
             tokio::spawn(guest);
             Err(answered_with(code))
         }
-        // The guest dropped its response-outparam unset; its end says why.
-        Ok(Err(_)) => Err(guest.await.unwrap_or_else(unanswered)),
     }
 }
 
