@@ -122,13 +122,6 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
         }
     }
-
-    /// The outcome named by [`Outcome::as_str`].
-    pub fn parse(name: &str) -> Option<Outcome> {
-        [Outcome::Ok, Outcome::Error, Outcome::Timeout, Outcome::Cancelled]
-            .into_iter()
-            .find(|o| o.as_str() == name)
-    }
 }
 
 /// One invocation log record.

@@ -20,9 +20,7 @@ use crate::{Result, StoreError};
 use gale_core::api::{InvocationLog, Outcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-fn engine_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Engine(e.to_string())
-}
+use super::engine_err;
 
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Engine(format!("log record encoding: {e}"))
