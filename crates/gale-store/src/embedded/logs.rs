@@ -78,20 +78,10 @@ fn pack(r: InvocationLog) -> (String, Packed) {
     )
 }
 
-fn unpack(function: &str, p: Packed) -> InvocationLog {
-    let (
-        seq,
-        request_id,
-        version,
-        started_at,
-        duration_us,
-        outcome,
-        status,
-        cold_start,
-        error,
-        stdout,
-        stderr,
-    ) = p;
+fn unpack(
+    function: &str,
+    (seq, request_id, version, started_at, duration_us, outcome, status, cold_start, error, stdout, stderr): Packed,
+) -> InvocationLog {
     InvocationLog {
         seq,
         request_id,
@@ -280,36 +270,47 @@ pub(super) fn prune(c: &mut Connection, cutoff_ms: u64, keep: usize) -> Result<u
     for function in functions {
         // Newest first: keep whole rows while they fit in `keep`, cut the
         // row that crosses it or the age cutoff, and drop everything older.
-        let rows: Vec<(i64, i64, i64, String)> = {
+        // Only the cut rows are read and decoded.
+        let rows: Vec<(i64, i64, i64)> = {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT last_seq, oldest, count, records FROM invocation_batches
+                    "SELECT last_seq, oldest, count FROM invocation_batches
                      WHERE function = ?1 ORDER BY last_seq DESC",
                 )
                 .map_err(engine_err)?;
-            stmt.query_map([&function], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            stmt.query_map([&function], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(engine_err)?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(engine_err)?
         };
         let mut kept = 0usize;
-        for (last_seq, oldest, count, json) in rows {
+        for (last_seq, oldest, count) in rows {
             let count = count as usize;
             if kept + count <= keep && oldest >= cutoff {
                 kept += count;
                 continue;
             }
-            let records = decode(&function, last_seq, &json);
-            let before = records.len();
-            let mut survivors: Vec<Packed> = records
-                .into_iter()
-                .rev()
-                .filter(|r| r.3 as i64 >= cutoff)
-                .take(keep - kept)
-                .collect();
-            survivors.reverse();
+            let survivors: Vec<Packed> = if kept < keep {
+                let json: String = tx
+                    .query_row(
+                        "SELECT records FROM invocation_batches WHERE function = ?1 AND last_seq = ?2",
+                        params![function, last_seq],
+                        |r| r.get(0),
+                    )
+                    .map_err(engine_err)?;
+                let mut newest: Vec<Packed> = decode(&function, last_seq, &json)
+                    .into_iter()
+                    .rev()
+                    .filter(|r| r.3 as i64 >= cutoff)
+                    .take(keep - kept)
+                    .collect();
+                newest.reverse();
+                newest
+            } else {
+                Vec::new()
+            };
             kept += survivors.len();
-            removed += (before - survivors.len()) as u64;
+            removed += (count - survivors.len()) as u64;
             tx.execute(
                 "DELETE FROM invocation_batches WHERE function = ?1 AND last_seq = ?2",
                 params![function, last_seq],
