@@ -145,4 +145,61 @@ pub struct InvocationLog {
     pub stdout: String,
     #[serde(default)]
     pub stderr: String,
+    /// Ids of the events this invocation handled (event-triggered invocations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+/// A topic as `gale topics` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicInfo {
+    pub name: String,
+    /// Events older than this many milliseconds are dropped.
+    pub max_age_ms: u64,
+    /// The oldest events are dropped while the topic holds more bytes than this.
+    pub max_bytes: u64,
+    /// A `source` + `id` seen within this many milliseconds is stored once.
+    pub dedup_window_ms: u64,
+    /// Events stored now.
+    pub depth: u64,
+    pub bytes: u64,
+    /// Sequence number of the newest event (0: none yet).
+    pub last_seq: u64,
+    /// Unix milliseconds of the oldest stored event.
+    pub oldest_at: Option<u64>,
+    /// Events ever accepted (duplicates not counted).
+    pub published: u64,
+    /// Events accepted per second over the last minute (filled by the node).
+    #[serde(default)]
+    pub publish_rate: f64,
+    pub subscriptions: Vec<SubscriptionInfo>,
+}
+
+/// One subscription of a topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    pub name: String,
+    /// At most one event in flight per partition key.
+    pub ordered: bool,
+    /// Events not yet handled: never delivered, in flight or waiting to be retried.
+    pub lag: u64,
+    /// Delivered and not yet settled, or waiting for a retry.
+    pub pending: u64,
+    /// Of those, events that failed at least once and wait for another attempt.
+    pub retrying: u64,
+    /// Events handled (or dead-lettered) so far.
+    pub acked: u64,
+    /// Events handled per second over the last minute (filled by the node).
+    #[serde(default)]
+    pub delivery_rate: f64,
+}
+
+/// A stored event as `GET /v1/topics/{name}/events` returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEventInfo {
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub published_at: u64,
+    /// The CloudEvent in its JSON format.
+    pub event: serde_json::Value,
 }

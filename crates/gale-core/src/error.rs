@@ -24,6 +24,12 @@ pub enum Code {
     VersionNotFound,
     /// The function belongs to another app.
     FunctionOwned,
+    /// No such topic.
+    TopicNotFound,
+    /// A CloudEvent is malformed or lacks a required attribute.
+    EventInvalid,
+    /// An event (or a batch) is larger than the node accepts.
+    EventTooLarge,
     /// A concurrent change won the race; retry.
     Conflict,
     /// Missing or wrong bearer token.
@@ -46,6 +52,9 @@ impl Code {
             Code::ArtifactInvalid => "artifact_invalid",
             Code::FunctionNotFound => "function_not_found",
             Code::VersionNotFound => "version_not_found",
+            Code::TopicNotFound => "topic_not_found",
+            Code::EventInvalid => "event_invalid",
+            Code::EventTooLarge => "event_too_large",
             Code::FunctionOwned => "function_owned",
             Code::Conflict => "conflict",
             Code::Unauthorized => "unauthorized",
@@ -62,9 +71,11 @@ impl Code {
             | Code::RouteConflict
             | Code::ComponentInvalid
             | Code::ArtifactInvalid
+            | Code::EventInvalid
             | Code::BadRequest => 400,
+            Code::EventTooLarge => 413,
             Code::Unauthorized => 401,
-            Code::FunctionNotFound | Code::VersionNotFound => 404,
+            Code::FunctionNotFound | Code::VersionNotFound | Code::TopicNotFound => 404,
             Code::FunctionOwned | Code::Conflict => 409,
             Code::Storage | Code::Internal => 500,
         }

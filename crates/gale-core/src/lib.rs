@@ -8,8 +8,10 @@
 
 pub mod api;
 pub mod error;
+pub mod filter;
 pub mod manifest;
 pub mod units;
 
 pub use error::{Code, Error};
-pub use manifest::{FunctionSpec, HttpTrigger, Manifest, Route};
+pub use filter::Filter;
+pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, TopicSpec};

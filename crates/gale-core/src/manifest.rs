@@ -6,6 +6,7 @@
 //! refused before anything on the node changes.
 
 use crate::error::{Code, Error};
+use crate::filter::{Filter, valid_attribute};
 use crate::units::{HumanDuration, HumanSize};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,8 +25,37 @@ pub const MAX_INSTANCES: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub app: App,
+    /// Topics the app declares (created, or their retention updated, at deploy).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, TopicSpec>,
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+/// A `[topics.NAME]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// Events older than this are dropped, handled or not.
+    #[serde(default = "defaults::retention")]
+    pub retention: HumanDuration,
+    /// The oldest events are dropped while the topic holds more than this.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: HumanSize,
+    /// An event with the `source` + `id` of one accepted this recently is
+    /// accepted but stored once.
+    #[serde(default = "defaults::dedup_window")]
+    pub dedup_window: HumanDuration,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        TopicSpec {
+            retention: defaults::retention(),
+            max_bytes: defaults::max_bytes(),
+            dedup_window: defaults::dedup_window(),
+        }
+    }
 }
 
 /// The `[app]` table.
@@ -85,6 +115,100 @@ pub struct FunctionSpec {
     pub allow_outbound: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpTrigger>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventTrigger>,
+}
+
+/// A `[[functions.NAME.events]]` entry: a subscription to a topic and how
+/// its events are delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTrigger {
+    pub topic: String,
+    /// Attributes that must equal these values (`{ type = "order_placed" }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter: BTreeMap<String, String>,
+    /// Further filters in the CNCF dialects; all must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    /// Attempts per event, the first included, before it is dead-lettered.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// An attempt still running after this is cut and counted as failed
+    /// (default: the function's `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_timeout: Option<HumanDuration>,
+    /// Topic that receives events which failed every attempt (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+    /// Events per invocation at most.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    /// How long a batch may wait to fill up.
+    #[serde(default = "defaults::batch_window")]
+    pub batch_window: HumanDuration,
+    /// Invocations in flight for this trigger at most.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+/// Retry delays: `initial`, then times `multiplier` per attempt up to `max`,
+/// each scaled by a random factor in [0.5, 1] so retries of many events
+/// spread out.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default = "defaults::backoff_initial")]
+    pub initial: HumanDuration,
+    #[serde(default = "defaults::backoff_max")]
+    pub max: HumanDuration,
+    #[serde(default = "defaults::backoff_multiplier")]
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: defaults::backoff_initial(),
+            max: defaults::backoff_max(),
+            multiplier: defaults::backoff_multiplier(),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after failed attempt `attempt` (1-based), before jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let grown =
+            self.initial.0.as_secs_f64() * self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        Duration::from_secs_f64(grown.min(self.max.0.as_secs_f64()))
+    }
+}
+
+/// Delivery order within a subscription.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// Events are handled concurrently, in no particular order.
+    #[default]
+    None,
+    /// At most one event per CloudEvents `partitionkey` in flight; events of
+    /// one key are handled in the order they were published.
+    PartitionKey,
+}
+
+impl EventTrigger {
+    /// Whether an event with these attributes is for this trigger.
+    pub fn accepts(&self, attribute: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.filter
+            .iter()
+            .all(|(name, want)| attribute(name).as_deref() == Some(want.as_str()))
+            && self.filters.iter().all(|f| f.matches(attribute))
+    }
 }
 
 mod defaults {
@@ -106,6 +230,36 @@ mod defaults {
     }
     pub fn max_body() -> HumanSize {
         HumanSize(6 << 20)
+    }
+    pub fn retention() -> HumanDuration {
+        HumanDuration(Duration::from_secs(7 * 24 * 3600))
+    }
+    pub fn max_bytes() -> HumanSize {
+        HumanSize(1 << 30)
+    }
+    pub fn dedup_window() -> HumanDuration {
+        HumanDuration(Duration::from_secs(600))
+    }
+    pub fn max_attempts() -> u32 {
+        5
+    }
+    pub fn batch_size() -> u32 {
+        1
+    }
+    pub fn batch_window() -> HumanDuration {
+        HumanDuration(Duration::ZERO)
+    }
+    pub fn max_concurrency() -> u32 {
+        10
+    }
+    pub fn backoff_initial() -> HumanDuration {
+        HumanDuration(Duration::from_millis(200))
+    }
+    pub fn backoff_max() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub fn backoff_multiplier() -> f64 {
+        2.0
     }
 }
 
@@ -232,6 +386,15 @@ fn valid_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// A topic name: lowercase letters, digits, '-', '_' and '.', starting with
+/// a letter or digit, at most 100 characters.
+pub fn valid_topic(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '0'..='9'))
+        && name.len() <= 100
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -266,6 +429,30 @@ impl Manifest {
                 format!("{:?} is not a valid app name", self.app.name),
                 "use lowercase letters, digits and '-', starting with a letter (at most 63)",
             ));
+        }
+        for (name, t) in &self.topics {
+            let key = format!("topics.{name}");
+            if !valid_topic(name) {
+                return Err(invalid(
+                    &key,
+                    format!("{name:?} is not a valid topic name"),
+                    "use lowercase letters, digits, '-', '_' and '.', starting with a letter or digit (at most 100)",
+                ));
+            }
+            if t.retention.0 < Duration::from_secs(1) {
+                return Err(invalid(
+                    &format!("{key}.retention"),
+                    "is under one second".into(),
+                    "write it like \"7d\" or \"12h\"",
+                ));
+            }
+            if t.max_bytes.0 < 1024 {
+                return Err(invalid(
+                    &format!("{key}.max_bytes"),
+                    "is under 1KiB".into(),
+                    "write it like \"1GiB\"",
+                ));
+            }
         }
         let mut routes = Vec::new();
         for (name, f) in &self.functions {
@@ -342,8 +529,115 @@ impl Manifest {
                     .map_err(|m| invalid(&key("http.route"), m, "write routes like \"GET /users/{id}\""))?;
                 routes.push((name.as_str(), route));
             }
+            for (i, t) in f.events.iter().enumerate() {
+                let key = |k: &str| format!("functions.{name}.events[{i}].{k}");
+                t.validate()
+                    .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
+            }
         }
         check_routes(routes.iter().map(|(n, r)| (*n, r)))
+    }
+}
+
+impl EventTrigger {
+    /// Checks one trigger: the failing key, what is wrong and how to fix it.
+    fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+        if !valid_topic(&self.topic) {
+            return Err((
+                "topic",
+                format!("{:?} is not a valid topic name", self.topic),
+                "use lowercase letters, digits, '-', '_' and '.', starting with a letter or digit",
+            ));
+        }
+        if let Some(bad) = self.filter.keys().find(|k| !valid_attribute(k)) {
+            return Err((
+                "filter",
+                format!("{bad:?} is not a CloudEvents attribute name"),
+                "attribute names are lowercase letters and digits, like `type`, `source` or `subject`",
+            ));
+        }
+        for f in &self.filters {
+            f.validate().map_err(|m| {
+                (
+                    "filters",
+                    m,
+                    "write filters like { prefix = { type = \"com.shop.\" } } (dialects: exact, prefix, suffix, all, any, not)",
+                )
+            })?;
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err((
+                "max_attempts",
+                format!("{} is out of range", self.max_attempts),
+                "choose between 1 and 100",
+            ));
+        }
+        let b = &self.backoff;
+        if b.initial.0.is_zero() || b.max.0 < b.initial.0 || b.max.0 > Duration::from_secs(12 * 3600) {
+            return Err((
+                "backoff",
+                format!(
+                    "initial {} and max {} do not make a backoff",
+                    humantime::format_duration(b.initial.0),
+                    humantime::format_duration(b.max.0)
+                ),
+                "use an initial delay above zero and a max between it and \"12h\"",
+            ));
+        }
+        if !(1.0..=10.0).contains(&b.multiplier) {
+            return Err((
+                "backoff.multiplier",
+                format!("{} is out of range", b.multiplier),
+                "choose between 1 and 10",
+            ));
+        }
+        if let Some(t) = self.ack_timeout
+            && (t.0.is_zero() || t.0 > Duration::from_secs(900))
+        {
+            return Err((
+                "ack_timeout",
+                "is out of range".into(),
+                "choose between \"1ms\" and \"15m\"",
+            ));
+        }
+        if let Some(d) = &self.dead_letter {
+            if !valid_topic(d) {
+                return Err((
+                    "dead_letter",
+                    format!("{d:?} is not a valid topic name"),
+                    "name a topic, like \"orders-dlq\"",
+                ));
+            }
+            if *d == self.topic {
+                return Err((
+                    "dead_letter",
+                    "is the trigger's own topic: failed events would come back forever".into(),
+                    "name a separate topic, like \"orders-dlq\"",
+                ));
+            }
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err((
+                "batch_size",
+                format!("{} is out of range", self.batch_size),
+                "choose between 1 and 1000",
+            ));
+        }
+        if self.batch_window.0 > Duration::from_secs(60) {
+            return Err((
+                "batch_window",
+                "is over a minute".into(),
+                "choose between \"0s\" and \"1m\"",
+            ));
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.max_concurrency) {
+            return Err((
+                "max_concurrency",
+                format!("{} is out of range", self.max_concurrency),
+                "choose between 1 and 1000",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -516,5 +810,74 @@ mod tests {
         assert!(f.allows_outbound("localhost:9000"));
         assert!(!f.allows_outbound("localhost:9001"));
         assert!(!f.allows_outbound("evil.com"));
+    }
+
+    #[test]
+    fn event_triggers_parse_with_defaults_and_policies() {
+        let m = parse(
+            r#"
+            [app]
+            name = "shop"
+            [topics.orders]
+            retention = "2d"
+            [functions.inventory]
+            source = "inventory.wasm"
+            [[functions.inventory.events]]
+            topic = "orders"
+            filter = { type = "order_placed" }
+            filters = [{ prefix = { source = "/shop" } }]
+            max_attempts = 3
+            backoff = { initial = "100ms", max = "1s" }
+            dead_letter = "orders-dlq"
+            ordering = "partition-key"
+            [[functions.inventory.events]]
+            topic = "restock"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.topics["orders"].retention.0, Duration::from_secs(2 * 86400));
+        assert_eq!(m.topics["orders"].dedup_window.0, Duration::from_secs(600));
+        let t = &m.functions["inventory"].events;
+        assert_eq!((t[0].max_attempts, t[0].ordering), (3, Ordering::PartitionKey));
+        assert_eq!(t[0].backoff.delay(1), Duration::from_millis(100));
+        assert_eq!(t[0].backoff.delay(3), Duration::from_millis(400));
+        assert_eq!(t[0].backoff.delay(30), Duration::from_secs(1));
+        let attrs = |n: &str| match n {
+            "type" => Some("order_placed".to_string()),
+            "source" => Some("/shop/eu".to_string()),
+            _ => None,
+        };
+        assert!(t[0].accepts(&attrs));
+        assert!(t[1].accepts(&|_: &str| None));
+        assert_eq!(
+            (t[1].max_attempts, t[1].batch_size, t[1].ordering),
+            (5, 1, Ordering::None)
+        );
+    }
+
+    #[test]
+    fn bad_event_triggers_name_the_key() {
+        let base = "[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\n[[functions.f.events]]\n";
+        for (extra, key) in [
+            ("topic = \"Orders\"\n", "events[0].topic"),
+            (
+                "topic = \"o\"\nfilters = [{ prefix = { type = \"\" } }]\n",
+                "events[0].filters",
+            ),
+            ("topic = \"o\"\ndead_letter = \"o\"\n", "events[0].dead_letter"),
+            ("topic = \"o\"\nmax_attempts = 0\n", "events[0].max_attempts"),
+            (
+                "topic = \"o\"\nbackoff = { initial = \"5s\", max = \"1s\" }\n",
+                "events[0].backoff",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.message.contains(key), "{extra}: {}", err.message);
+        }
+        let err = parse(&format!(
+            "{base}topic = \"o\"\nfilters = [{{ regex = {{ type = \"x\" }} }}]\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("regex"), "{}", err.message);
     }
 }

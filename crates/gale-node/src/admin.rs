@@ -14,12 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
+use gale_core::TopicSpec;
 use gale_core::api::{
-    DeployRequest, FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest, VersionInfo,
+    DeployRequest, FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest,
+    StoredEventInfo, TopicInfo, VersionInfo,
 };
 use gale_core::error::ErrorBody;
 use gale_core::{Code, Error};
-use gale_store::{Artifacts, InvocationLogs};
+use gale_store::{Artifacts, InvocationLogs, Topics};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -32,7 +34,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest artifact accepted.
 const MAX_ARTIFACT: usize = 256 << 20;
 
-struct ApiError(Error);
+/// An error answer in the JSON shape every Gale endpoint uses.
+pub(crate) struct ApiError(pub Error);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -70,6 +73,13 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/functions/{name}/rollback", post(rollback))
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/functions/{name}/logs", get(logs))
+        .route("/v1/topics", get(list_topics))
+        .route("/v1/topics/{name}", put(put_topic).delete(delete_topic))
+        .route(
+            "/v1/topics/{name}/events",
+            post(crate::events::publish).get(read_events),
+        )
+        .route("/v1/topics/{name}/redrive", post(redrive))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_ARTIFACT));
     Router::new()
@@ -92,7 +102,7 @@ pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::
     }
 }
 
-async fn authorize(
+pub(crate) async fn authorize(
     Ext(state): Ext<Arc<State>>,
     headers: HeaderMap,
     request: Request,
@@ -322,6 +332,97 @@ async fn logs(
             .await
             .map_err(NodeError::from)?,
     ))
+}
+
+async fn list_topics(Ext(state): Ext<Arc<State>>) -> ApiResult<Json<Vec<TopicInfo>>> {
+    Ok(Json(state.topics().await?))
+}
+
+async fn put_topic(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+    body: Option<Json<TopicSpec>>,
+) -> ApiResult<Json<TopicInfo>> {
+    if !gale_core::manifest::valid_topic(&name) {
+        return Err(
+            Error::new(Code::BadRequest, format!("{name:?} is not a valid topic name"))
+                .with_hint("use lowercase letters, digits, '-', '_' and '.', starting with a letter or digit")
+                .into(),
+        );
+    }
+    let spec = body.map(|Json(s)| s).unwrap_or_default();
+    state
+        .store
+        .put_topic(&name, crate::deploy::topic_config(&spec))
+        .await
+        .map_err(NodeError::from)?;
+    let topics = state.topics().await?;
+    let info = topics.into_iter().find(|t| t.name == name);
+    info.map(Json)
+        .ok_or_else(|| NodeError::from(gale_store::StoreError::UnknownTopic(name)).into())
+}
+
+async fn delete_topic(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let used_by: Vec<String> = state
+        .functions
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|l| l.spec.events.iter().any(|t| t.topic == name))
+        .map(|l| l.name.clone())
+        .collect();
+    if !used_by.is_empty() {
+        return Err(Error::new(
+            Code::Conflict,
+            format!("topic `{name}` has subscribers: {}", used_by.join(", ")),
+        )
+        .with_hint("remove their event triggers first")
+        .into());
+    }
+    match state.store.delete_topic(&name).await.map_err(NodeError::from)? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(NodeError::from(gale_store::StoreError::UnknownTopic(name)).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// Stored events of a topic as CloudEvents JSON, with their sequence numbers.
+async fn read_events(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<Json<Vec<StoredEventInfo>>> {
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let events = state
+        .store
+        .read(&name, q.after, limit)
+        .await
+        .map_err(NodeError::from)?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| StoredEventInfo {
+                seq: e.seq,
+                published_at: e.published_at,
+                event: serde_json::from_slice(&e.body)
+                    .unwrap_or_else(|err| serde_json::json!({ "unreadable": err.to_string() })),
+            })
+            .collect(),
+    ))
+}
+
+/// Moves a dead-letter topic's events back to the topics they failed on.
+async fn redrive(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(state.redrive(&name).await?))
 }
 
 async fn artifact_exists(Ext(state): Ext<Arc<State>>, Path(digest): Path<String>) -> ApiResult<StatusCode> {

@@ -12,11 +12,21 @@ use crate::error::{NodeError, Result};
 use crate::registry::{AppRecord, FunctionRecord, app_key, function_key, identity, now_ms};
 use gale_core::api::{DeployRequest, DeployResponse, DeployedFunction};
 use gale_core::{Code, Error, Route};
-use gale_store::{Artifacts, Expect};
-use std::collections::BTreeMap;
+use gale_store::{Artifacts, Expect, TopicConfig, Topics};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The store's form of a manifest's `[topics.NAME]`.
+pub fn topic_config(t: &gale_core::TopicSpec) -> TopicConfig {
+    TopicConfig {
+        max_age_ms: t.retention.0.as_millis() as u64,
+        max_bytes: t.max_bytes.0,
+        dedup_window_ms: t.dedup_window.0.as_millis() as u64,
+    }
+}
 
 impl State {
-    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployResponse> {
+    pub async fn deploy(self: &Arc<Self>, request: DeployRequest) -> Result<DeployResponse> {
         let DeployRequest { manifest, artifacts } = request;
         manifest.validate()?;
         let app = manifest.app.name.clone();
@@ -61,6 +71,25 @@ impl State {
             .collect();
         gale_core::manifest::check_routes(ours.iter().chain(&others).map(|(n, r)| (n.as_str(), r)))?;
 
+        // Every trigger's topic is declared here or exists already.
+        let existing: BTreeSet<String> = self.store.topics().await?.into_iter().map(|t| t.name).collect();
+        for (name, f) in &manifest.functions {
+            for (i, t) in f.events.iter().enumerate() {
+                if !manifest.topics.contains_key(&t.topic) && !existing.contains(&t.topic) {
+                    return Err(Error::new(
+                        Code::TopicNotFound,
+                        format!(
+                            "`functions.{name}.events[{i}].topic`: topic `{}` is not declared in the manifest \
+                             and does not exist on the node",
+                            t.topic
+                        ),
+                    )
+                    .with_hint(format!("declare it with a [topics.{}] table", t.topic))
+                    .into());
+                }
+            }
+        }
+
         // Compile (or find compiled) every component.
         for (name, digest) in &artifacts {
             if !manifest.functions.contains_key(name) || self.runtime.is_compiled(digest) {
@@ -78,6 +107,23 @@ impl State {
                     function: name.clone(),
                     source,
                 })?;
+        }
+
+        // Topics before the functions that use them: declared ones get their
+        // retention, dead-letter topics are made if missing.
+        for (name, t) in &manifest.topics {
+            self.store.put_topic(name, topic_config(t)).await?;
+        }
+        let dead_letters: BTreeSet<&String> = manifest
+            .functions
+            .values()
+            .flat_map(|f| f.events.iter().filter_map(|t| t.dead_letter.as_ref()))
+            .filter(|d| !manifest.topics.contains_key(*d) && !existing.contains(*d))
+            .collect();
+        for name in dead_letters {
+            self.store
+                .put_topic(name, topic_config(&Default::default()))
+                .await?;
         }
 
         // Versions, then the one atomic switch.
@@ -147,7 +193,7 @@ impl State {
     }
 
     /// Points `function` back (or forward) at an existing version.
-    pub async fn rollback(&self, function: &str, version: u64) -> Result<()> {
+    pub async fn rollback(self: &Arc<Self>, function: &str, version: u64) -> Result<()> {
         let _changes = self.changes.lock().await;
         let (owner, _) = self
             .registry
@@ -184,7 +230,7 @@ impl State {
     }
 
     /// Removes a function: its routes stop at once, its versions are forgotten.
-    pub async fn remove(&self, function: &str) -> Result<()> {
+    pub async fn remove(self: &Arc<Self>, function: &str) -> Result<()> {
         let _changes = self.changes.lock().await;
         let (owner, _) = self
             .registry

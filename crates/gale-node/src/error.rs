@@ -36,6 +36,11 @@ impl NodeError {
             NodeError::User(e) => e.clone(),
             NodeError::Store(StoreError::Conflict { .. }) => Error::new(Code::Conflict, self.to_string())
                 .with_hint("another change landed at the same time; run the command again"),
+            NodeError::Store(StoreError::UnknownTopic(topic)) => {
+                Error::new(Code::TopicNotFound, format!("no topic named `{topic}`")).with_hint(
+                    "declare it under [topics] in the manifest, or create it with `gale topics create`",
+                )
+            }
             NodeError::Store(StoreError::BadDigest(_) | StoreError::DigestMismatch { .. }) => {
                 Error::new(Code::ArtifactInvalid, self.to_string())
             }

@@ -33,9 +33,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown`, then lets open connections finish their
 /// requests (graceful shutdown) for up to 10 s.
-pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     // Every connection task holds a clone; the count tells when all are done.
     let open = Arc::new(());
+    let gale = crate::events::gateway_router(state.clone());
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,13 +51,21 @@ pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let gale = gale.clone();
         let mut shutdown = shutdown.clone();
         let open = open.clone();
         tokio::spawn(async move {
             let _open = open;
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+                let gale = gale.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(if req.uri().path().starts_with("/_gale/") {
+                        own_endpoint(gale, req).await
+                    } else {
+                        handle(state, req).await
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -77,6 +86,31 @@ pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::
     while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Gale's own endpoints under `/_gale/`, answered by an axum router. Their
+/// answers are small JSON documents, read whole here.
+async fn own_endpoint(router: axum::Router, req: Request<Incoming>) -> Response<Body> {
+    use tower::ServiceExt;
+    let id = request_id();
+    let response = match router.oneshot(req.map(axum::body::Body::new)).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let mut response = match body.collect().await {
+        Ok(body) => Response::from_parts(
+            parts,
+            Full::new(body.to_bytes())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
 }
 
 fn request_id() -> String {
@@ -139,9 +173,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// Runs one request through `live`: admission, cold start if needed, the
-/// guest, and the invocation log. Shared by the gateway and the admin API.
-pub async fn invoke<B>(state: &Arc<State>, live: Arc<Live>, mut req: Request<B>, id: &str) -> Response<Body>
+/// Runs one request through `live`: admission, then [`run`]. Shared by the
+/// gateway and the admin API.
+pub async fn invoke<B>(state: &Arc<State>, live: Arc<Live>, req: Request<B>, id: &str) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BodyError>,
@@ -171,6 +205,27 @@ where
             return r;
         }
     };
+    let timeout = live.spec.timeout.0;
+    run(state, live, permit, req, id, timeout, Vec::new()).await
+}
+
+/// Runs one admitted request (`permit` is its instance slot) for at most
+/// `timeout`: cold start if needed, the guest, and the invocation log, which
+/// names `events` when the request carries events.
+pub async fn run<B>(
+    state: &Arc<State>,
+    live: Arc<Live>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut req: Request<B>,
+    id: &str,
+    timeout: Duration,
+    events: Vec<String>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BodyError>,
+{
+    let max_body = live.spec.max_body.0;
     let started_at = crate::registry::now_ms();
     let (prepared, cold) = match live.prepared(&state.runtime, &state.store).await {
         Ok(p) => p,
@@ -224,11 +279,12 @@ where
                 error: c.error,
                 stdout: c.stdout,
                 stderr: c.stderr,
+                events,
             });
         }
     };
     let head = req.method() == http::Method::HEAD;
-    match gale_wasm::serve(prepared, req, done).await {
+    match gale_wasm::serve(prepared, req, timeout, done).await {
         // The guest got a truncated body; whatever it answered, the answer is 413.
         _ if exceeded.load(Relaxed) => too_large(max_body),
         Ok(mut answer) => {
@@ -261,7 +317,7 @@ where
             &format!(
                 "function `{}` did not answer within its timeout of {}",
                 live.name,
-                humantime::format_duration(live.spec.timeout.0)
+                humantime::format_duration(timeout)
             ),
         ),
         Err(Failure::Guest(message)) => {

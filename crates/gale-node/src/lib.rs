@@ -4,6 +4,9 @@
 //! - the scheduler ([`scheduler`]) admits requests, loads code on demand and
 //!   scales idle functions to zero;
 //! - the admin API ([`admin`]) deploys apps and answers the CLI;
+//! - topics take CloudEvents in ([`events`]) and the dispatcher
+//!   ([`dispatch`]) delivers them to subscribed functions, with retries and
+//!   dead letters;
 //! - the registry ([`registry`]) keeps apps, functions and versions on the
 //!   storage seam ([`gale_store`]); the wasm runtime ([`gale_wasm`]) runs them.
 //!
@@ -11,16 +14,20 @@
 
 pub mod admin;
 mod deploy;
+pub mod dispatch;
 mod error;
+pub mod events;
 pub mod gateway;
+mod meters;
 pub mod registry;
 mod routes;
 pub mod scheduler;
 
 pub use error::NodeError;
 
+use dispatch::Subscriber;
 use gale_core::api::InvocationLog;
-use gale_store::{Embedded, InvocationLogs};
+use gale_store::{Embedded, InvocationLogs, Topics};
 use gale_wasm::{Runtime, RuntimeConfig};
 use registry::Registry;
 use routes::RouteTable;
@@ -76,6 +83,17 @@ pub struct State {
     /// One deploy, rollback or removal at a time on this node.
     changes: tokio::sync::Mutex<()>,
     epoch: Instant,
+    meters: meters::Meters,
+    /// The running dispatcher of each subscription, by (topic, subscription).
+    dispatchers: Mutex<HashMap<(String, String), Dispatcher>>,
+    /// Whether the node is stopping (no new dispatchers then).
+    stopping: watch::Sender<bool>,
+}
+
+/// A subscription's dispatcher task and the switch that stops it.
+struct Dispatcher {
+    subscriber: Subscriber,
+    stop: watch::Sender<bool>,
 }
 
 impl State {
@@ -101,7 +119,7 @@ impl State {
 
     /// Rebuilds the live functions and the route table from the registry,
     /// keeping warm code of versions that did not change.
-    async fn sync(&self) -> Result<(), NodeError> {
+    async fn sync(self: &Arc<Self>) -> Result<(), NodeError> {
         let mut next = HashMap::new();
         for app in self.registry.apps().await? {
             for (name, version) in &app.functions {
@@ -134,10 +152,85 @@ impl State {
             }
         }
         let table = RouteTable::build(next.values());
+        let wanted = dispatch::desired(&next);
         *self.functions.write().unwrap_or_else(|p| p.into_inner()) = next;
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.subscribe(wanted).await
+    }
+
+    /// Makes the store's subscriptions and the running dispatchers match the
+    /// triggers of the live functions: new triggers subscribe (from the
+    /// topic's next event), removed ones unsubscribe (their backlog goes).
+    async fn subscribe(self: &Arc<Self>, wanted: Vec<Subscriber>) -> Result<(), NodeError> {
+        let key = |s: &Subscriber| (s.topic.clone(), s.subscription.clone());
+        for sub in &wanted {
+            let running = lock(&self.dispatchers)
+                .get(&key(sub))
+                .map(|d| d.subscriber.clone());
+            if running.as_ref() == Some(sub) {
+                continue;
+            }
+            if let Err(e) = self
+                .store
+                .put_subscription(&sub.topic, &sub.subscription, sub.ordered)
+                .await
+            {
+                tracing::error!(topic = %sub.topic, function = %sub.function, error = %e, "subscribing failed");
+                continue;
+            }
+            if *self.stopping.borrow() {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            let previous = lock(&self.dispatchers).insert(
+                key(sub),
+                Dispatcher {
+                    subscriber: sub.clone(),
+                    stop,
+                },
+            );
+            if let Some(previous) = previous {
+                let _ = previous.stop.send(true);
+            }
+            tokio::spawn(dispatch::run(self.clone(), sub.clone(), stopped));
+        }
+        let gone: Vec<(String, String)> = lock(&self.dispatchers)
+            .keys()
+            .filter(|k| !wanted.iter().any(|s| key(s) == **k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(d) = lock(&self.dispatchers).remove(&k) {
+                let _ = d.stop.send(true);
+            }
+            self.store.delete_subscription(&k.0, &k.1).await?;
+        }
+        // Subscriptions left in the store by triggers removed while no
+        // dispatcher ran (a node stopped mid-change).
+        for topic in self.store.topics().await? {
+            for s in topic.subscriptions {
+                if !wanted
+                    .iter()
+                    .any(|w| w.topic == topic.name && w.subscription == s.name)
+                {
+                    self.store.delete_subscription(&topic.name, &s.name).await?;
+                }
+            }
+        }
         Ok(())
     }
+
+    /// Stops every dispatcher; their leased events are delivered again after a restart.
+    fn stop_dispatchers(&self) {
+        let _ = self.stopping.send(true);
+        for (_, d) in lock(&self.dispatchers).drain() {
+            let _ = d.stop.send(true);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running node.
@@ -161,6 +254,7 @@ impl NodeHandle {
     /// invocation logs; gives up waiting after 15 s in all.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.state.stop_dispatchers();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = tokio::time::timeout_at(deadline, task).await;
@@ -231,6 +325,9 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         token: token.clone(),
         changes: tokio::sync::Mutex::new(()),
         epoch: Instant::now(),
+        meters: meters::Meters::new(),
+        dispatchers: Mutex::new(HashMap::new()),
+        stopping: watch::channel(false).0,
     });
     state.sync().await?;
 
@@ -246,7 +343,11 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         source,
     })?;
     let tasks = vec![
-        tokio::spawn(gateway::run(state.clone(), gateway_listener, shutdown_rx.clone())),
+        tokio::spawn(gateway::serve(
+            state.clone(),
+            gateway_listener,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(admin::run(state.clone(), admin_listener, shutdown_rx.clone())),
         tokio::spawn(housekeeping(state.clone(), options.clone(), shutdown_rx)),
     ];
@@ -306,7 +407,8 @@ async fn write_logs(
     }
 }
 
-/// Periodic work: scale idle functions to zero, prune old logs.
+/// Periodic work: scale idle functions to zero, prune old logs, apply
+/// topic retention.
 async fn housekeeping(state: Arc<State>, options: Options, mut shutdown: watch::Receiver<bool>) {
     let tick = options
         .idle_timeout
@@ -339,6 +441,11 @@ async fn housekeeping(state: Arc<State>, options: Options, mut shutdown: watch::
                 .await
             {
                 tracing::warn!(error = %e, "pruning invocation logs failed");
+            }
+            match state.store.enforce_retention().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "retention dropped old events"),
+                Err(e) => tracing::warn!(error = %e, "applying topic retention failed"),
             }
         }
     }

@@ -5,12 +5,16 @@
 //! diagnostics, as described in [`logs`]); artifacts are plain
 //! files named by their digest, written to a temporary name, synced, then
 //! renamed, so a crash never leaves a half-written blob under a real name.
-//! The directory is locked for the life of the node: two nodes on one data
+//! Topics live in a database file of their own, written in group commits
+//! (see [`topics`]). The directory is locked for the life of the node: two nodes on one data
 //! directory would corrupt each other's view.
 
-use crate::{Artifacts, Entry, Expect, InvocationLogs, Metadata, Result, StoreError, digest_hex, digest_of};
+use crate::{
+    Artifacts, Delivery, Entry, Expect, InvocationLogs, Metadata, NewEvent, Published, Result, Settle,
+    StoreError, StoredEvent, TopicConfig, Topics, digest_hex, digest_of,
+};
 use async_trait::async_trait;
-use gale_core::api::InvocationLog;
+use gale_core::api::{InvocationLog, TopicInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs::File;
 use std::io::Write;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod logs;
+mod topics;
 
 /// The embedded backend rooted at a data directory.
 #[derive(Clone)]
@@ -29,6 +34,7 @@ struct Inner {
     dir: PathBuf,
     meta: Mutex<Connection>,
     logs: logs::LogThread,
+    events: topics::EventThread,
     /// Held (and locked) for as long as the backend lives.
     _lock: File,
 }
@@ -87,11 +93,22 @@ impl Embedded {
             .and_then(|()| logs.execute_batch(logs::SCHEMA))
             .map_err(engine_err)?;
         logs::migrate(&mut logs)?;
+        let events_db = dir.join("events.db");
+        let events = Connection::open(&events_db).map_err(engine_err)?;
+        events
+            .execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 PRAGMA synchronous=FULL;
+                 PRAGMA busy_timeout=5000;",
+            )
+            .and_then(|()| events.execute_batch(topics::SCHEMA))
+            .map_err(engine_err)?;
         Ok(Embedded {
             inner: Arc::new(Inner {
                 dir,
                 meta: Mutex::new(meta),
                 logs: logs::LogThread::start(logs).map_err(io_err(&db))?,
+                events: topics::EventThread::start(events).map_err(io_err(&events_db))?,
                 _lock: lock,
             }),
         })
@@ -297,6 +314,152 @@ impl InvocationLogs for Embedded {
 
     async fn prune(&self, now_ms: u64, max_age_ms: u64, keep_per_function: usize) -> Result<u64> {
         self.with_logs(move |c| logs::prune(c, now_ms.saturating_sub(max_age_ms), keep_per_function))
+            .await
+    }
+}
+
+#[async_trait]
+impl Topics for Embedded {
+    async fn put_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let name = name.to_string();
+        self.inner
+            .events
+            .run(move |c| topics::put_topic(c, &name, config))
+            .await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<bool> {
+        let owned = name.to_string();
+        let deleted = self
+            .inner
+            .events
+            .run(move |c| topics::delete_topic(c, &owned))
+            .await?;
+        self.inner.events.wake(name);
+        Ok(deleted)
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner
+            .events
+            .run(|c| topics::topics(c, topics::now_ms()))
+            .await
+    }
+
+    async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>> {
+        let owned = topic.to_string();
+        let published = self
+            .inner
+            .events
+            .run(move |c| topics::publish(c, &owned, events, true, topics::now_ms()))
+            .await?;
+        self.inner.events.wake(topic);
+        Ok(published)
+    }
+
+    async fn put_subscription(&self, topic: &str, name: &str, ordered: bool) -> Result<()> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::put_subscription(c, &topic, &name, ordered))
+            .await
+    }
+
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()> {
+        let (topic, name) = (topic.to_string(), name.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::delete_subscription(c, &topic, &name))
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        topic: &str,
+        subscription: &str,
+        max: usize,
+        lease_ms: u64,
+        wait: std::time::Duration,
+    ) -> Result<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let waker = self.inner.events.waker(topic);
+        loop {
+            // Registered before looking, so a publish between the look and
+            // the wait still wakes us.
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (t, s) = (topic.to_string(), subscription.to_string());
+            let now = topics::now_ms();
+            let fetched = self
+                .inner
+                .events
+                .run(move |c| topics::fetch(c, &t, &s, max, lease_ms, now))
+                .await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !fetched.deliveries.is_empty() || left.is_zero() {
+                return Ok(fetched.deliveries);
+            }
+            let mut nap = left.min(topics::MAX_NAP);
+            if let Some(due) = fetched.next_due {
+                nap = nap.min(std::time::Duration::from_millis(due.saturating_sub(now)));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    async fn settle(&self, topic: &str, subscription: &str, settles: Vec<Settle>) -> Result<()> {
+        let (t, s) = (topic.to_string(), subscription.to_string());
+        let woken = self
+            .inner
+            .events
+            .run(move |c| topics::settle(c, &t, &s, settles, topics::now_ms()))
+            .await?;
+        // A settled key may free the next event of an ordered subscription.
+        self.inner.events.wake(topic);
+        for t in woken {
+            self.inner.events.wake(&t);
+        }
+        Ok(())
+    }
+
+    async fn read(&self, topic: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let topic = topic.to_string();
+        self.inner
+            .events
+            .run(move |c| topics::read(c, &topic, after, limit))
+            .await
+    }
+
+    async fn remove(&self, topic: &str, seqs: Vec<u64>) -> Result<u64> {
+        let topic = topic.to_string();
+        self.inner
+            .events
+            .run(move |c| topics::remove(c, &topic, &seqs))
+            .await
+    }
+
+    async fn move_events(&self, from: &str, moves: Vec<(u64, String, NewEvent)>) -> Result<u64> {
+        let targets: Vec<String> = moves.iter().map(|(_, t, _)| t.clone()).collect();
+        let from = from.to_string();
+        let moved = self
+            .inner
+            .events
+            .run(move |c| topics::move_events(c, &from, moves, topics::now_ms()))
+            .await?;
+        for t in targets {
+            self.inner.events.wake(&t);
+        }
+        Ok(moved)
+    }
+
+    async fn enforce_retention(&self) -> Result<u64> {
+        self.inner
+            .events
+            .run(|c| topics::enforce_retention(c, topics::now_ms()))
             .await
     }
 }

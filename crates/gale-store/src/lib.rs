@@ -9,12 +9,18 @@
 //! That is deliberately the least a backend must offer (NATS KV offers exactly
 //! it), and it is enough for the registry: an app's whole routing state lives
 //! under one key, so a deploy switches all of its routes in one atomic write.
+//!
+//! Topics are durable logs with subscriptions shaped like JetStream's durable
+//! pull consumers (fetch with a lease, ack, retry after a delay), so the
+//! embedded backend and a NATS backend can honour the same contract; see
+//! `docs/ARCHITECTURE.md` for the mapping.
 
 pub mod embedded;
 
 use async_trait::async_trait;
-use gale_core::api::InvocationLog;
+use gale_core::api::{InvocationLog, TopicInfo};
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use embedded::Embedded;
 
@@ -38,6 +44,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
+    #[error("subscription `{name}` of topic `{topic}` does not exist")]
+    UnknownSubscription { topic: String, name: String },
     #[error("storage engine failed: {0}")]
     Engine(String),
 }
@@ -106,6 +116,130 @@ pub trait InvocationLogs: Send + Sync + 'static {
     /// Drops records older than `max_age_ms` and all but the newest
     /// `keep_per_function` of each function.
     async fn prune(&self, now_ms: u64, max_age_ms: u64, keep_per_function: usize) -> Result<u64>;
+}
+
+/// Retention of a topic: events go when older than `max_age_ms`, and the
+/// oldest go while the topic holds more than `max_bytes`, delivered or not.
+/// An event whose `source` + `id` the topic stored within the last
+/// `dedup_window_ms` is accepted but not stored again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub max_age_ms: u64,
+    pub max_bytes: u64,
+    pub dedup_window_ms: u64,
+}
+
+/// An event to append. `body` is the CloudEvent in its JSON format; storage
+/// reads only the attributes it needs, which the caller passes alongside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: String,
+    pub source: String,
+    /// The CloudEvents `partitionkey`, for ordered subscriptions.
+    pub partition_key: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// The same `source` + `id` was stored within the dedup window; `seq` is
+    /// that earlier copy's and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub published_at: u64,
+    pub body: Vec<u8>,
+}
+
+/// An event handed to a subscriber, leased until it is settled or the lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub event: StoredEvent,
+    /// Deliveries so far, this one included (1 on the first).
+    pub attempts: u32,
+    /// Why the previous attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// How a subscriber settles a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Handled. `outbox` (topic, event) pairs are appended in the same
+    /// transaction: a handler's events exist only if its attempt succeeded.
+    Ack {
+        seq: u64,
+        outbox: Vec<(String, NewEvent)>,
+    },
+    /// Failed; deliver again once `delay_ms` has passed.
+    Retry { seq: u64, delay_ms: u64, error: String },
+    /// Failed for good: append `event` to `topic` (no dedup: the same event
+    /// may fail again after a redrive) and drop the delivery, in one
+    /// transaction, so it is neither lost nor doubled.
+    DeadLetter {
+        seq: u64,
+        topic: String,
+        event: NewEvent,
+    },
+}
+
+/// Durable topics with subscriptions.
+///
+/// Guarantees: `publish` returns only once its events are durable (they
+/// survive a crash of the process or the machine); every event is delivered
+/// to every subscription that existed when it was appended, at least once,
+/// until it is settled or retention drops it; a leased delivery not settled
+/// within its lease is delivered again; attempt counts are stored with the
+/// delivery, so a restart does not reset them. Within a subscription,
+/// events are first delivered in append order; an ordered subscription has
+/// at most one event per partition key leased or waiting for a retry, and
+/// the next event of that key waits for it.
+#[async_trait]
+pub trait Topics: Send + Sync + 'static {
+    /// Creates a topic or changes its retention.
+    async fn put_topic(&self, name: &str, config: TopicConfig) -> Result<()>;
+    /// Deletes a topic with its events and subscriptions; false if it did not exist.
+    async fn delete_topic(&self, name: &str) -> Result<bool>;
+    /// Every topic with its subscriptions, by name.
+    async fn topics(&self) -> Result<Vec<TopicInfo>>;
+    /// Appends events in order, skipping duplicates (see [`TopicConfig`]).
+    async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>>;
+    /// Creates a subscription starting after the topic's newest event, or
+    /// changes whether an existing one is ordered.
+    async fn put_subscription(&self, topic: &str, name: &str, ordered: bool) -> Result<()>;
+    /// Deletes a subscription and its pending deliveries (no error if missing).
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<()>;
+    /// Leases up to `max` deliveries for `lease_ms`: retries that are due
+    /// first, then events never delivered. Waits up to `wait` for one.
+    async fn fetch(
+        &self,
+        topic: &str,
+        subscription: &str,
+        max: usize,
+        lease_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>>;
+    /// Settles deliveries, all in one transaction. Settling a delivery that
+    /// is no longer pending (settled already, or dropped by retention) does nothing.
+    async fn settle(&self, topic: &str, subscription: &str, settles: Vec<Settle>) -> Result<()>;
+    /// Stored events with `seq > after`, oldest first, at most `limit`.
+    async fn read(&self, topic: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+    /// Deletes events by sequence number.
+    async fn remove(&self, topic: &str, seqs: Vec<u64>) -> Result<u64>;
+    /// Moves events of `from` (by sequence number) to other topics as new
+    /// events, without dedup, in one transaction: each lands once or stays
+    /// (dead letters going back to their topic on a redrive). Returns how
+    /// many moved; sequence numbers no longer stored are skipped.
+    async fn move_events(&self, from: &str, moves: Vec<(u64, String, NewEvent)>) -> Result<u64>;
+    /// Applies every topic's retention and forgets dedup entries past their
+    /// window. Returns the number of events dropped.
+    async fn enforce_retention(&self) -> Result<u64>;
 }
 
 /// `sha256:<hex>` of `data`.

@@ -3,7 +3,11 @@
 //! per check below.
 
 use gale_core::api::{InvocationLog, Outcome};
-use gale_store::{Artifacts, Embedded, Expect, InvocationLogs, Metadata, StoreError, digest_of};
+use gale_store::{
+    Artifacts, Embedded, Expect, InvocationLogs, Metadata, NewEvent, Settle, StoreError, TopicConfig, Topics,
+    digest_of,
+};
+use std::time::{Duration, Instant};
 
 fn embedded() -> (tempfile::TempDir, Embedded) {
     let dir = tempfile::tempdir().unwrap();
@@ -94,6 +98,7 @@ fn log(function: &str, started_at: u64) -> InvocationLog {
         error: None,
         stdout: "out".into(),
         stderr: String::new(),
+        events: vec![format!("ev-{started_at}")],
     }
 }
 
@@ -109,7 +114,10 @@ async fn logs_query_and_prune(l: &impl InvocationLogs) {
     let all = l.query("f", 0, 100, false).await.unwrap();
     assert_eq!(all.len(), 5);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(all[0].stdout, "out");
+    assert_eq!(
+        (all[0].stdout.as_str(), all[0].events.as_slice()),
+        ("out", &["ev-1000".to_string()][..])
+    );
     let after = l.query("f", all[2].seq, 100, false).await.unwrap();
     assert_eq!(after.len(), 2);
     let tail = l.query("f", 0, 2, true).await.unwrap();
@@ -290,4 +298,356 @@ async fn embedded_data_survives_reopen_and_is_locked_while_open() {
     drop(store);
     let store = Embedded::open(dir.path()).unwrap();
     assert_eq!(Metadata::get(&store, "k").await.unwrap().unwrap().value, b"v");
+}
+
+const DAY: TopicConfig = TopicConfig {
+    max_age_ms: 86_400_000,
+    max_bytes: 1 << 30,
+    dedup_window_ms: 600_000,
+};
+
+fn event(id: &str, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        source: "test".into(),
+        partition_key: key.map(Into::into),
+        body: format!("{{\"id\":\"{id}\"}}").into_bytes(),
+    }
+}
+
+fn ids(deliveries: &[gale_store::Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| String::from_utf8(d.event.body.clone()).unwrap())
+        .map(|b| {
+            b.trim_start_matches("{\"id\":\"")
+                .trim_end_matches("\"}")
+                .to_string()
+        })
+        .collect()
+}
+
+async fn fetch_now(t: &impl Topics, topic: &str, sub: &str) -> Vec<gale_store::Delivery> {
+    t.fetch(topic, sub, 100, 30_000, Duration::ZERO).await.unwrap()
+}
+
+async fn ack_all(t: &impl Topics, topic: &str, sub: &str, deliveries: &[gale_store::Delivery]) {
+    let acks = deliveries
+        .iter()
+        .map(|d| Settle::Ack {
+            seq: d.event.seq,
+            outbox: vec![],
+        })
+        .collect();
+    t.settle(topic, sub, acks).await.unwrap();
+}
+
+async fn topics_deliver_in_order_once_acked(t: &impl Topics) {
+    let err = t.publish("orders", vec![event("a", None)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::UnknownTopic(_)), "{err}");
+    t.put_topic("orders", DAY).await.unwrap();
+    // Events before a subscription exists are not delivered to it.
+    t.publish("orders", vec![event("early", None)]).await.unwrap();
+    t.put_subscription("orders", "inventory", false).await.unwrap();
+    let published = t
+        .publish(
+            "orders",
+            vec![event("a", None), event("b", None), event("c", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(published.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    let got = fetch_now(t, "orders", "inventory").await;
+    assert_eq!(ids(&got), ["a", "b", "c"]);
+    assert!(got.iter().all(|d| d.attempts == 1 && d.last_error.is_none()));
+    // Leased: not handed out again while the lease runs.
+    assert!(fetch_now(t, "orders", "inventory").await.is_empty());
+    ack_all(t, "orders", "inventory", &got).await;
+    // Acking twice is harmless.
+    ack_all(t, "orders", "inventory", &got).await;
+    let info = t.topics().await.unwrap();
+    let orders = info.iter().find(|i| i.name == "orders").unwrap();
+    assert_eq!((orders.depth, orders.last_seq, orders.published), (4, 4, 4));
+    let sub = &orders.subscriptions[0];
+    assert_eq!(
+        (sub.name.as_str(), sub.acked, sub.lag, sub.pending),
+        ("inventory", 3, 0, 0)
+    );
+    let err = t
+        .fetch("orders", "nobody", 1, 1000, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownSubscription { .. }), "{err}");
+}
+
+async fn topics_drop_duplicates_within_the_window(t: &impl Topics) {
+    t.put_topic("d", DAY).await.unwrap();
+    let first = t.publish("d", vec![event("x", None)]).await.unwrap();
+    let again = t
+        .publish("d", vec![event("x", None), event("y", None)])
+        .await
+        .unwrap();
+    assert!(!first[0].duplicate);
+    assert!(again[0].duplicate && again[0].seq == first[0].seq);
+    assert!(!again[1].duplicate);
+    let info = t.topics().await.unwrap();
+    assert_eq!(info.iter().find(|i| i.name == "d").unwrap().depth, 2);
+    // No window, no dedup.
+    t.put_topic(
+        "nodedup",
+        TopicConfig {
+            dedup_window_ms: 0,
+            ..DAY
+        },
+    )
+    .await
+    .unwrap();
+    t.publish("nodedup", vec![event("x", None)]).await.unwrap();
+    assert!(!t.publish("nodedup", vec![event("x", None)]).await.unwrap()[0].duplicate);
+}
+
+async fn topics_retry_after_delay_and_lease(t: &impl Topics) {
+    t.put_topic("r", DAY).await.unwrap();
+    t.put_subscription("r", "s", false).await.unwrap();
+    t.publish("r", vec![event("a", None), event("b", None)])
+        .await
+        .unwrap();
+    let got = t.fetch("r", "s", 1, 30_000, Duration::ZERO).await.unwrap();
+    assert_eq!(ids(&got), ["a"]);
+    t.settle(
+        "r",
+        "s",
+        vec![Settle::Retry {
+            seq: got[0].event.seq,
+            delay_ms: 150,
+            error: "boom".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    // b is next; a waits out its delay.
+    let b = t.fetch("r", "s", 10, 100, Duration::ZERO).await.unwrap();
+    assert_eq!(ids(&b), ["b"]);
+    let started = Instant::now();
+    let again = t
+        .fetch("r", "s", 1, 30_000, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(80),
+        "{:?}",
+        started.elapsed()
+    );
+    // Whichever came due first: a after its retry delay or b after its 100 ms lease.
+    let mut seen = ids(&again);
+    let more = t
+        .fetch("r", "s", 1, 30_000, Duration::from_secs(5))
+        .await
+        .unwrap();
+    seen.extend(ids(&more));
+    seen.sort();
+    assert_eq!(seen, ["a", "b"]);
+    for d in again.iter().chain(&more) {
+        assert_eq!(d.attempts, 2);
+        if ids(std::slice::from_ref(d)) == ["a"] {
+            assert_eq!(d.last_error.as_deref(), Some("boom"));
+        }
+    }
+}
+
+async fn topics_dead_letter_and_outbox_commit_with_the_settle(t: &impl Topics) {
+    for name in ["in", "out", "dlq"] {
+        t.put_topic(name, DAY).await.unwrap();
+    }
+    t.put_subscription("in", "f", false).await.unwrap();
+    t.put_subscription("out", "watch", false).await.unwrap();
+    t.put_subscription("dlq", "watch", false).await.unwrap();
+    t.publish("in", vec![event("good", None), event("bad", None)])
+        .await
+        .unwrap();
+    let got = fetch_now(t, "in", "f").await;
+    t.settle(
+        "in",
+        "f",
+        vec![
+            Settle::Ack {
+                seq: got[0].event.seq,
+                outbox: vec![("out".into(), event("reply", None))],
+            },
+            Settle::DeadLetter {
+                seq: got[1].event.seq,
+                topic: "dlq".into(),
+                event: event("bad", None),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&fetch_now(t, "out", "watch").await), ["reply"]);
+    assert_eq!(ids(&fetch_now(t, "dlq", "watch").await), ["bad"]);
+    assert!(fetch_now(t, "in", "f").await.is_empty());
+    // A retry publishes nothing, and a settle naming an unknown topic
+    // fails whole: the delivery stays pending.
+    t.publish("in", vec![event("c", None)]).await.unwrap();
+    let c = fetch_now(t, "in", "f").await;
+    let err = t
+        .settle(
+            "in",
+            "f",
+            vec![Settle::Ack {
+                seq: c[0].event.seq,
+                outbox: vec![("nowhere".into(), event("x", None))],
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownTopic(_)), "{err}");
+    let info = t.topics().await.unwrap();
+    let sub = &info.iter().find(|i| i.name == "in").unwrap().subscriptions[0];
+    assert_eq!(sub.pending, 1);
+    // A dead letter moves back to its topic (no dedup: the same id was
+    // stored there before), once.
+    let dead = t.read("dlq", 0, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let back = vec![(dead[0].seq, "in".to_string(), event("bad", None))];
+    assert_eq!(t.move_events("dlq", back.clone()).await.unwrap(), 1);
+    assert_eq!(t.move_events("dlq", back).await.unwrap(), 0);
+    assert!(t.read("dlq", 0, 10).await.unwrap().is_empty());
+    assert_eq!(ids(&fetch_now(t, "in", "f").await), ["bad"]);
+    t.publish("out", vec![event("gone", None)]).await.unwrap();
+    let stored = t.read("out", 0, 10).await.unwrap();
+    assert_eq!(t.remove("out", vec![stored[1].seq]).await.unwrap(), 1);
+    assert_eq!(t.read("out", 0, 10).await.unwrap().len(), 1);
+}
+
+async fn topics_ordered_subscription_holds_a_key_until_settled(t: &impl Topics) {
+    t.put_topic("o", DAY).await.unwrap();
+    t.put_subscription("o", "s", true).await.unwrap();
+    t.put_subscription("o", "loose", false).await.unwrap();
+    t.publish(
+        "o",
+        vec![
+            event("k1-a", Some("k1")),
+            event("k1-b", Some("k1")),
+            event("k2-a", Some("k2")),
+            event("none", None),
+        ],
+    )
+    .await
+    .unwrap();
+    let first = fetch_now(t, "o", "s").await;
+    assert_eq!(ids(&first), ["k1-a", "k2-a", "none"]);
+    assert_eq!(fetch_now(t, "o", "loose").await.len(), 4);
+    // A retry keeps the key blocked.
+    t.settle(
+        "o",
+        "s",
+        vec![Settle::Retry {
+            seq: first[0].event.seq,
+            delay_ms: 0,
+            error: "again".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    let retried = fetch_now(t, "o", "s").await;
+    assert_eq!(ids(&retried), ["k1-a"]);
+    ack_all(t, "o", "s", &retried).await;
+    assert_eq!(ids(&fetch_now(t, "o", "s").await), ["k1-b"]);
+}
+
+async fn topics_retention_drops_the_oldest(t: &impl Topics) {
+    t.put_topic("small", TopicConfig { max_bytes: 25, ..DAY })
+        .await
+        .unwrap();
+    t.put_subscription("small", "s", false).await.unwrap();
+    // Each body is 10 bytes: {"id":"a"}
+    for id in ["a", "b", "c", "d"] {
+        t.publish("small", vec![event(id, None)]).await.unwrap();
+    }
+    assert_eq!(t.enforce_retention().await.unwrap(), 2);
+    assert_eq!(ids(&fetch_now(t, "small", "s").await), ["c", "d"]);
+    let info = t.topics().await.unwrap();
+    let small = info.iter().find(|i| i.name == "small").unwrap();
+    assert_eq!((small.depth, small.bytes), (2, 20));
+
+    t.put_topic("short", TopicConfig { max_age_ms: 1, ..DAY })
+        .await
+        .unwrap();
+    t.publish("short", vec![event("old", None)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(t.enforce_retention().await.unwrap(), 1);
+    assert!(t.read("short", 0, 10).await.unwrap().is_empty());
+}
+
+async fn topics_waiting_fetch_wakes_on_publish(t: &impl Topics) {
+    t.put_topic("w", DAY).await.unwrap();
+    t.put_subscription("w", "s", false).await.unwrap();
+    let started = Instant::now();
+    let (got, _) = tokio::join!(t.fetch("w", "s", 10, 30_000, Duration::from_secs(10)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        t.publish("w", vec![event("late", None)]).await.unwrap();
+    });
+    assert_eq!(ids(&got.unwrap()), ["late"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn embedded_topics_deliver_in_order_once_acked() {
+    topics_deliver_in_order_once_acked(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_topics_drop_duplicates_within_the_window() {
+    topics_drop_duplicates_within_the_window(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_topics_retry_after_delay_and_lease() {
+    topics_retry_after_delay_and_lease(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_topics_dead_letter_and_outbox_commit_with_the_settle() {
+    topics_dead_letter_and_outbox_commit_with_the_settle(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_topics_ordered_subscription_holds_a_key_until_settled() {
+    topics_ordered_subscription_holds_a_key_until_settled(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_topics_retention_drops_the_oldest() {
+    topics_retention_drops_the_oldest(&embedded().1).await;
+}
+
+#[tokio::test]
+async fn embedded_topics_waiting_fetch_wakes_on_publish() {
+    topics_waiting_fetch_wakes_on_publish(&embedded().1).await;
+}
+
+/// Events, subscriptions and attempt counts survive a restart.
+#[tokio::test]
+async fn embedded_topics_survive_reopen_with_attempt_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
+    store.put_topic("t", DAY).await.unwrap();
+    store.put_subscription("t", "s", false).await.unwrap();
+    store.publish("t", vec![event("a", None)]).await.unwrap();
+    let got = store.fetch("t", "s", 1, 50, Duration::ZERO).await.unwrap();
+    assert_eq!(got[0].attempts, 1);
+    drop(store);
+    let store = Embedded::open(dir.path()).unwrap();
+    let again = store
+        .fetch("t", "s", 1, 30_000, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((ids(&again), again[0].attempts), (vec!["a".to_string()], 2));
+    // Dedup memory survives too.
+    assert!(store.publish("t", vec![event("a", None)]).await.unwrap()[0].duplicate);
 }

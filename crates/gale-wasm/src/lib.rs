@@ -441,7 +441,8 @@ pub struct Answer {
     pub guard: AbortOnDrop,
 }
 
-/// Serves one HTTP request with an instance of `prepared`.
+/// Serves one HTTP request with an instance of `prepared`, cut after
+/// `timeout` (the function's, or an event trigger's shorter ack timeout).
 ///
 /// Returns as soon as the guest has set its response (the body may still be
 /// streaming). `done` is called exactly once when the invocation is over.
@@ -450,6 +451,7 @@ pub struct Answer {
 pub async fn serve<B>(
     prepared: Arc<Prepared>,
     request: hyper::Request<B>,
+    timeout: Duration,
     done: impl FnOnce(Completion) + Send + 'static,
 ) -> Result<Answer, Failure>
 where
@@ -457,7 +459,6 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
-    let timeout = prepared.spec.timeout.0;
     let reused = if prepared.spec.instance_reuse > 1 {
         prepared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     } else {

@@ -61,6 +61,25 @@ impl Client {
         Ok(r.json().await?)
     }
 
+    /// POSTs a body of the given content type.
+    pub async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> Result<T> {
+        let r = self
+            .check(
+                self.request(Method::POST, path)
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body)
+                    .send()
+                    .await,
+            )
+            .await?;
+        Ok(r.json().await?)
+    }
+
     pub async fn delete(&self, path: &str) -> Result<()> {
         self.check(self.request(Method::DELETE, path).send().await)
             .await?;

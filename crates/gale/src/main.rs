@@ -8,7 +8,8 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::Client;
 use gale_core::api::{
-    FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest, VersionInfo,
+    FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest, StoredEventInfo, TopicInfo,
+    VersionInfo,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,6 +125,39 @@ enum ClientCommand {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// Publish one event (a CloudEvent) to a topic.
+    Publish {
+        topic: String,
+        /// The event's `type`, e.g. `order_placed`.
+        #[arg(long = "type")]
+        ty: String,
+        /// The event's data, as JSON; `@FILE` reads it from a file.
+        #[arg(short, long)]
+        data: Option<String>,
+        /// The event's `id` (default: a new unique id). Same source and id
+        /// within the topic's dedup window: stored once.
+        #[arg(long)]
+        id: Option<String>,
+        /// The event's `source`.
+        #[arg(long, default_value = "/gale/cli")]
+        source: String,
+        /// The event's `subject`.
+        #[arg(long)]
+        subject: Option<String>,
+        /// The event's `partitionkey` (for ordered subscriptions).
+        #[arg(long)]
+        partition_key: Option<String>,
+    },
+    /// List topics with depth, rates and per-subscription lag; create or remove one.
+    Topics {
+        #[command(subcommand)]
+        action: Option<TopicsAction>,
+    },
+    /// Dead-letter topics: look at failed events, send them back.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Show invocation logs of a function.
     Logs {
         function: String,
@@ -133,6 +167,41 @@ enum ClientCommand {
         /// How many of the newest invocations to show first.
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create a topic, or change its retention.
+    Create {
+        name: String,
+        /// Events older than this are dropped.
+        #[arg(long, default_value = "7d")]
+        retention: String,
+        /// The oldest events are dropped past this size.
+        #[arg(long, default_value = "1GiB")]
+        max_bytes: String,
+        /// Window in which a repeated source + id is stored once.
+        #[arg(long, default_value = "10m")]
+        dedup_window: String,
+    },
+    /// Delete a topic and its events (refused while functions subscribe to it).
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List the events in a dead-letter topic with why they failed.
+    Ls {
+        /// The dead-letter topic.
+        topic: String,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move every event of a dead-letter topic back to the topic it failed on.
+    Redrive {
+        /// The dead-letter topic.
+        topic: String,
     },
 }
 
@@ -213,6 +282,14 @@ fn token(global: &Global) -> Result<String> {
         })
 }
 
+/// A command-line value, or with `@FILE` the file's contents.
+fn read_arg(value: String) -> Result<String> {
+    match value.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read {file}")),
+        None => Ok(value),
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let global = cli.global;
     match cli.command {
@@ -285,15 +362,7 @@ async fn client_command(client: &Client, command: ClientCommand, format: Format)
             path,
             headers,
         } => {
-            let body = match data {
-                Some(d) => match d.strip_prefix('@') {
-                    Some(file) => {
-                        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
-                    }
-                    None => d,
-                },
-                None => String::new(),
-            };
+            let body = data.map(read_arg).transpose()?.unwrap_or_default();
             let mut header_map = std::collections::BTreeMap::new();
             for h in headers {
                 let (k, v) = h
@@ -330,6 +399,102 @@ async fn client_command(client: &Client, command: ClientCommand, format: Format)
                 std::process::exit(1);
             }
             Ok(())
+        }
+        ClientCommand::Publish {
+            topic,
+            ty,
+            data,
+            id,
+            source,
+            subject,
+            partition_key,
+        } => {
+            let mut event = serde_json::json!({
+                "specversion": "1.0",
+                "id": id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                "source": source,
+                "type": ty,
+            });
+            if let Some(data) = data {
+                let text = read_arg(data)?;
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| "--data must be JSON (quote a string: --data '\"text\"')")?;
+                event["datacontenttype"] = "application/json".into();
+                event["data"] = value;
+            }
+            if let Some(s) = subject {
+                event["subject"] = s.into();
+            }
+            if let Some(k) = partition_key {
+                event["partitionkey"] = k.into();
+            }
+            let answer: serde_json::Value = client
+                .post_as(
+                    &format!("/v1/topics/{topic}/events"),
+                    "application/cloudevents+json",
+                    event.to_string(),
+                )
+                .await?;
+            output::print(format, &answer, |a| {
+                let e = &a["events"][0];
+                if e["duplicate"] == true {
+                    format!("duplicate of event {} (seq {}): stored once\n", e["id"], e["seq"])
+                } else {
+                    format!("published {} to {topic} (seq {})\n", e["id"], e["seq"])
+                }
+            })
+        }
+        ClientCommand::Topics { action: None } => {
+            let topics: Vec<TopicInfo> = client.get("/v1/topics").await?;
+            output::print(format, &topics, output::topic_table)
+        }
+        ClientCommand::Topics {
+            action:
+                Some(TopicsAction::Create {
+                    name,
+                    retention,
+                    max_bytes,
+                    dedup_window,
+                }),
+        } => {
+            let spec = serde_json::json!({
+                "retention": retention,
+                "max_bytes": max_bytes,
+                "dedup_window": dedup_window,
+            });
+            let info: TopicInfo = client
+                .send(reqwest::Method::PUT, &format!("/v1/topics/{name}"), &spec)
+                .await?;
+            output::print(format, &info, |t| format!("topic {} ready\n", t.name))
+        }
+        ClientCommand::Topics {
+            action: Some(TopicsAction::Rm { name }),
+        } => {
+            client.delete(&format!("/v1/topics/{name}")).await?;
+            output::print(format, &serde_json::json!({ "removed": name }), |_| {
+                format!("removed topic {name}\n")
+            })
+        }
+        ClientCommand::Dlq {
+            action: DlqAction::Ls { topic, limit },
+        } => {
+            let events: Vec<StoredEventInfo> = client
+                .get(&format!("/v1/topics/{topic}/events?limit={limit}"))
+                .await?;
+            output::print(format, &events, output::dead_letter_table)
+        }
+        ClientCommand::Dlq {
+            action: DlqAction::Redrive { topic },
+        } => {
+            let answer: serde_json::Value = client
+                .send(reqwest::Method::POST, &format!("/v1/topics/{topic}/redrive"), &())
+                .await?;
+            output::print(format, &answer, |a| {
+                format!(
+                    "moved {} events back to their topics ({} kept)\n",
+                    a["moved"], a["kept"]
+                )
+            })
         }
         ClientCommand::Logs {
             function,

@@ -2,7 +2,7 @@
 
 use crate::Format;
 use anyhow::Result;
-use gale_core::api::{FunctionInfo, InvocationLog, VersionInfo};
+use gale_core::api::{FunctionInfo, InvocationLog, StoredEventInfo, TopicInfo, VersionInfo};
 use serde::Serialize;
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
@@ -122,10 +122,71 @@ pub fn print_log(format: Format, log: &InvocationLog) -> Result<()> {
             .map(|e| format!(" error: {e}"))
             .unwrap_or_default()
     )?;
+    if !log.events.is_empty() {
+        writeln!(out, "  events| {}", log.events.join(", "))?;
+    }
     for (stream, text) in [("stdout", &log.stdout), ("stderr", &log.stderr)] {
         for l in text.lines() {
             writeln!(out, "  {stream}| {l}")?;
         }
     }
     Ok(())
+}
+
+pub fn topic_table(topics: &Vec<TopicInfo>) -> String {
+    if topics.is_empty() {
+        return "no topics; declare them under [topics] in gale.toml or `gale topics create NAME`\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:>8} {:>10} {:>9} {:<25} {}\n",
+        "TOPIC", "DEPTH", "PUBLISHED", "RATE/S", "OLDEST", "SUBSCRIPTIONS (lag, retrying, rate/s)"
+    );
+    for t in topics {
+        let subs: Vec<String> = t
+            .subscriptions
+            .iter()
+            .map(|s| format!("{} ({}, {}, {:.1})", s.name, s.lag, s.retrying, s.delivery_rate))
+            .collect();
+        out.push_str(&format!(
+            "{:<24} {:>8} {:>10} {:>9.1} {:<25} {}\n",
+            t.name,
+            t.depth,
+            t.published,
+            t.publish_rate,
+            t.oldest_at.map(time).unwrap_or_else(|| "-".into()),
+            if subs.is_empty() {
+                "-".into()
+            } else {
+                subs.join(", ")
+            }
+        ));
+    }
+    out
+}
+
+pub fn dead_letter_table(events: &Vec<StoredEventInfo>) -> String {
+    if events.is_empty() {
+        return "no events\n".into();
+    }
+    let mut out = format!(
+        "{:<6} {:<25} {:<24} {:<16} {:>8} {}\n",
+        "SEQ", "PARKED", "ID", "FUNCTION", "ATTEMPTS", "ERROR"
+    );
+    for e in events {
+        let attr = |name: &str| match &e.event[name] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        out.push_str(&format!(
+            "{:<6} {:<25} {:<24} {:<16} {:>8} {}\n",
+            e.seq,
+            time(e.published_at),
+            attr("id"),
+            attr("galefunction"),
+            attr("galeattempts"),
+            attr("galeerror")
+        ));
+    }
+    out
 }

@@ -265,6 +265,10 @@ async fn admin_api_needs_the_token_and_documents_itself() {
         "/v1/functions/{name}/rollback",
         "/v1/functions/{name}/invoke",
         "/v1/functions/{name}/logs",
+        "/v1/topics",
+        "/v1/topics/{name}",
+        "/v1/topics/{name}/events",
+        "/v1/topics/{name}/redrive",
     ] {
         assert!(spec["paths"][path].is_object(), "openapi.json documents {path}");
     }

@@ -44,7 +44,7 @@ pub(super) const SCHEMA: &str = "
 
 /// One record inside a row, without the function (the row's key), as a
 /// JSON array: seq, request id, version, start, duration, outcome, status,
-/// cold start, error, stdout, stderr.
+/// cold start, error, stdout, stderr, handled event ids.
 type Packed = (
     u64,
     String,
@@ -57,7 +57,42 @@ type Packed = (
     Option<String>,
     String,
     String,
+    Vec<String>,
 );
+
+/// A record as rows written before event ids were logged hold it.
+type PackedBefore = (
+    u64,
+    String,
+    u64,
+    u64,
+    u64,
+    Outcome,
+    u16,
+    bool,
+    Option<String>,
+    String,
+    String,
+);
+
+/// A record in either stored shape.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Current(Packed),
+    Before(PackedBefore),
+}
+
+impl From<Stored> for Packed {
+    fn from(s: Stored) -> Packed {
+        match s {
+            Stored::Current(p) => p,
+            Stored::Before((a, b, c, d, e, f, g, h, i, j, k)) => {
+                (a, b, c, d, e, f, g, h, i, j, k, Vec::new())
+            }
+        }
+    }
+}
 
 fn pack(r: InvocationLog) -> (String, Packed) {
     (
@@ -74,13 +109,27 @@ fn pack(r: InvocationLog) -> (String, Packed) {
             r.error,
             r.stdout,
             r.stderr,
+            r.events,
         ),
     )
 }
 
 fn unpack(
     function: &str,
-    (seq, request_id, version, started_at, duration_us, outcome, status, cold_start, error, stdout, stderr): Packed,
+    (
+        seq,
+        request_id,
+        version,
+        started_at,
+        duration_us,
+        outcome,
+        status,
+        cold_start,
+        error,
+        stdout,
+        stderr,
+        events,
+    ): Packed,
 ) -> InvocationLog {
     InvocationLog {
         seq,
@@ -95,6 +144,7 @@ fn unpack(
         error,
         stdout,
         stderr,
+        events,
     }
 }
 
@@ -141,22 +191,26 @@ fn write_row(tx: &Transaction, function: &str, records: &[Packed]) -> Result<()>
 
 /// The records of the row ending at `last_seq`.
 fn decode(function: &str, last_seq: i64, json: &str) -> Vec<Packed> {
-    serde_json::from_str(json).unwrap_or_else(|e| {
-        // A row that no longer parses is diagnostics lost, not state: say so in its place.
-        vec![(
-            last_seq as u64,
-            String::new(),
-            0,
-            0,
-            0,
-            Outcome::Error,
-            0,
-            false,
-            Some(format!("unreadable log records of `{function}`: {e}")),
-            String::new(),
-            String::new(),
-        )]
-    })
+    match serde_json::from_str::<Vec<Stored>>(json) {
+        Ok(records) => records.into_iter().map(Packed::from).collect(),
+        Err(e) => {
+            // A row that no longer parses is diagnostics lost, not state: say so in its place.
+            vec![(
+                last_seq as u64,
+                String::new(),
+                0,
+                0,
+                0,
+                Outcome::Error,
+                0,
+                false,
+                Some(format!("unreadable log records of `{function}`: {e}")),
+                String::new(),
+                String::new(),
+                Vec::new(),
+            )]
+        }
+    }
 }
 
 /// Stores `records` numbered from the stored counter.

@@ -83,6 +83,33 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
             text(200, format!("printed {n} lines"))
         }
         "count" => text(200, served.to_string()),
+        // An event, delivered as a binary-mode CloudEvent: prints it, then
+        // behaves as its type says.
+        "" if request.headers().contains_key("ce-id") => {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (id, ty) = (header("ce-id"), header("ce-type"));
+            let body = request.body_mut().contents().await?.to_vec();
+            println!("event {id} {ty} {}", String::from_utf8_lossy(&body));
+            match ty.as_str() {
+                "fail" => text(500, format!("refusing event {id}")),
+                "hang" => {
+                    wstd::task::sleep(wstd::time::Duration::from_secs(600)).await;
+                    text(200, "woke up".into())
+                }
+                "slow" => {
+                    wstd::task::sleep(wstd::time::Duration::from_millis(20)).await;
+                    text(200, format!("handled {id} slowly"))
+                }
+                _ => text(200, format!("handled {id}")),
+            }
+        }
         _ => text(200, format!("testbed at {path}")),
     }
 }

@@ -1,0 +1,318 @@
+//! The dispatcher: delivers each subscription's events to its function.
+//!
+//! One task per subscription leases events from the store (a long-poll
+//! fetch, woken by publishes), filters them, and runs up to the trigger's
+//! `max_concurrency` invocations at once. Each outcome settles in the store:
+//! success acks the event (with whatever the invocation published, in the
+//! same transaction), failure schedules a retry after the trigger's backoff
+//! with jitter, and the last failed attempt moves the event to the
+//! dead-letter topic with the error, the attempt count and the failing
+//! function and version as extension attributes. Attempt counts and leases
+//! live in the store, so a crash or restart neither resets nor loses them:
+//! an event whose lease ran out while the node was down is delivered again.
+//!
+//! A `wasi:http` component receives its events as binary-mode CloudEvents
+//! HTTP requests (the way Knative delivers them): a 2xx answer is success.
+
+use crate::events::{self, attribute};
+use crate::scheduler::Live;
+use crate::{State, gateway};
+use bytes::Bytes;
+use cloudevents::{AttributesReader, Event};
+use gale_core::EventTrigger;
+use gale_store::{Delivery, Settle, Topics};
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// How long a lease outlives the attempt's own deadline, so the dispatcher
+/// (not the lease) cuts a hanging attempt while the node is up.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// How long one fetch waits for events before the loop looks at its
+/// configuration again.
+const POLL: Duration = Duration::from_secs(5);
+/// The part of an error kept in a dead letter's `galeerror` attribute.
+const MAX_ERROR: usize = 1024;
+
+/// One subscription and the trigger it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub topic: String,
+    pub subscription: String,
+    pub function: String,
+    /// Position of the trigger in the function's `events` list.
+    pub index: usize,
+    pub ordered: bool,
+}
+
+/// The subscriptions the live functions' triggers call for. A function's
+/// first trigger on a topic subscribes as the function's name, later ones as
+/// `name#2`, `name#3`...
+pub fn desired(functions: &HashMap<String, Arc<Live>>) -> Vec<Subscriber> {
+    let mut out = Vec::new();
+    for live in functions.values() {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, t) in live.spec.events.iter().enumerate() {
+            let n = seen.entry(t.topic.as_str()).or_default();
+            *n += 1;
+            out.push(Subscriber {
+                topic: t.topic.clone(),
+                subscription: if *n == 1 {
+                    live.name.clone()
+                } else {
+                    format!("{}#{n}", live.name)
+                },
+                function: live.name.clone(),
+                index,
+                ordered: t.ordering == gale_core::manifest::Ordering::PartitionKey,
+            });
+        }
+    }
+    out
+}
+
+/// The trigger as the function's current version has it, if it still serves `sub`.
+fn current(state: &State, sub: &Subscriber) -> Option<(Arc<Live>, EventTrigger)> {
+    let live = state.function(&sub.function)?;
+    let trigger = live.spec.events.get(sub.index)?.clone();
+    (trigger.topic == sub.topic).then_some((live, trigger))
+}
+
+/// Delivers `sub`'s events until `stop`.
+pub async fn run(state: Arc<State>, sub: Subscriber, mut stop: watch::Receiver<bool>) {
+    let mut slots = Arc::new(Semaphore::new(0));
+    let mut width = 0;
+    loop {
+        let Some((live, trigger)) = current(&state, &sub) else {
+            return;
+        };
+        if trigger.max_concurrency as usize != width {
+            // Work in flight keeps the permits of the old width.
+            width = trigger.max_concurrency as usize;
+            slots = Arc::new(Semaphore::new(width));
+        }
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let batch = trigger.batch_size as usize;
+        let max = ((1 + slots.available_permits()) * batch).min(1000);
+        let deadline = trigger.ack_timeout.unwrap_or(live.spec.timeout).0;
+        let lease = (deadline + LEASE_MARGIN).as_millis() as u64;
+        let fetched = tokio::select! {
+            r = state.store.fetch(&sub.topic, &sub.subscription, max, lease, POLL) => r,
+            _ = stop.changed() => return,
+        };
+        let mut deliveries = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(topic = %sub.topic, subscription = %sub.subscription, error = %e, "fetch failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if deliveries.is_empty() {
+            continue;
+        }
+        // A batch may wait up to its window to fill.
+        if batch > 1 && deliveries.len() < batch && !trigger.batch_window.0.is_zero() {
+            let more = state
+                .store
+                .fetch(
+                    &sub.topic,
+                    &sub.subscription,
+                    batch - deliveries.len(),
+                    lease,
+                    trigger.batch_window.0,
+                )
+                .await
+                .unwrap_or_default();
+            deliveries.extend(more);
+        }
+        let mut permit = Some(first);
+        let mut rest = deliveries.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<Delivery> = rest.by_ref().take(batch).collect();
+            let permit = match permit.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let (state, sub, live, trigger) = (state.clone(), sub.clone(), live.clone(), trigger.clone());
+            tokio::spawn(async move {
+                handle(&state, &sub, &live, &trigger, chunk).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Runs one leased chunk of events and settles each.
+async fn handle(
+    state: &Arc<State>,
+    sub: &Subscriber,
+    live: &Arc<Live>,
+    trigger: &EventTrigger,
+    chunk: Vec<Delivery>,
+) {
+    let mut settles = Vec::with_capacity(chunk.len());
+    let mut handled = 0;
+    for delivery in chunk {
+        let seq = delivery.event.seq;
+        let event: Event = match serde_json::from_slice(&delivery.event.body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(topic = %sub.topic, seq, error = %e, "stored event is unreadable; skipped");
+                settles.push(Settle::Ack { seq, outbox: vec![] });
+                continue;
+            }
+        };
+        if !trigger.accepts(&|name| attribute(&event, name)) {
+            settles.push(Settle::Ack { seq, outbox: vec![] });
+            continue;
+        }
+        let result = if delivery.attempts > trigger.max_attempts {
+            // Attempts were used up by leases that ran out (the node went
+            // down mid-attempt each time): no further attempt.
+            Err(delivery
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "every attempt's lease ran out before it finished".into()))
+        } else {
+            deliver(state, live, trigger, &event).await
+        };
+        settles.push(match result {
+            Ok(()) => {
+                handled += 1;
+                Settle::Ack { seq, outbox: vec![] }
+            }
+            Err(error) => failed(sub, live, trigger, (seq, delivery.attempts), event, error),
+        });
+    }
+    if let Err(e) = state.store.settle(&sub.topic, &sub.subscription, settles).await {
+        // The leases run out and the events come again: nothing is lost.
+        tracing::error!(topic = %sub.topic, subscription = %sub.subscription, error = %e, "settling failed");
+        return;
+    }
+    state.meters.delivered(&sub.topic, &sub.subscription, handled);
+}
+
+/// What becomes of an event whose attempt failed.
+fn failed(
+    sub: &Subscriber,
+    live: &Live,
+    trigger: &EventTrigger,
+    (seq, attempts): (u64, u32),
+    mut event: Event,
+    error: String,
+) -> Settle {
+    if attempts < trigger.max_attempts {
+        let delay = jitter(trigger.backoff.delay(attempts));
+        return Settle::Retry {
+            seq,
+            delay_ms: delay.as_millis() as u64,
+            error,
+        };
+    }
+    match &trigger.dead_letter {
+        Some(topic) => {
+            let mut error = error;
+            if error.len() > MAX_ERROR {
+                let mut cut = MAX_ERROR;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+            }
+            event.set_extension("galeerror", error);
+            event.set_extension("galeattempts", attempts as i64);
+            event.set_extension("galefunction", live.name.clone());
+            event.set_extension("galeversion", live.version as i64);
+            event.set_extension("galetopic", sub.topic.clone());
+            Settle::DeadLetter {
+                seq,
+                topic: topic.clone(),
+                event: events::encode(&event),
+            }
+        }
+        None => {
+            tracing::warn!(
+                topic = %sub.topic,
+                function = %live.name,
+                id = %event.id(),
+                attempts,
+                %error,
+                "event failed every attempt and the trigger has no dead_letter topic; dropped"
+            );
+            Settle::Ack { seq, outbox: vec![] }
+        }
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1].
+fn jitter(delay: Duration) -> Duration {
+    let r = getrandom::u32().unwrap_or(u32::MAX) as f64 / u32::MAX as f64;
+    delay.mul_f64(0.5 + r / 2.0)
+}
+
+/// One attempt of one event: waits for an instance slot (events queue in
+/// the store, not at the function), then runs it for at most the trigger's
+/// ack timeout (the function's timeout unless shorter).
+async fn deliver(
+    state: &Arc<State>,
+    live: &Arc<Live>,
+    trigger: &EventTrigger,
+    event: &Event,
+) -> Result<(), String> {
+    let timeout = trigger
+        .ack_timeout
+        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+    let permit = live
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| "the function is being replaced".to_string())?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let request = events::to_request(event)
+        .map(|b| http_body_util::Full::new(b).map_err(|never| -> gale_wasm::BodyError { match never {} }));
+    let attempt = async {
+        let response = gateway::run(
+            state,
+            live.clone(),
+            permit,
+            request,
+            &id,
+            timeout,
+            vec![event.id().to_string()],
+        )
+        .await;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), 4096)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_else(|_| Bytes::from_static(b"(body not shown)"));
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the function answered {status}: {} (request {id})",
+                String::from_utf8_lossy(&body).trim()
+            ))
+        }
+    };
+    // The guest is cut at `timeout` by the runtime; this only guards against
+    // a response body that never ends.
+    match tokio::time::timeout(timeout + LEASE_MARGIN / 2, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "the attempt did not finish within its ack timeout of {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}

@@ -1,0 +1,448 @@
+//! Events in and out: CloudEvents over HTTP, and the topic endpoints.
+//!
+//! Publishers reach topics through `POST /_gale/topics/{topic}/events` on the
+//! gateway (and `/v1/topics/{topic}/events` on the admin API), in any of the
+//! three HTTP modes of CloudEvents 1.0: binary (attributes in `ce-*`
+//! headers, the body is the data), structured (`application/cloudevents+json`)
+//! and batch (`application/cloudevents-batch+json`). Every event is
+//! validated by the CloudEvents SDK's own types before anything is stored,
+//! and stored in the JSON event format; the answer comes once the store has
+//! made the events durable.
+
+use crate::admin::ApiError;
+use crate::{NodeError, State};
+use axum::extract::{Path, Request, State as Ext};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use cloudevents::{AttributesReader, AttributesWriter, Data, Event};
+use gale_core::api::TopicInfo;
+use gale_core::{Code, Error};
+use gale_store::{NewEvent, Topics};
+use http_body_util::BodyExt;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Largest single event accepted (its JSON form).
+pub const MAX_EVENT: usize = 1 << 20;
+/// Largest publish request (a batch) accepted.
+pub const MAX_PUBLISH: usize = 8 << 20;
+
+/// Extension attributes Gale adds to a dead letter.
+pub const FAILURE_ATTRIBUTES: [&str; 5] = [
+    "galeerror",
+    "galeattempts",
+    "galefunction",
+    "galeversion",
+    "galetopic",
+];
+
+const STRUCTURED: &str = "application/cloudevents+json";
+const BATCH: &str = "application/cloudevents-batch+json";
+
+/// What a publish answers: where each event landed.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PublishResponse {
+    pub events: Vec<Accepted>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Accepted {
+    pub id: String,
+    pub seq: u64,
+    /// Seen within the topic's dedup window: accepted, stored once.
+    pub duplicate: bool,
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(Code::EventInvalid, message).with_hint(
+        "send a CloudEvent 1.0: ce-id, ce-source, ce-type and ce-specversion headers with the data as the body, \
+         or a JSON event with Content-Type: application/cloudevents+json",
+    )
+}
+
+/// Reads the CloudEvents in an HTTP request, in whichever mode it uses.
+pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, Error> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let events = if content_type.starts_with(BATCH) {
+        let events: Vec<Event> = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the batch is not a JSON array of CloudEvents: {e}")))?;
+        if events.is_empty() {
+            return Err(invalid("the batch holds no events"));
+        }
+        events
+    } else if content_type.starts_with(STRUCTURED) {
+        vec![serde_json::from_slice(body).map_err(|e| invalid(format!("not a CloudEvent in JSON: {e}")))?]
+    } else {
+        vec![binary(headers, &content_type, body)?]
+    };
+    for e in &events {
+        let size = serde_json::to_vec(e).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_EVENT {
+            return Err(Error::new(
+                Code::EventTooLarge,
+                format!("event {} is {size} bytes; the limit is {MAX_EVENT}", e.id()),
+            )
+            .with_hint("keep events small: store large payloads elsewhere and send a reference"));
+        }
+    }
+    Ok(events)
+}
+
+/// Binary mode: attributes from `ce-*` headers (percent-decoded, as the
+/// HTTP binding requires), `Content-Type` as `datacontenttype`, the body as data.
+fn binary(headers: &HeaderMap, content_type: &str, body: &[u8]) -> Result<Event, Error> {
+    let mut attributes = serde_json::Map::new();
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let text = value
+            .to_str()
+            .ok()
+            .and_then(|v| percent_decode_str(v).decode_utf8().ok())
+            .ok_or_else(|| invalid(format!("header {name} is not valid percent-encoded UTF-8")))?;
+        if !gale_core::filter::valid_attribute(attr) {
+            return Err(invalid(format!(
+                "header {name} does not name a valid attribute (lowercase letters and digits, at most 20)"
+            )));
+        }
+        if attr == "data" || attr == "data_base64" {
+            return Err(invalid(format!(
+                "header {name} is not an attribute: the data is the body"
+            )));
+        }
+        attributes.insert(attr.to_string(), text.into_owned().into());
+    }
+    if attributes.is_empty() {
+        return Err(invalid(format!(
+            "the request carries no CloudEvent: no ce-* headers, and Content-Type {content_type:?} is neither \
+             {STRUCTURED} nor {BATCH}"
+        )));
+    }
+    for required in ["specversion", "id", "source", "type"] {
+        if !attributes.contains_key(required) {
+            return Err(invalid(format!(
+                "the required attribute `{required}` is missing (header ce-{required})"
+            )));
+        }
+    }
+    let mut event: Event = serde_json::from_value(attributes.into()).map_err(|e| invalid(e.to_string()))?;
+    if !body.is_empty() {
+        let data = if is_json(content_type) {
+            Data::Json(
+                serde_json::from_slice(body)
+                    .map_err(|e| invalid(format!("Content-Type says JSON but the body is not: {e}")))?,
+            )
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) if content_type.starts_with("text/") => Data::String(text.to_string()),
+                _ => Data::Binary(body.to_vec()),
+            }
+        };
+        let ct = (!content_type.is_empty()).then(|| {
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        });
+        event.set_data_unchecked(data);
+        if let Some(ct) = ct {
+            event.set_datacontenttype(Some(ct));
+        }
+    }
+    Ok(event)
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// The stored form of an event.
+pub fn encode(event: &Event) -> NewEvent {
+    NewEvent {
+        id: event.id().to_string(),
+        source: event.source().to_string(),
+        partition_key: event.extension("partitionkey").map(|v| v.to_string()),
+        body: serde_json::to_vec(event).unwrap_or_default(),
+    }
+}
+
+/// An attribute or extension of an event, as text (for filters).
+pub fn attribute(event: &Event, name: &str) -> Option<String> {
+    match name {
+        "id" => Some(event.id().to_string()),
+        "source" => Some(event.source().to_string()),
+        "type" => Some(event.ty().to_string()),
+        "specversion" => Some(event.specversion().to_string()),
+        "subject" => event.subject().map(str::to_string),
+        "time" => event.time().map(|t| t.to_rfc3339()),
+        "datacontenttype" => event.datacontenttype().map(str::to_string),
+        "dataschema" => event.dataschema().map(|u| u.to_string()),
+        other => event.extension(other).map(|v| v.to_string()),
+    }
+}
+
+/// Characters kept as they are in a `ce-*` header value; the rest are
+/// percent-encoded (the HTTP binding's rule: printable ASCII but space,
+/// `"` and `%`).
+const HEADER_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// An event as a binary-mode HTTP request, the way Knative delivers events
+/// to a subscriber: how a `wasi:http` component receives its events.
+pub fn to_request(event: &Event) -> http::Request<Bytes> {
+    let mut builder = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("/")
+        .header(header::HOST, "localhost");
+    let mut header = |name: &str, value: &str| {
+        let value = utf8_percent_encode(value, HEADER_ESCAPES).to_string();
+        builder = std::mem::take(&mut builder).header(format!("ce-{name}"), value);
+    };
+    header("specversion", &event.specversion().to_string());
+    header("id", event.id());
+    header("source", &event.source().to_string());
+    header("type", event.ty());
+    if let Some(v) = event.subject() {
+        header("subject", v);
+    }
+    if let Some(v) = event.time() {
+        header("time", &v.to_rfc3339());
+    }
+    if let Some(v) = event.dataschema() {
+        header("dataschema", v.as_str());
+    }
+    for (name, value) in event.iter_extensions() {
+        header(name, &value.to_string());
+    }
+    let body = match event.data() {
+        Some(Data::Binary(b)) => Bytes::from(b.clone()),
+        Some(Data::String(s)) => Bytes::from(s.clone()),
+        Some(Data::Json(v)) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        None => Bytes::new(),
+    };
+    let content_type = event
+        .datacontenttype()
+        .map(str::to_string)
+        .or_else(|| match event.data() {
+            Some(Data::Json(_)) => Some("application/json".into()),
+            _ => None,
+        });
+    if let Some(ct) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, ct);
+    }
+    builder
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| http::Request::new(Bytes::new()))
+}
+
+/// Publishes the events of an HTTP request to `topic`.
+pub(crate) async fn publish(
+    Ext(state): Ext<Arc<State>>,
+    Path(topic): Path<String>,
+    request: Request,
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = http_body_util::Limited::new(body, MAX_PUBLISH)
+        .collect()
+        .await
+        .map_err(|e| {
+            Error::new(
+                Code::EventTooLarge,
+                format!("the request body could not be read: {e}"),
+            )
+            .with_hint(format!("send at most {MAX_PUBLISH} bytes per request"))
+        })?
+        .to_bytes();
+    let events = parse(&parts.headers, &body)?;
+    Ok((StatusCode::ACCEPTED, Json(state.publish(&topic, &events).await?)))
+}
+
+impl State {
+    /// Appends events to a topic; returns once they are durable.
+    pub async fn publish(&self, topic: &str, events: &[Event]) -> Result<PublishResponse, NodeError> {
+        let published = self
+            .store
+            .publish(topic, events.iter().map(encode).collect())
+            .await?;
+        self.meters
+            .published(topic, published.iter().filter(|p| !p.duplicate).count() as u64);
+        Ok(PublishResponse {
+            events: events
+                .iter()
+                .zip(published)
+                .map(|(e, p)| Accepted {
+                    id: e.id().to_string(),
+                    seq: p.seq,
+                    duplicate: p.duplicate,
+                })
+                .collect(),
+        })
+    }
+
+    /// Moves every event of the dead-letter topic `dlq` back to the topic
+    /// named by its `galetopic` attribute, without Gale's failure attributes.
+    /// Events without that attribute stay.
+    pub async fn redrive(&self, dlq: &str) -> Result<serde_json::Value, NodeError> {
+        let (mut moved, mut kept, mut after) = (0, 0, 0);
+        loop {
+            let page = self.store.read(dlq, after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            let mut moves = Vec::new();
+            for stored in page {
+                let Ok(mut event) = serde_json::from_slice::<Event>(&stored.body) else {
+                    kept += 1;
+                    continue;
+                };
+                let Some(topic) = event.extension("galetopic").map(|v| v.to_string()) else {
+                    kept += 1;
+                    continue;
+                };
+                for name in FAILURE_ATTRIBUTES {
+                    event.remove_extension(name);
+                }
+                moves.push((stored.seq, topic, encode(&event)));
+            }
+            moved += self.store.move_events(dlq, moves).await?;
+        }
+        Ok(serde_json::json!({ "moved": moved, "kept": kept }))
+    }
+
+    /// Every topic with live rates.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, NodeError> {
+        let mut topics = self.store.topics().await?;
+        for t in &mut topics {
+            t.publish_rate = self.meters.publish_rate(&t.name);
+            for s in &mut t.subscriptions {
+                s.delivery_rate = self.meters.delivery_rate(&t.name, &s.name);
+            }
+        }
+        Ok(topics)
+    }
+}
+
+/// The gateway's own endpoints under `/_gale/`: publishing takes the admin
+/// token (functions publish through the host API instead).
+pub fn gateway_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/_gale/topics/{topic}/events", post(publish))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::admin::authorize))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_PUBLISH))
+        .fallback(|| async {
+            ApiError(Error::new(Code::BadRequest, "no such Gale endpoint").with_hint(
+                "Gale's gateway endpoints: POST /_gale/topics/{topic}/events; paths under /_gale/ are reserved",
+            ))
+        })
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn binary_mode_reads_headers_and_decodes_percent_escapes() {
+        let h = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "42"),
+            ("ce-source", "/orders"),
+            ("ce-type", "order_placed"),
+            ("ce-subject", "caf%C3%A9"),
+            ("ce-partitionkey", "customer-7"),
+            ("content-type", "application/json"),
+        ]);
+        let e = &parse(&h, br#"{"sku":"apple"}"#).unwrap()[0];
+        assert_eq!(
+            (e.id(), e.ty(), e.subject()),
+            ("42", "order_placed", Some("café"))
+        );
+        assert_eq!(attribute(e, "partitionkey").as_deref(), Some("customer-7"));
+        assert_eq!(encode(e).partition_key.as_deref(), Some("customer-7"));
+        assert!(matches!(e.data(), Some(Data::Json(v)) if v["sku"] == "apple"));
+        // And back out as a request: the same attributes, escaped again.
+        let r = to_request(e);
+        assert_eq!(r.headers()["ce-subject"], "caf%C3%A9");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(r.body(), &Bytes::from(r#"{"sku":"apple"}"#));
+    }
+
+    #[test]
+    fn structured_and_batch_modes_parse() {
+        let one = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"n":1}}"#;
+        let e = parse(&headers(&[("content-type", STRUCTURED)]), one).unwrap();
+        assert_eq!(e[0].id(), "1");
+        let batch = br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},
+                         {"specversion":"1.0","id":"2","source":"s","type":"t","data_base64":"AAE="}]"#;
+        let e = parse(&headers(&[("content-type", BATCH)]), batch).unwrap();
+        assert_eq!(e.len(), 2);
+        assert!(matches!(e[1].data(), Some(Data::Binary(b)) if b == &[0, 1]));
+    }
+
+    #[test]
+    fn malformed_events_say_what_is_wrong() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [u8], &'a str);
+        let cases: &[Case] = &[
+            (
+                &[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "s")],
+                b"",
+                "`type` is missing",
+            ),
+            (&[("content-type", "text/plain")], b"hi", "no CloudEvent"),
+            (&[("content-type", STRUCTURED)], b"{\"id\":1}", "not a CloudEvent"),
+            (&[("content-type", BATCH)], b"[]", "no events"),
+            (
+                &[
+                    ("ce-specversion", "0.1"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                ],
+                b"",
+                "0.1",
+            ),
+            (
+                &[
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", "1"),
+                    ("ce-source", "s"),
+                    ("ce-type", "t"),
+                    ("content-type", "application/json"),
+                ],
+                b"{nope",
+                "says JSON",
+            ),
+        ];
+        for (h, body, says) in cases {
+            let err = parse(&headers(h), body).unwrap_err();
+            assert_eq!(err.code, Code::EventInvalid);
+            assert!(err.message.contains(says), "{says}: {}", err.message);
+        }
+        let big = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"s","type":"t","data":"{}"}}"#,
+            "x".repeat(MAX_EVENT)
+        );
+        let err = parse(&headers(&[("content-type", STRUCTURED)]), big.as_bytes()).unwrap_err();
+        assert_eq!(err.code, Code::EventTooLarge);
+    }
+}

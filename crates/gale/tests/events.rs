@@ -1,0 +1,342 @@
+//! Events as a user meets them: publishing CloudEvents, subscribed
+//! functions, retries, dead letters, ordering.
+
+mod common;
+
+use common::TestNode;
+use gale_core::api::{InvocationLog, Outcome, StoredEventInfo, TopicInfo};
+use std::time::Duration;
+
+/// An app with `[topics]` and testbed functions subscribed by `extra` tables.
+fn app(topics: &[&str], functions: &[(&str, &str)]) -> String {
+    let mut m = String::from("[app]\nname = \"shop\"\n");
+    for t in topics {
+        m.push_str(&format!("[topics.{t}]\n"));
+    }
+    for (name, extra) in functions {
+        m.push_str(&format!(
+            "[functions.{name}]\nsource = \"testbed.wasm\"\n{extra}\n"
+        ));
+    }
+    m
+}
+
+impl TestNode {
+    /// Publishes one binary-mode CloudEvent through the gateway.
+    async fn publish(&self, topic: &str, id: &str, ty: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self
+            .http
+            .post(self.url(&format!("/_gale/topics/{topic}/events")))
+            .bearer_auth(&self.token)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/tests")
+            .header("ce-type", ty)
+            .header("content-type", "application/json");
+        for (k, v) in extra {
+            r = r.header(*k, *v);
+        }
+        r.body(format!("{{\"order\":\"{id}\"}}")).send().await.unwrap()
+    }
+
+    /// Waits until `function`'s logs name `n` handled events, and returns the logs.
+    async fn event_logs(&self, function: &str, n: usize) -> Vec<InvocationLog> {
+        for _ in 0..200 {
+            let logs: Vec<InvocationLog> = self
+                .admin_get(&format!("/v1/functions/{function}/logs?limit=1000"))
+                .await;
+            if logs.iter().map(|l| l.events.len()).sum::<usize>() >= n {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{function} did not handle {n} events in time");
+    }
+
+    async fn dead_letters(&self, topic: &str, n: usize) -> Vec<StoredEventInfo> {
+        for _ in 0..200 {
+            let events: Vec<StoredEventInfo> = self.admin_get(&format!("/v1/topics/{topic}/events")).await;
+            if events.len() >= n {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{topic} did not get {n} events in time");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_reach_subscribers_once_per_id() {
+    let node = TestNode::start().await;
+    node.deploy(&app(
+        &["orders"],
+        &[
+            (
+                "inventory",
+                "events = [{ topic = \"orders\", filter = { type = \"order_placed\" } }]",
+            ),
+            // A user route may use paths that look like Gale's admin API.
+            ("api", "http = [{ route = \"POST /v1/orders\" }]"),
+        ],
+    ))
+    .await
+    .unwrap();
+
+    let r = node.publish("orders", "o-1", "order_placed", &[]).await;
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().contains_key("x-gale-request-id"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["events"][0]["duplicate"], false);
+    // Same source and id again: accepted, stored once.
+    let again: serde_json::Value = node
+        .publish("orders", "o-1", "order_placed", &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["events"][0]["duplicate"], true);
+    // Filtered out: never reaches the function.
+    node.publish("orders", "o-2", "order_cancelled", &[]).await;
+    // Structured and batch modes.
+    let structured = node
+        .http
+        .post(node.url("/_gale/topics/orders/events"))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"o-3","source":"/tests","type":"order_placed","data":{"n":3}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(structured.status(), 202);
+    let batch = node
+        .http
+        .post(node.url("/_gale/topics/orders/events"))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(
+            r#"[{"specversion":"1.0","id":"o-4","source":"/tests","type":"order_placed"},
+                {"specversion":"1.0","id":"o-5","source":"/tests","type":"order_placed"}]"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 202);
+
+    let logs = node.event_logs("inventory", 4).await;
+    let mut handled: Vec<String> = logs.iter().flat_map(|l| l.events.clone()).collect();
+    handled.sort();
+    assert_eq!(handled, ["o-1", "o-3", "o-4", "o-5"]);
+    let first = logs.iter().find(|l| l.events == ["o-1"]).unwrap();
+    assert_eq!(first.outcome, Outcome::Ok);
+    assert!(
+        first.stdout.contains(r#"event o-1 order_placed {"order":"o-1"}"#),
+        "{}",
+        first.stdout
+    );
+
+    let (status, _, body) = {
+        let r = node
+            .http
+            .post(node.url("/v1/orders"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), (), r.text().await.unwrap())
+    };
+    assert_eq!((status, body.as_str()), (200, "testbed at /v1/orders"));
+
+    let topics: Vec<TopicInfo> = node.admin_get("/v1/topics").await;
+    let orders = topics.iter().find(|t| t.name == "orders").unwrap();
+    assert_eq!((orders.depth, orders.published), (5, 5));
+    let sub = &orders.subscriptions[0];
+    assert_eq!((sub.name.as_str(), sub.lag), ("inventory", 0));
+    assert!(orders.publish_rate > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_refuses_bad_requests_with_clear_errors() {
+    let node = TestNode::start().await;
+    node.deploy(&app(&["orders"], &[])).await.unwrap();
+    let url = node.url("/_gale/topics/orders/events");
+
+    let r = node.http.post(&url).header("ce-id", "1").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = node.publish("nowhere", "1", "t", &[]).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("topic_not_found"));
+    let r = node
+        .http
+        .post(&url)
+        .bearer_auth(&node.token)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "1")
+        .header("ce-type", "t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("event_invalid") && text.contains("`source`"),
+        "{text}"
+    );
+    let r = node
+        .http
+        .post(&url)
+        .bearer_auth(&node.token)
+        .header("content-type", "application/cloudevents+json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = node
+        .http
+        .post(&url)
+        .bearer_auth(&node.token)
+        .header("content-type", "application/cloudevents+json")
+        .body(format!(
+            r#"{{"specversion":"1.0","id":"big","source":"s","type":"t","data":"{}"}}"#,
+            "x".repeat(2 << 20)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = node.http.get(node.url("/_gale/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing bad was stored.
+    let topics: Vec<TopicInfo> = node.admin_get("/v1/topics").await;
+    assert_eq!(topics[0].depth, 0);
+
+    // A trigger on a topic nobody declared is refused at deploy.
+    let err = node
+        .deploy(&app(&[], &[("f", "events = [{ topic = \"ordrs\" }]")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, gale_core::Code::TopicNotFound);
+    assert!(err.message.contains("ordrs"), "{}", err.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_event_is_retried_with_backoff_then_dead_lettered() {
+    let node = TestNode::start().await;
+    node.deploy(&app(
+        &["orders"],
+        &[(
+            "inventory",
+            r#"[[functions.inventory.events]]
+topic = "orders"
+max_attempts = 3
+backoff = { initial = "100ms", max = "1s" }
+dead_letter = "orders-dlq"
+"#,
+        )],
+    ))
+    .await
+    .unwrap();
+    node.publish("orders", "poison", "fail", &[]).await;
+    for i in 0..5 {
+        node.publish("orders", &format!("fine-{i}"), "ok", &[]).await;
+    }
+
+    let dead = node.dead_letters("orders-dlq", 1).await;
+    let event = &dead[0].event;
+    assert_eq!(event["id"], "poison");
+    assert_eq!(event["galeattempts"], 3);
+    assert_eq!(event["galefunction"], "inventory");
+    assert_eq!(event["galetopic"], "orders");
+    assert!(
+        event["galeerror"]
+            .as_str()
+            .unwrap()
+            .contains("refusing event poison"),
+        "{event}"
+    );
+
+    let logs = node.event_logs("inventory", 8).await;
+    let mut attempts: Vec<&InvocationLog> = logs.iter().filter(|l| l.events == ["poison"]).collect();
+    attempts.sort_by_key(|l| l.started_at);
+    assert_eq!(attempts.len(), 3, "exactly max_attempts attempts");
+    // Delays grow: jitter keeps each in [0.5, 1] of 100 ms, then of 200 ms.
+    let gap1 = attempts[1].started_at - attempts[0].started_at;
+    let gap2 = attempts[2].started_at - attempts[1].started_at;
+    assert!(gap1 >= 50 && gap2 >= 100, "gaps {gap1} ms, {gap2} ms");
+    // The events behind it were not held up by it.
+    let fine_done = logs
+        .iter()
+        .filter(|l| l.events.iter().any(|e| e.starts_with("fine-")))
+        .map(|l| l.started_at)
+        .max()
+        .unwrap();
+    assert!(
+        fine_done < attempts[2].started_at,
+        "the poison event held others back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_handler_is_cut_at_its_timeout_and_retried() {
+    let node = TestNode::start().await;
+    node.deploy(&app(
+        &["jobs"],
+        &[(
+            "worker",
+            r#"timeout = "300ms"
+[[functions.worker.events]]
+topic = "jobs"
+max_attempts = 2
+backoff = { initial = "10ms", max = "10ms" }
+dead_letter = "jobs-dlq"
+"#,
+        )],
+    ))
+    .await
+    .unwrap();
+    node.publish("jobs", "stuck", "hang", &[]).await;
+    let dead = node.dead_letters("jobs-dlq", 1).await;
+    assert_eq!(dead[0].event["galeattempts"], 2);
+    let logs = node.event_logs("worker", 2).await;
+    assert_eq!(logs.len(), 2);
+    assert!(logs.iter().all(|l| l.outcome == Outcome::Timeout), "{logs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_subscription_holds_only_the_failing_key() {
+    let node = TestNode::start().await;
+    node.deploy(&app(
+        &["accounts"],
+        &[(
+            "ledger",
+            r#"[[functions.ledger.events]]
+topic = "accounts"
+ordering = "partition-key"
+max_attempts = 3
+backoff = { initial = "200ms", max = "200ms" }
+dead_letter = "accounts-dlq"
+"#,
+        )],
+    ))
+    .await
+    .unwrap();
+    node.publish("accounts", "a-1", "fail", &[("ce-partitionkey", "alice")])
+        .await;
+    node.publish("accounts", "a-2", "ok", &[("ce-partitionkey", "alice")])
+        .await;
+    node.publish("accounts", "b-1", "ok", &[("ce-partitionkey", "bob")])
+        .await;
+
+    let logs = node.event_logs("ledger", 5).await;
+    let start = |id: &str| {
+        logs.iter()
+            .filter(|l| l.events == [id])
+            .map(|l| l.started_at)
+            .collect::<Vec<_>>()
+    };
+    let (a1, a2, b1) = (start("a-1"), start("a-2"), start("b-1"));
+    assert_eq!((a1.len(), a2.len(), b1.len()), (3, 1, 1));
+    // bob did not wait for alice; alice's second event waited for her first.
+    assert!(b1[0] < *a1.iter().max().unwrap());
+    assert!(a2[0] >= *a1.iter().max().unwrap());
+}
