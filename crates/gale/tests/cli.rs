@@ -90,6 +90,11 @@ fn every_command_has_help() {
         vec!["rm", "--help"],
         vec!["invoke", "--help"],
         vec!["logs", "--help"],
+        vec!["publish", "--help"],
+        vec!["topics", "--help"],
+        vec!["topics", "create", "--help"],
+        vec!["dlq", "ls", "--help"],
+        vec!["dlq", "redrive", "--help"],
     ] {
         let out = gale().args(&cmd).output().unwrap();
         assert!(out.status.success(), "gale {cmd:?}");
@@ -204,6 +209,158 @@ fn quickstart_up_serves_hello_and_the_cli_inspects_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another Gale node"));
 
     assert!(node.stop().success(), "SIGTERM stops the node cleanly");
+}
+
+/// The node is killed (SIGKILL) while 10,000 events are being published to
+/// a slow subscriber. After a restart every event whose publish got a 2xx
+/// is handled, and only events in flight at the crash are handled twice.
+#[test]
+fn kill_9_while_publishing_loses_no_acknowledged_event() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The recorder: the handler reports each event it handled here.
+        let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let id = req.into_body().collect().await?.to_bytes();
+                            *record
+                                .lock()
+                                .unwrap()
+                                .entry(String::from_utf8_lossy(&id).into_owned())
+                                .or_default() += 1;
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+
+        let data = tempfile::tempdir().unwrap();
+        let serve = || {
+            let mut c = gale();
+            c.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(data.path());
+            let mut node = Running::spawn(c);
+            let gateway = node.wait_for("gateway", Duration::from_secs(30));
+            let admin = node.wait_for("admin API", Duration::from_secs(5));
+            (node, gateway, admin)
+        };
+        let (mut node, gateway, admin) = serve();
+        let manifest = data.path().join("crash.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"[app]
+name = "crash"
+[topics.jobs]
+[functions.worker]
+source = "{wasm}"
+timeout = "2s"
+env = {{ RECORD_URL = "http://127.0.0.1:{port}/seen" }}
+allow_outbound = ["127.0.0.1:{port}"]
+[[functions.worker.events]]
+topic = "jobs"
+max_attempts = 100
+backoff = {{ initial = "50ms", max = "200ms" }}
+"#,
+                wasm = common::guests().join("testbed.wasm").display()
+            ),
+        )
+        .unwrap();
+        let out = gale()
+            .args(["deploy", "--server", &admin, "-f"])
+            .arg(&manifest)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let token = std::fs::read_to_string(data.path().join("token")).unwrap();
+
+        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let http = ::reqwest::Client::new();
+        let publishers: Vec<_> = (0..32)
+            .map(|k| {
+                let (http, acked, token, url) = (
+                    http.clone(),
+                    acked.clone(),
+                    token.clone(),
+                    format!("{gateway}/_gale/topics/jobs/events"),
+                );
+                tokio::spawn(async move {
+                    for i in (k..10_000).step_by(32) {
+                        let id = format!("ev-{i}");
+                        let sent = http
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .header("ce-specversion", "1.0")
+                            .header("ce-id", &id)
+                            .header("ce-source", "/crash")
+                            .header("ce-type", "record")
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == 202 => acked.lock().unwrap().push(id),
+                            _ => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        while acked.lock().unwrap().len() < 3000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+        for p in publishers {
+            p.await.unwrap();
+        }
+        let acked = acked.lock().unwrap().clone();
+        let handled_before = seen.lock().unwrap().len();
+        assert!(handled_before < acked.len(), "the subscriber was not behind at the crash");
+
+        let (node, _, _) = serve();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let missing = {
+                let seen = seen.lock().unwrap();
+                acked.iter().filter(|id| !seen.contains_key(*id)).count()
+            };
+            if missing == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{missing} acknowledged events never handled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let twice = seen.lock().unwrap().values().filter(|n| **n > 1).count();
+        eprintln!(
+            "acknowledged {}, handled before the crash {handled_before}, handled twice {twice}",
+            acked.len()
+        );
+        // At most max_concurrency (10) events were leased when the node died.
+        assert!(twice <= 10, "{twice} events were handled more than once");
+        assert!(node.stop().success());
+    });
 }
 
 /// A tiny blocking GET without pulling in reqwest's blocking feature.

@@ -107,6 +107,18 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
                     wstd::task::sleep(wstd::time::Duration::from_millis(20)).await;
                     text(200, format!("handled {id} slowly"))
                 }
+                // Tells a recorder (RECORD_URL) it handled the event, slowly;
+                // fails if the recorder did not hear it.
+                "record" => {
+                    wstd::task::sleep(wstd::time::Duration::from_millis(10)).await;
+                    let url = std::env::var("RECORD_URL").unwrap_or_default();
+                    let req = Request::post(url).body(Body::from(id.clone()))?;
+                    match Client::new().send(req).await {
+                        Ok(resp) if resp.status().is_success() => text(200, format!("recorded {id}")),
+                        Ok(resp) => text(500, format!("recorder answered {}", resp.status())),
+                        Err(e) => text(500, format!("recorder unreachable: {e:?}")),
+                    }
+                }
                 _ => text(200, format!("handled {id}")),
             }
         }
