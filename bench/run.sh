@@ -3,12 +3,12 @@
 # measured in the same run. Needs wrk (apt-get install wrk) and, for the
 # reference host, wasmtime-cli 48 on PATH (or WASMTIME=path):
 #   cargo install wasmtime-cli@48.0.8 --locked
-# Usage: bench/run.sh [http] [cold-start] [spike] [idle]
+# Usage: bench/run.sh [http] [cold-start] [spike] [idle] [events]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p gale -p gale-bench
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(http cold-start spike idle)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(http cold-start spike idle events)
 for s in "${scenarios[@]}"; do
   target/release/gale-bench "$s"
 done

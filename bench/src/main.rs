@@ -3,7 +3,7 @@
 //! are shared and noisy, absolute figures drift, ratios much less.
 //!
 //! Run with `bench/run.sh` (builds release binaries, then runs every scenario),
-//! or one scenario: `target/release/gale-bench http|cold-start|spike|idle`.
+//! or one scenario: `target/release/gale-bench http|cold-start|spike|idle|events`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -11,6 +11,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod events;
 
 #[derive(Parser)]
 #[command(about = "Gale whole-system benchmarks")]
@@ -45,6 +47,24 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         functions: u32,
     },
+    /// Events: end-to-end publish → handler throughput (unbatched and
+    /// batched) against the storage engine's raw durable-append rate,
+    /// publish → handler latency at a steady rate, and fan-out to 10
+    /// subscriptions.
+    Events {
+        /// Events per throughput measurement.
+        #[arg(long, default_value_t = 20_000)]
+        events: u32,
+        /// Concurrent publishers.
+        #[arg(long, default_value_t = 32)]
+        publishers: u32,
+        /// Steady publish rate of the latency measurement (events/s).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of the latency measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// A plain axum hello server: the ceiling for `http`.
     AxumHello {
         #[arg(long)]
@@ -64,6 +84,12 @@ fn main() -> Result<()> {
         Scenario::ColdStart { iterations } => rt.block_on(cold_start(iterations)),
         Scenario::Spike => rt.block_on(spike()),
         Scenario::Idle { functions } => rt.block_on(idle(functions)),
+        Scenario::Events {
+            events,
+            publishers,
+            rate,
+            seconds,
+        } => rt.block_on(events::run(events, publishers, rate, seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
             let listener = tokio::net::TcpListener::bind(&listen).await?;
@@ -121,7 +147,7 @@ impl Drop for Proc {
 }
 
 /// A `gale serve` on free ports with its own data directory.
-struct Node {
+pub(crate) struct Node {
     _proc: Proc,
     pid: u32,
     dir: PathBuf,
@@ -131,13 +157,17 @@ struct Node {
 
 impl Node {
     fn start(idle_timeout: &str) -> Result<Node> {
+        Node::start_with(&["--idle-timeout", idle_timeout])
+    }
+
+    fn start_with(args: &[&str]) -> Result<Node> {
         let dir = std::env::temp_dir().join(format!("gale-bench-{}-{}", std::process::id(), free_port()));
         let _ = std::fs::remove_dir_all(&dir);
         let (gw, admin) = (free_port(), free_port());
         let child = Command::new(release_bin("gale"))
             .args(["serve", "--listen", &format!("127.0.0.1:{gw}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--idle-timeout", idle_timeout])
+            .args(args)
             .arg("--data-dir")
             .arg(&dir)
             .env("GALE_LOG", "warn")
