@@ -15,7 +15,11 @@ const BATCH: u32 = 100;
 const FAN_OUT: u32 = 10;
 
 fn now_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1e3
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3
 }
 
 fn event_json(id: &str, ty: &str) -> serde_json::Value {
@@ -40,7 +44,10 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32) -> Resul
             wasm.display()
         )
     };
-    manifest.push_str(&function("unbatched", "topic = \"unbatched\"\nmax_concurrency = 64"));
+    manifest.push_str(&function(
+        "unbatched",
+        "topic = \"unbatched\"\nmax_concurrency = 64",
+    ));
     manifest.push_str(&function(
         "batched",
         "topic = \"batched\"\nmax_concurrency = 64\nbatch_size = 100",
@@ -51,7 +58,9 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32) -> Resul
     }
     manifest.push_str(&function("latency", "topic = \"latency\"\nmax_concurrency = 64"));
     node.deploy(&manifest)?;
-    let token = std::fs::read_to_string(node.dir.join("token"))?.trim().to_string();
+    let token = std::fs::read_to_string(node.dir.join("token"))?
+        .trim()
+        .to_string();
     let bench = Bench {
         http: reqwest::Client::builder().pool_max_idle_per_host(256).build()?,
         gateway: node.gateway.clone(),
@@ -59,16 +68,24 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32) -> Resul
         token,
     };
 
-    let unbatched = bench.throughput("unbatched", &["unbatched"], events, publishers, 1, "ok").await?;
-    let batched = bench.throughput("batched", &["batched"], events, publishers, BATCH, "ok").await?;
+    let unbatched = bench
+        .throughput("unbatched", &["unbatched"], events, publishers, 1, "ok")
+        .await?;
+    let batched = bench
+        .throughput("batched", &["batched"], events, publishers, BATCH, "ok")
+        .await?;
     // Fan-out with a handler that takes 20 ms, so a subscription's rate is
     // set by its concurrency, not by the two cores: the question is whether
     // ten subscriptions slow each other down.
     let fan_events = (events / 10).max(1000);
-    let single = bench.throughput("one", &["one"], fan_events, publishers, 1, "slow").await?;
+    let single = bench
+        .throughput("one", &["one"], fan_events, publishers, 1, "slow")
+        .await?;
     let subs: Vec<String> = (0..FAN_OUT).map(|i| format!("fan{i}")).collect();
     let subs: Vec<&str> = subs.iter().map(String::as_str).collect();
-    let fan = bench.throughput("fan", &subs, fan_events, publishers, 1, "slow").await?;
+    let fan = bench
+        .throughput("fan", &subs, fan_events, publishers, 1, "slow")
+        .await?;
     let (p50, p99) = bench.latency(rate, seconds).await?;
 
     println!("\nevents: publish over HTTP → wasm handler (testbed component, fresh instance per event)");
@@ -213,7 +230,11 @@ impl Bench {
                         };
                         let r = request.bearer_auth(&token).send().await?;
                         if r.status() != 202 {
-                            bail!("publish answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+                            bail!(
+                                "publish answered {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
                         }
                     }
                 })
@@ -297,7 +318,10 @@ impl Bench {
         while lat.len() < total as usize && Instant::now() < deadline {
             let logs: Vec<serde_json::Value> = self
                 .http
-                .get(format!("{}/v1/functions/latency/logs?after={after}&limit=1000", self.admin))
+                .get(format!(
+                    "{}/v1/functions/latency/logs?after={after}&limit=1000",
+                    self.admin
+                ))
                 .bearer_auth(&self.token)
                 .send()
                 .await?

@@ -203,3 +203,28 @@ pub struct StoredEventInfo {
     /// The CloudEvent in its JSON format.
     pub event: serde_json::Value,
 }
+
+/// A publish-only token as the node keeps it (the token itself is not kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Names the token in `gale tokens ls` and `gale tokens rm`.
+    pub id: String,
+    /// Topics the token may publish to.
+    pub publish: Vec<String>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    pub publish: Vec<String>,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the token is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}

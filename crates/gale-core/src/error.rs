@@ -34,6 +34,8 @@ pub enum Code {
     Conflict,
     /// Missing or wrong bearer token.
     Unauthorized,
+    /// The token is valid but may not do this.
+    Forbidden,
     /// The request itself was malformed.
     BadRequest,
     /// The storage engine failed.
@@ -58,6 +60,7 @@ impl Code {
             Code::FunctionOwned => "function_owned",
             Code::Conflict => "conflict",
             Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
             Code::BadRequest => "bad_request",
             Code::Storage => "storage",
             Code::Internal => "internal",
@@ -75,6 +78,7 @@ impl Code {
             | Code::BadRequest => 400,
             Code::EventTooLarge => 413,
             Code::Unauthorized => 401,
+            Code::Forbidden => 403,
             Code::FunctionNotFound | Code::VersionNotFound | Code::TopicNotFound => 404,
             Code::FunctionOwned | Code::Conflict => 409,
             Code::Storage | Code::Internal => 500,

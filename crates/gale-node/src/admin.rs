@@ -6,6 +6,7 @@
 
 use crate::deploy::not_found;
 use crate::gateway::{self, REQUEST_ID};
+use crate::tokens::Grant;
 use crate::{NodeError, State};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -16,8 +17,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use gale_core::TopicSpec;
 use gale_core::api::{
-    DeployRequest, FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest,
-    StoredEventInfo, TopicInfo, VersionInfo,
+    CreateTokenRequest, CreatedToken, DeployRequest, FunctionInfo, InvocationLog, InvokeRequest,
+    InvokeResponse, RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
 };
 use gale_core::error::ErrorBody;
 use gale_core::{Code, Error};
@@ -80,6 +81,8 @@ pub fn router(state: Arc<State>) -> Router {
             post(crate::events::publish).get(read_events),
         )
         .route("/v1/topics/{name}/redrive", post(redrive))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_ARTIFACT));
     Router::new()
@@ -108,13 +111,8 @@ pub(crate) async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+    match state.grant(&headers) {
+        Some(Grant::Admin) => next.run(request).await,
         _ => ApiError(
             Error::new(Code::Unauthorized, "missing or wrong bearer token").with_hint(
                 "send `Authorization: Bearer <token>`; the token is in the node's data directory (token file) \
@@ -123,10 +121,6 @@ pub(crate) async fn authorize(
         )
         .into_response(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -415,6 +409,27 @@ async fn read_events(
             })
             .collect(),
     ))
+}
+
+async fn create_token(
+    Ext(state): Ext<Arc<State>>,
+    Json(req): Json<CreateTokenRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    let (token, info) = state.create_token(req.publish).await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
+}
+
+async fn list_tokens(Ext(state): Ext<Arc<State>>) -> Json<Vec<TokenInfo>> {
+    Json(state.list_tokens())
+}
+
+async fn delete_token(Ext(state): Ext<Arc<State>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    match state.delete_token(&id).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(Error::new(Code::BadRequest, format!("no token with id {id}"))
+            .with_hint("`gale tokens ls` lists them")
+            .into()),
+    }
 }
 
 /// Moves a dead-letter topic's events back to the topics they failed on.

@@ -22,6 +22,7 @@ mod meters;
 pub mod registry;
 mod routes;
 pub mod scheduler;
+mod tokens;
 
 pub use error::NodeError;
 
@@ -80,6 +81,8 @@ pub struct State {
     counters: Mutex<HashMap<String, Arc<Counters>>>,
     logs: mpsc::Sender<InvocationLog>,
     token: String,
+    /// Publish tokens by the SHA-256 of the token.
+    tokens: Mutex<HashMap<String, gale_core::api::TokenInfo>>,
     /// One deploy, rollback or removal at a time on this node.
     changes: tokio::sync::Mutex<()>,
     epoch: Instant,
@@ -323,12 +326,14 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         counters: Mutex::new(HashMap::new()),
         logs: logs_tx,
         token: token.clone(),
+        tokens: Mutex::new(HashMap::new()),
         changes: tokio::sync::Mutex::new(()),
         epoch: Instant::now(),
         meters: meters::Meters::new(),
         dispatchers: Mutex::new(HashMap::new()),
         stopping: watch::channel(false).0,
     });
+    state.load_tokens().await?;
     state.sync().await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::Client;
 use gale_core::api::{
-    FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse, RollbackRequest, StoredEventInfo, TopicInfo,
-    VersionInfo,
+    CreateTokenRequest, CreatedToken, FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse,
+    RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,6 +153,11 @@ enum ClientCommand {
         #[command(subcommand)]
         action: Option<TopicsAction>,
     },
+    /// Publish-only tokens: create, list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
     /// Dead-letter topics: look at failed events, send them back.
     Dlq {
         #[command(subcommand)]
@@ -187,6 +192,20 @@ enum TopicsAction {
     },
     /// Delete a topic and its events (refused while functions subscribe to it).
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Create a token that may only publish to the given topics (shown once).
+    Create {
+        /// A topic the token may publish to; repeatable.
+        #[arg(long = "publish", required = true)]
+        publish: Vec<String>,
+    },
+    /// List publish tokens (their ids and topics, not the tokens).
+    Ls,
+    /// Revoke a publish token.
+    Rm { id: String },
 }
 
 #[derive(Subcommand)]
@@ -473,6 +492,50 @@ async fn client_command(client: &Client, command: ClientCommand, format: Format)
             client.delete(&format!("/v1/topics/{name}")).await?;
             output::print(format, &serde_json::json!({ "removed": name }), |_| {
                 format!("removed topic {name}\n")
+            })
+        }
+        ClientCommand::Tokens {
+            action: TokensAction::Create { publish },
+        } => {
+            let created: CreatedToken = client
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/tokens",
+                    &CreateTokenRequest { publish },
+                )
+                .await?;
+            output::print(format, &created, |c| {
+                format!(
+                    "{}\n(id {}; may publish to {}; shown once: store it now)\n",
+                    c.token,
+                    c.info.id,
+                    c.info.publish.join(", ")
+                )
+            })
+        }
+        ClientCommand::Tokens {
+            action: TokensAction::Ls,
+        } => {
+            let tokens: Vec<TokenInfo> = client.get("/v1/tokens").await?;
+            output::print(format, &tokens, |list| {
+                let mut out = format!("{:<14} {:<25} {}\n", "ID", "CREATED", "MAY PUBLISH TO");
+                for t in list {
+                    out.push_str(&format!(
+                        "{:<14} {:<25} {}\n",
+                        t.id,
+                        output::time(t.created_at),
+                        t.publish.join(", ")
+                    ));
+                }
+                out
+            })
+        }
+        ClientCommand::Tokens {
+            action: TokensAction::Rm { id },
+        } => {
+            client.delete(&format!("/v1/tokens/{id}")).await?;
+            output::print(format, &serde_json::json!({ "revoked": id }), |_| {
+                format!("revoked token {id}\n")
             })
         }
         ClientCommand::Dlq {

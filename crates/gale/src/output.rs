@@ -16,7 +16,7 @@ pub fn print<T: Serialize>(format: Format, value: &T, text: impl FnOnce(&T) -> S
     Ok(())
 }
 
-fn time(ms: u64) -> String {
+pub fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

@@ -95,6 +95,7 @@ fn every_command_has_help() {
         vec!["topics", "create", "--help"],
         vec!["dlq", "ls", "--help"],
         vec!["dlq", "redrive", "--help"],
+        vec!["tokens", "create", "--help"],
     ] {
         let out = gale().args(&cmd).output().unwrap();
         assert!(out.status.success(), "gale {cmd:?}");
@@ -234,19 +235,23 @@ fn kill_9_while_publishing_loses_no_acknowledged_event() {
                 let (stream, _) = listener.accept().await.unwrap();
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let record = record.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let id = req.into_body().collect().await?.to_bytes();
-                            *record
-                                .lock()
-                                .unwrap()
-                                .entry(String::from_utf8_lossy(&id).into_owned())
-                                .or_default() += 1;
-                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let record = record.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let id = req.into_body().collect().await?.to_bytes();
+                                *record
+                                    .lock()
+                                    .unwrap()
+                                    .entry(String::from_utf8_lossy(&id).into_owned())
+                                    .or_default() += 1;
+                                Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<
+                                    bytes::Bytes,
+                                >::new(
+                                )))
+                            }
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
@@ -257,9 +262,15 @@ fn kill_9_while_publishing_loses_no_acknowledged_event() {
         let data = tempfile::tempdir().unwrap();
         let serve = || {
             let mut c = gale();
-            c.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-                .arg("--data-dir")
-                .arg(data.path());
+            c.args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data.path());
             let mut node = Running::spawn(c);
             let gateway = node.wait_for("gateway", Duration::from_secs(30));
             let admin = node.wait_for("admin API", Duration::from_secs(5));
@@ -337,7 +348,10 @@ backoff = {{ initial = "50ms", max = "200ms" }}
         }
         let acked = acked.lock().unwrap().clone();
         let handled_before = seen.lock().unwrap().len();
-        assert!(handled_before < acked.len(), "the subscriber was not behind at the crash");
+        assert!(
+            handled_before < acked.len(),
+            "the subscriber was not behind at the crash"
+        );
 
         let (node, _, _) = serve();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -349,7 +363,10 @@ backoff = {{ initial = "50ms", max = "200ms" }}
             if missing == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "{missing} acknowledged events never handled");
+            assert!(
+                Instant::now() < deadline,
+                "{missing} acknowledged events never handled"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let twice = seen.lock().unwrap().values().filter(|n| **n > 1).count();

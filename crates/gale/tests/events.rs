@@ -210,6 +210,56 @@ async fn publishing_refuses_bad_requests_with_clear_errors() {
     let topics: Vec<TopicInfo> = node.admin_get("/v1/topics").await;
     assert_eq!(topics[0].depth, 0);
 
+    // A publish token may publish to its topics and do nothing else.
+    node.deploy(&app(&["orders", "audit"], &[])).await.unwrap();
+    let created: serde_json::Value = node
+        .http
+        .post(format!("{}/v1/tokens", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "publish": ["orders"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap();
+    let publish_with = |topic: &str| {
+        node.http
+            .post(node.url(&format!("/_gale/topics/{topic}/events")))
+            .bearer_auth(token)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "p-1")
+            .header("ce-source", "/tests")
+            .header("ce-type", "t")
+            .send()
+    };
+    assert_eq!(publish_with("orders").await.unwrap().status(), 202);
+    let r = publish_with("audit").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("forbidden"));
+    let r = node
+        .http
+        .get(format!("{}/v1/functions", node.admin))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a publish token is not an admin token");
+    let r = node
+        .http
+        .delete(format!(
+            "{}/v1/tokens/{}",
+            node.admin,
+            created["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&node.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(publish_with("orders").await.unwrap().status(), 401, "revoked");
+
     // A trigger on a topic nobody declared is refused at deploy.
     let err = node
         .deploy(&app(&[], &[("f", "events = [{ topic = \"ordrs\" }]")]))
