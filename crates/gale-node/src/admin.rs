@@ -345,11 +345,7 @@ async fn put_topic(
         );
     }
     let spec = body.map(|Json(s)| s).unwrap_or_default();
-    state
-        .store
-        .put_topic(&name, crate::deploy::topic_config(&spec))
-        .await
-        .map_err(NodeError::from)?;
+    state.put_topic(&name, crate::deploy::topic_config(&spec)).await?;
     let topics = state.topics().await?;
     let info = topics.into_iter().find(|t| t.name == name);
     info.map(Json)
@@ -373,7 +369,7 @@ async fn delete_topic(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> 
         .with_hint("remove their event triggers first")
         .into());
     }
-    match state.store.delete_topic(&name).await.map_err(NodeError::from)? {
+    match state.delete_topic(&name).await? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(NodeError::from(gale_store::StoreError::UnknownTopic(name)).into()),
     }

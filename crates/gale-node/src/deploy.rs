@@ -90,9 +90,13 @@ impl State {
             }
         }
 
-        // Compile (or find compiled) every component.
+        // Compile (or find compiled) every component. Functions with routes
+        // must be HTTP components, so their world is checked even when cached.
         for (name, digest) in &artifacts {
-            if !manifest.functions.contains_key(name) || self.runtime.is_compiled(digest) {
+            let Some(spec) = manifest.functions.get(name) else {
+                continue;
+            };
+            if spec.http.is_empty() && self.runtime.is_compiled(digest) {
                 continue;
             }
             let Some(wasm) = self.store.get(digest).await? else {
@@ -100,19 +104,27 @@ impl State {
             };
             let runtime = self.runtime.clone();
             let digest = digest.clone();
-            tokio::task::spawn_blocking(move || runtime.compile(&digest, &wasm))
+            let world = tokio::task::spawn_blocking(move || runtime.compile(&digest, &wasm))
                 .await
                 .map_err(|e| NodeError::DataDir(format!("compile task failed: {e}")))?
                 .map_err(|source| NodeError::Component {
                     function: name.clone(),
                     source,
                 })?;
+            if world == gale_wasm::World::Events && !spec.http.is_empty() {
+                return Err(Error::new(
+                    Code::ComponentInvalid,
+                    format!("function `{name}` is an event handler (gale:events/event-handler) but has HTTP routes"),
+                )
+                .with_hint("remove its `http` routes, or build it as a wasi:http component")
+                .into());
+            }
         }
 
         // Topics before the functions that use them: declared ones get their
         // retention, dead-letter topics are made if missing.
         for (name, t) in &manifest.topics {
-            self.store.put_topic(name, topic_config(t)).await?;
+            self.put_topic(name, topic_config(t)).await?;
         }
         let dead_letters: BTreeSet<&String> = manifest
             .functions

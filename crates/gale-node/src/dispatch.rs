@@ -21,6 +21,7 @@ use bytes::Bytes;
 use cloudevents::{AttributesReader, Event};
 use gale_core::EventTrigger;
 use gale_store::{Delivery, Settle, Topics};
+use gale_wasm::{Failure, World};
 use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,38 +161,59 @@ async fn handle(
     chunk: Vec<Delivery>,
 ) {
     let mut settles = Vec::with_capacity(chunk.len());
-    let mut handled = 0;
+    let mut todo: Vec<(Delivery, Event)> = Vec::with_capacity(chunk.len());
     for delivery in chunk {
         let seq = delivery.event.seq;
-        let event: Event = match serde_json::from_slice(&delivery.event.body) {
-            Ok(e) => e,
+        match serde_json::from_slice::<Event>(&delivery.event.body) {
+            Ok(event) if !trigger.accepts(&|name| attribute(&event, name)) => {
+                settles.push(Settle::Ack { seq, outbox: vec![] });
+            }
+            // Attempts used up by leases that ran out (the node went down
+            // mid-attempt each time): no further attempt.
+            Ok(event) if delivery.attempts > trigger.max_attempts => {
+                let error = delivery
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "every attempt's lease ran out before it finished".into());
+                settles.push(failed(sub, live, trigger, (seq, delivery.attempts), event, error));
+            }
+            Ok(event) => todo.push((delivery, event)),
             Err(e) => {
                 tracing::error!(topic = %sub.topic, seq, error = %e, "stored event is unreadable; skipped");
                 settles.push(Settle::Ack { seq, outbox: vec![] });
-                continue;
             }
-        };
-        if !trigger.accepts(&|name| attribute(&event, name)) {
-            settles.push(Settle::Ack { seq, outbox: vec![] });
-            continue;
         }
-        let result = if delivery.attempts > trigger.max_attempts {
-            // Attempts were used up by leases that ran out (the node went
-            // down mid-attempt each time): no further attempt.
-            Err(delivery
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "every attempt's lease ran out before it finished".into()))
-        } else {
-            deliver(state, live, trigger, &event).await
-        };
-        settles.push(match result {
-            Ok(()) => {
-                handled += 1;
-                Settle::Ack { seq, outbox: vec![] }
+    }
+    let mut handled = 0;
+    if !todo.is_empty() {
+        let (results, mut outbox) = match live.prepared(&state.runtime, &state.store).await {
+            Ok((prepared, cold)) if prepared.world() == World::Events => {
+                let events: Vec<&Event> = todo.iter().map(|(_, e)| e).collect();
+                deliver_events(state, live, trigger, prepared, cold, &events).await
             }
-            Err(error) => failed(sub, live, trigger, (seq, delivery.attempts), event, error),
-        });
+            Ok(_) => {
+                let mut results = Vec::with_capacity(todo.len());
+                for (_, event) in &todo {
+                    results.push(deliver(state, live, trigger, event).await);
+                }
+                (results, Vec::new())
+            }
+            Err(e) => (vec![Err(e.to_string()); todo.len()], Vec::new()),
+        };
+        for ((delivery, event), result) in todo.into_iter().zip(results) {
+            let seq = delivery.event.seq;
+            settles.push(match result {
+                Ok(()) => {
+                    handled += 1;
+                    // What the invocation published commits with its first ack.
+                    Settle::Ack {
+                        seq,
+                        outbox: std::mem::take(&mut outbox),
+                    }
+                }
+                Err(error) => failed(sub, live, trigger, (seq, delivery.attempts), event, error),
+            });
+        }
     }
     if let Err(e) = state.store.settle(&sub.topic, &sub.subscription, settles).await {
         // The leases run out and the events come again: nothing is lost.
@@ -199,6 +221,82 @@ async fn handle(
         return;
     }
     state.meters.delivered(&sub.topic, &sub.subscription, handled);
+}
+
+/// One attempt of a chunk of events on an event handler: one invocation
+/// (`handle`, or `handle-batch` for several). Returns a result per event and
+/// the events the invocation published, ready to store.
+async fn deliver_events(
+    state: &Arc<State>,
+    live: &Arc<Live>,
+    trigger: &EventTrigger,
+    prepared: Arc<gale_wasm::Prepared>,
+    cold: bool,
+    events: &[&Event],
+) -> (Vec<Result<(), String>>, Vec<(String, gale_store::NewEvent)>) {
+    let n = events.len();
+    let timeout = trigger
+        .ack_timeout
+        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+    let Ok(permit) = live.slots.clone().acquire_owned().await else {
+        return (vec![Err("the function is being replaced".into()); n], Vec::new());
+    };
+    let services = gale_wasm::events::Services {
+        function: live.name.clone(),
+        scope: live.app.clone(),
+        kv: Arc::new(state.store.clone()),
+        topic_exists: {
+            let state = state.clone();
+            Arc::new(move |topic: &str| state.topic_exists(topic))
+        },
+    };
+    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let done = {
+        let (state, live) = (state.clone(), live.clone());
+        let (id, started_at) = (
+            uuid::Uuid::now_v7().simple().to_string(),
+            crate::registry::now_ms(),
+        );
+        move |c: gale_wasm::Completion| {
+            let status = match c.outcome {
+                gale_core::api::Outcome::Ok => 200,
+                gale_core::api::Outcome::Timeout => 504,
+                _ => 500,
+            };
+            state.finished(&live, c, id, started_at, cold, status, ids);
+        }
+    };
+    let guest: Vec<_> = events.iter().map(|e| events::to_guest(e)).collect();
+    let handled = gale_wasm::events::handle(prepared, guest, services, timeout, done).await;
+    drop(permit);
+    let results = match handled.results {
+        Ok(results) => results,
+        Err(failure) => {
+            let why = match failure {
+                Failure::Timeout => format!(
+                    "the attempt did not finish within its ack timeout of {}",
+                    humantime::format_duration(timeout)
+                ),
+                Failure::Guest(m) => m,
+                Failure::Overloaded => "every instance slot of the node was in use".into(),
+            };
+            return (vec![Err(why); n], Vec::new());
+        }
+    };
+    let mut outbox = Vec::with_capacity(handled.outbox.len());
+    for (topic, event) in handled.outbox {
+        match events::from_guest(event) {
+            Ok(e) => outbox.push((topic, events::encode(&e))),
+            // The whole attempt fails: publishing is all or nothing.
+            Err(e) => {
+                return (
+                    vec![Err(format!("the handler published an invalid event: {e}")); n],
+                    Vec::new(),
+                );
+            }
+        }
+    }
+    (results, outbox)
 }
 
 /// What becomes of an event whose attempt failed.

@@ -166,6 +166,85 @@ fn is_json(content_type: &str) -> bool {
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
+/// An event as a `gale:events` handler receives it.
+pub fn to_guest(event: &Event) -> gale_wasm::events::GuestEvent {
+    gale_wasm::events::GuestEvent {
+        id: event.id().to_string(),
+        source: event.source().to_string(),
+        type_: event.ty().to_string(),
+        subject: event.subject().map(str::to_string),
+        time: event.time().map(|t| t.to_rfc3339()),
+        datacontenttype: event.datacontenttype().map(str::to_string),
+        dataschema: event.dataschema().map(|u| u.to_string()),
+        extensions: event
+            .iter_extensions()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        data: match event.data() {
+            Some(Data::Binary(b)) => b.clone(),
+            Some(Data::String(s)) => s.clone().into_bytes(),
+            Some(Data::Json(v)) => serde_json::to_vec(v).unwrap_or_default(),
+            None => Vec::new(),
+        },
+    }
+}
+
+/// A CloudEvent from what a handler published, validated by the SDK's
+/// types: an empty id becomes a fresh one; JSON data (by content type)
+/// must parse.
+pub fn from_guest(g: gale_wasm::events::GuestEvent) -> Result<Event, String> {
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("specversion".into(), "1.0".into());
+    let id = if g.id.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        g.id
+    };
+    attributes.insert("id".into(), id.into());
+    attributes.insert("source".into(), g.source.into());
+    attributes.insert("type".into(), g.type_.into());
+    for (name, value) in [
+        ("subject", g.subject),
+        ("time", g.time),
+        ("dataschema", g.dataschema),
+    ] {
+        if let Some(v) = value {
+            attributes.insert(name.into(), v.into());
+        }
+    }
+    for (name, value) in g.extensions {
+        if !gale_core::filter::valid_attribute(&name) {
+            return Err(format!("{name:?} is not a valid attribute name"));
+        }
+        attributes.insert(name, value.into());
+    }
+    let mut event: Event = serde_json::from_value(attributes.into()).map_err(|e| e.to_string())?;
+    if !g.data.is_empty() {
+        let ct = g.datacontenttype.clone().unwrap_or_default().to_ascii_lowercase();
+        let data = if is_json(&ct)
+            || (ct.is_empty() && serde_json::from_slice::<serde_json::Value>(&g.data).is_ok())
+        {
+            Data::Json(
+                serde_json::from_slice(&g.data)
+                    .map_err(|e| format!("its data is not the JSON its content type says: {e}"))?,
+            )
+        } else {
+            match String::from_utf8(g.data) {
+                Ok(text) if ct.starts_with("text/") => Data::String(text),
+                Ok(text) => Data::Binary(text.into_bytes()),
+                Err(bytes) => Data::Binary(bytes.into_bytes()),
+            }
+        };
+        event.set_data_unchecked(data);
+    }
+    let ct = g.datacontenttype.or_else(|| match event.data() {
+        Some(Data::Json(_)) => Some("application/json".into()),
+        _ => None,
+    });
+    event.set_datacontenttype(ct);
+    Ok(event)
+}
+
 /// The stored form of an event.
 pub fn encode(event: &Event) -> NewEvent {
     NewEvent {
@@ -317,6 +396,31 @@ impl State {
             moved += self.store.move_events(dlq, moves).await?;
         }
         Ok(serde_json::json!({ "moved": moved, "kept": kept }))
+    }
+
+    /// Creates a topic or changes its retention.
+    pub async fn put_topic(&self, name: &str, config: gale_store::TopicConfig) -> Result<(), NodeError> {
+        self.store.put_topic(name, config).await?;
+        self.refresh_topic_names().await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<bool, NodeError> {
+        let deleted = self.store.delete_topic(name).await?;
+        self.refresh_topic_names().await?;
+        Ok(deleted)
+    }
+
+    pub(crate) async fn refresh_topic_names(&self) -> Result<(), NodeError> {
+        let names = self.store.topics().await?.into_iter().map(|t| t.name).collect();
+        *self.topic_names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        Ok(())
+    }
+
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        self.topic_names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
     }
 
     /// Every topic with live rates.

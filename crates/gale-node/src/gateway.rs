@@ -8,7 +8,7 @@ use crate::State;
 use crate::routes::Lookup;
 use crate::scheduler::{Live, Refused};
 use bytes::Bytes;
-use gale_core::api::{InvocationLog, Outcome};
+use gale_core::api::Outcome;
 use gale_wasm::{AbortOnDrop, BodyError, Failure, HyperOutgoingBody};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
@@ -255,32 +255,14 @@ where
         let exceeded = exceeded.clone();
         move |c: gale_wasm::Completion| {
             drop(permit);
-            live.touch();
-            live.counters.invocations.fetch_add(1, Relaxed);
-            if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
-                live.counters.errors.fetch_add(1, Relaxed);
-            }
-            state.log(InvocationLog {
-                seq: 0,
-                request_id: id,
-                function: live.name.clone(),
-                version: live.version,
-                started_at,
-                duration_us: c.duration.as_micros() as u64,
-                outcome: c.outcome,
-                status: match (c.status, c.outcome) {
-                    (Some(s), _) => s,
-                    _ if exceeded.load(Relaxed) => 413,
-                    (None, Outcome::Timeout) => 504,
-                    (None, Outcome::Cancelled) => 499,
-                    (None, _) => 500,
-                },
-                cold_start: cold,
-                error: c.error,
-                stdout: c.stdout,
-                stderr: c.stderr,
-                events,
-            });
+            let status = match (c.status, c.outcome) {
+                (Some(s), _) => s,
+                _ if exceeded.load(Relaxed) => 413,
+                (None, Outcome::Timeout) => 504,
+                (None, Outcome::Cancelled) => 499,
+                (None, _) => 500,
+            };
+            state.finished(&live, c, id, started_at, cold, status, events);
         }
     };
     let head = req.method() == http::Method::HEAD;

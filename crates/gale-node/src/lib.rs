@@ -89,6 +89,8 @@ pub struct State {
     meters: meters::Meters,
     /// The running dispatcher of each subscription, by (topic, subscription).
     dispatchers: Mutex<HashMap<(String, String), Dispatcher>>,
+    /// Names of the topics that exist, for the publish host call's check.
+    topic_names: RwLock<std::collections::HashSet<String>>,
     /// Whether the node is stopping (no new dispatchers then).
     stopping: watch::Sender<bool>,
 }
@@ -110,6 +112,42 @@ impl State {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Counts a finished invocation and files its log record.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finished(
+        &self,
+        live: &Live,
+        c: gale_wasm::Completion,
+        request_id: String,
+        started_at: u64,
+        cold_start: bool,
+        status: u16,
+        events: Vec<String>,
+    ) {
+        use gale_core::api::Outcome;
+        use std::sync::atomic::Ordering::Relaxed;
+        live.touch();
+        live.counters.invocations.fetch_add(1, Relaxed);
+        if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
+            live.counters.errors.fetch_add(1, Relaxed);
+        }
+        self.log(InvocationLog {
+            seq: 0,
+            request_id,
+            function: live.name.clone(),
+            version: live.version,
+            started_at,
+            duration_us: c.duration.as_micros() as u64,
+            outcome: c.outcome,
+            status,
+            cold_start,
+            error: c.error,
+            stdout: c.stdout,
+            stderr: c.stderr,
+            events,
+        });
     }
 
     fn log(&self, record: InvocationLog) {
@@ -331,9 +369,11 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         epoch: Instant::now(),
         meters: meters::Meters::new(),
         dispatchers: Mutex::new(HashMap::new()),
+        topic_names: RwLock::new(Default::default()),
         stopping: watch::channel(false).0,
     });
     state.load_tokens().await?;
+    state.refresh_topic_names().await?;
     state.sync().await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -10,8 +10,8 @@
 //! directory would corrupt each other's view.
 
 use crate::{
-    Artifacts, Delivery, Entry, Expect, InvocationLogs, Metadata, NewEvent, Published, Result, Settle,
-    StoreError, StoredEvent, TopicConfig, Topics, digest_hex, digest_of,
+    Artifacts, Delivery, Entry, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Published, Result,
+    Settle, StoreError, StoredEvent, TopicConfig, Topics, digest_hex, digest_of,
 };
 use async_trait::async_trait;
 use gale_core::api::{InvocationLog, TopicInfo};
@@ -460,6 +460,49 @@ impl Topics for Embedded {
         self.inner
             .events
             .run(|c| topics::enforce_retention(c, topics::now_ms()))
+            .await
+    }
+}
+
+#[async_trait]
+impl KeyValue for Embedded {
+    async fn kv_get(&self, scope: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::kv_get(c, &s, &b, &k))
+            .await
+    }
+
+    async fn kv_set(&self, scope: &str, bucket: &str, key: &str, value: Vec<u8>) -> Result<()> {
+        let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::kv_set(c, &s, &b, &k, &value))
+            .await
+    }
+
+    async fn kv_delete(&self, scope: &str, bucket: &str, key: &str) -> Result<()> {
+        let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::kv_delete(c, &s, &b, &k))
+            .await
+    }
+
+    async fn kv_keys(&self, scope: &str, bucket: &str, offset: u64, limit: usize) -> Result<Vec<String>> {
+        let (s, b) = (scope.to_string(), bucket.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::kv_keys(c, &s, &b, offset, limit))
+            .await
+    }
+
+    async fn kv_increment(&self, scope: &str, bucket: &str, key: &str, delta: u64) -> Result<u64> {
+        let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
+        self.inner
+            .events
+            .run(move |c| topics::kv_increment(c, &s, &b, &k, delta))
             .await
     }
 }

@@ -48,6 +48,8 @@ pub enum StoreError {
     UnknownTopic(String),
     #[error("subscription `{name}` of topic `{topic}` does not exist")]
     UnknownSubscription { topic: String, name: String },
+    #[error("the value of `{key}` is not a decimal number, or the increment overflows")]
+    NotANumber { key: String },
     #[error("storage engine failed: {0}")]
     Engine(String),
 }
@@ -240,6 +242,24 @@ pub trait Topics: Send + Sync + 'static {
     /// Applies every topic's retention and forgets dedup entries past their
     /// window. Returns the number of events dropped.
     async fn enforce_retention(&self) -> Result<u64>;
+}
+
+/// Key-value state for functions: named buckets of byte values, each
+/// bucket within a scope (Gale scopes buckets by app).
+///
+/// Guarantees: a write that returned `Ok` is durable; `kv_increment` is
+/// atomic (concurrent increments all count).
+#[async_trait]
+pub trait KeyValue: Send + Sync + 'static {
+    async fn kv_get(&self, scope: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn kv_set(&self, scope: &str, bucket: &str, key: &str, value: Vec<u8>) -> Result<()>;
+    /// Deleting a missing key is not an error.
+    async fn kv_delete(&self, scope: &str, bucket: &str, key: &str) -> Result<()>;
+    /// Keys in order, skipping the first `offset`, at most `limit`.
+    async fn kv_keys(&self, scope: &str, bucket: &str, offset: u64, limit: usize) -> Result<Vec<String>>;
+    /// Adds `delta` to the decimal number stored at `key` (missing: 0) and
+    /// returns the sum.
+    async fn kv_increment(&self, scope: &str, bucket: &str, key: &str, delta: u64) -> Result<u64>;
 }
 
 /// `sha256:<hex>` of `data`.

@@ -4,8 +4,8 @@
 
 use gale_core::api::{InvocationLog, Outcome};
 use gale_store::{
-    Artifacts, Embedded, Expect, InvocationLogs, Metadata, NewEvent, Settle, StoreError, TopicConfig, Topics,
-    digest_of,
+    Artifacts, Embedded, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Settle, StoreError,
+    TopicConfig, Topics, digest_of,
 };
 use std::time::{Duration, Instant};
 
@@ -650,4 +650,41 @@ async fn embedded_topics_survive_reopen_with_attempt_counts() {
     assert_eq!((ids(&again), again[0].attempts), (vec!["a".to_string()], 2));
     // Dedup memory survives too.
     assert!(store.publish("t", vec![event("a", None)]).await.unwrap()[0].duplicate);
+}
+
+async fn key_value_buckets_are_scoped_and_increments_atomic(kv: &(impl KeyValue + Clone)) {
+    assert_eq!(kv.kv_get("shop", "stock", "apple").await.unwrap(), None);
+    kv.kv_set("shop", "stock", "apple", b"7".to_vec()).await.unwrap();
+    kv.kv_set("shop", "stock", "pear", b"x".to_vec()).await.unwrap();
+    // Another app's bucket of the same name is another bucket.
+    assert_eq!(kv.kv_get("other", "stock", "apple").await.unwrap(), None);
+    let mut adds = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let kv = kv.clone();
+        adds.spawn(async move { kv.kv_increment("shop", "stock", "apple", 1).await.unwrap() });
+    }
+    let mut seen: Vec<u64> = adds.join_all().await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        (8..=27).collect::<Vec<_>>(),
+        "every increment saw its own value"
+    );
+    assert_eq!(kv.kv_get("shop", "stock", "apple").await.unwrap().unwrap(), b"27");
+    let err = kv.kv_increment("shop", "stock", "pear", 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotANumber { .. }), "{err}");
+    assert_eq!(kv.kv_get("shop", "stock", "pear").await.unwrap().unwrap(), b"x");
+    assert_eq!(
+        kv.kv_keys("shop", "stock", 0, 10).await.unwrap(),
+        ["apple", "pear"]
+    );
+    assert_eq!(kv.kv_keys("shop", "stock", 1, 10).await.unwrap(), ["pear"]);
+    kv.kv_delete("shop", "stock", "apple").await.unwrap();
+    kv.kv_delete("shop", "stock", "apple").await.unwrap();
+    assert_eq!(kv.kv_keys("shop", "stock", 0, 10).await.unwrap(), ["pear"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_key_value_buckets_are_scoped_and_increments_atomic() {
+    key_value_buckets_are_scoped_and_increments_atomic(&embedded().1).await;
 }

@@ -17,6 +17,8 @@ pub struct Host {
     pub limits: StoreLimits,
     stdout: LogPipe,
     stderr: LogPipe,
+    /// Publishing and key-value, for event invocations only.
+    pub(crate) events: Option<crate::events::EventHost>,
 }
 
 impl Host {
@@ -39,7 +41,12 @@ impl Host {
                 .build(),
             stdout,
             stderr,
+            events: None,
         }
+    }
+
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     /// The pipes capturing this instance's stdout and stderr.

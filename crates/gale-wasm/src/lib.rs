@@ -1,7 +1,9 @@
 //! Gale's WebAssembly runtime.
 //!
 //! Functions are components of the `wasi:http/proxy` world, so the same
-//! `.wasm` that runs under `wasmtime serve` runs here. The shape follows
+//! `.wasm` that runs under `wasmtime serve` runs here, or of Gale's own
+//! `gale:events/event-handler` world ([`events`]) for functions that only
+//! handle events. The shape follows
 //! wasmtime's own reference host:
 //!
 //! - one shared [`Engine`] with the pooling allocator (instance slots are
@@ -16,6 +18,7 @@
 //! A guest sees no files, no host environment and no sockets; only the env
 //! vars its manifest lists, and outbound HTTP only to allow-listed hosts.
 
+pub mod events;
 mod host;
 mod pipe;
 
@@ -49,7 +52,7 @@ pub const LOG_CAPTURE_LIMIT: usize = 16 * 1024;
 pub enum WasmError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("the component does not fit the wasi:http/proxy world: {0}")]
+    #[error("the component fits neither the wasi:http/proxy world nor gale:events/event-handler: {0}")]
     WrongWorld(String),
     #[error("compiled code cache failed at {path}: {source}")]
     Cache {
@@ -144,6 +147,7 @@ impl Runtime {
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        events::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
 
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -180,12 +184,16 @@ impl Runtime {
         self.cached_path(digest).exists()
     }
 
-    /// Validates `wasm` as a `wasi:http/proxy` component and compiles it ahead
-    /// of time into the cache. Blocking and CPU-heavy: call off the async runtime.
-    pub fn compile(&self, digest: &str, wasm: &[u8]) -> Result<(), WasmError> {
+    /// Validates `wasm` as a component of one of Gale's worlds and compiles
+    /// it ahead of time into the cache; returns its world. Blocking and
+    /// CPU-heavy: call off the async runtime.
+    pub fn compile(&self, digest: &str, wasm: &[u8]) -> Result<World, WasmError> {
         let path = self.cached_path(digest);
         if path.exists() {
-            return Ok(());
+            // SAFETY: written by this function from this engine's own output.
+            let component = unsafe { Component::deserialize_file(&self.engine, &path) }
+                .map_err(|e| WasmError::Invalid(format!("cached code at {}: {e:#}", path.display())))?;
+            return Ok(self.kind(&component)?.world());
         }
         if !is_component(wasm) {
             return Err(WasmError::Invalid(
@@ -201,7 +209,7 @@ impl Runtime {
         // Check the world before anything lands in the cache.
         let component = unsafe { Component::deserialize(&self.engine, &code) }
             .map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
-        self.proxy_pre(&component)?;
+        let world = self.kind(&component)?.world();
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let cache_err = |source| WasmError::Cache {
             path: path.clone(),
@@ -215,15 +223,27 @@ impl Runtime {
             std::fs::rename(&tmp, &path)
         };
         write().map_err(cache_err)?;
-        Ok(())
+        Ok(world)
     }
 
-    fn proxy_pre(&self, component: &Component) -> Result<ProxyPre<Host>, WasmError> {
+    /// Links a component and finds its world: `wasi:http/proxy` first, then
+    /// `gale:events/event-handler`.
+    fn kind(&self, component: &Component) -> Result<Kind, WasmError> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| WasmError::WrongWorld(format!("{e:#}")))?;
-        ProxyPre::new(pre).map_err(|e| WasmError::WrongWorld(format!("{e:#}")))
+        let http = match ProxyPre::new(pre.clone()) {
+            Ok(p) => return Ok(Kind::Http(p)),
+            Err(e) => e,
+        };
+        events::EventHandlerPre::new(pre)
+            .map(Kind::Events)
+            .map_err(|events| {
+                WasmError::WrongWorld(format!(
+                    "as wasi:http/proxy: {http:#}; as gale:events/event-handler: {events:#}"
+                ))
+            })
     }
 
     /// Loads compiled code for one version, ready to serve.
@@ -251,7 +271,7 @@ impl Runtime {
             }
         };
         let mapped = started.elapsed();
-        let pre = self.proxy_pre(&component)?;
+        let kind = self.kind(&component)?;
         tracing::debug!(
             digest,
             map_us = mapped.as_micros() as u64,
@@ -260,7 +280,7 @@ impl Runtime {
         );
         let env = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         Ok(Prepared {
-            pre,
+            kind,
             spec,
             env,
             idle: Mutex::new(Vec::new()),
@@ -294,9 +314,40 @@ fn is_component(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [0x01, 0x00]
 }
 
+/// Which of Gale's worlds a component is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `wasi:http/proxy`: serves HTTP requests (and gets events as requests).
+    Http,
+    /// `gale:events/event-handler`: handles events only.
+    Events,
+}
+
+/// A linked component of one world.
+enum Kind {
+    Http(ProxyPre<Host>),
+    Events(events::EventHandlerPre<Host>),
+}
+
+impl Kind {
+    fn world(&self) -> World {
+        match self {
+            Kind::Http(_) => World::Http,
+            Kind::Events(_) => World::Events,
+        }
+    }
+
+    fn engine(&self) -> &Engine {
+        match self {
+            Kind::Http(p) => p.engine(),
+            Kind::Events(p) => p.engine(),
+        }
+    }
+}
+
 /// One version, loaded and linked, ready to make instances.
 pub struct Prepared {
-    pre: ProxyPre<Host>,
+    kind: Kind,
     spec: Arc<FunctionSpec>,
     env: Vec<(String, String)>,
     /// Instances kept for reuse when `instance_reuse > 1`, with their use counts.
@@ -304,6 +355,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    pub fn world(&self) -> World {
+        self.kind.world()
+    }
+
     /// Drops instances kept for reuse (scale to zero).
     pub fn drop_idle(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -313,7 +368,7 @@ impl Prepared {
         let stdout = pipe::LogPipe::new(LOG_CAPTURE_LIMIT);
         let stderr = pipe::LogPipe::new(LOG_CAPTURE_LIMIT);
         let host = Host::new(&self.spec, &self.env, stdout.clone(), stderr.clone());
-        let mut store = Store::new(self.pre.engine(), host);
+        let mut store = Store::new(self.kind.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
@@ -459,6 +514,20 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
+    let Kind::Http(pre) = &prepared.kind else {
+        done(Completion {
+            outcome: Outcome::Error,
+            status: None,
+            error: Some("an event handler got an HTTP request".into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration: started.elapsed(),
+        });
+        return Err(Failure::Guest(
+            "the function is an event handler (gale:events/event-handler): it takes events, not HTTP requests".into(),
+        ));
+    };
+    let pre = pre.clone();
     let reused = if prepared.spec.instance_reuse > 1 {
         prepared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     } else {
@@ -513,7 +582,7 @@ where
         let run = async {
             let proxy = match proxy {
                 Some(p) => p,
-                None => task_prepared.pre.instantiate_async(&mut store).await?,
+                None => pre.instantiate_async(&mut store).await?,
             };
             proxy
                 .wasi_http_incoming_handler()

@@ -43,6 +43,24 @@ impl LogPipe {
         buf.data.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
+    /// The last lines captured (at most about `max` bytes), joined by " / ",
+    /// without taking them: what a trapping guest said last.
+    pub fn tail(&self, max: usize) -> String {
+        let buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let text = String::from_utf8_lossy(&buf.data);
+        let mut lines: Vec<&str> = Vec::new();
+        let mut len = 0;
+        for line in text.lines().rev().map(str::trim).filter(|l| !l.is_empty()) {
+            if len + line.len() > max && !lines.is_empty() {
+                break;
+            }
+            len += line.len();
+            lines.push(line);
+        }
+        lines.reverse();
+        lines.join(" / ")
+    }
+
     /// Takes what was captured so far, as text, and starts over.
     pub fn take(&self) -> String {
         let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());

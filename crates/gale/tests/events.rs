@@ -390,3 +390,90 @@ dead_letter = "accounts-dlq"
     assert!(b1[0] < *a1.iter().max().unwrap());
     assert!(a2[0] >= *a1.iter().max().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_handlers_publish_only_when_they_succeed_and_keep_state() {
+    let node = TestNode::start().await;
+    let manifest = r#"
+[app]
+name = "shop"
+[topics.jobs]
+[topics.replies]
+[functions.worker]
+source = "gale_test_handler.wasm"
+[[functions.worker.events]]
+topic = "jobs"
+max_attempts = 2
+backoff = { initial = "10ms", max = "10ms" }
+dead_letter = "jobs-dlq"
+"#;
+    node.deploy(manifest).await.unwrap();
+    node.publish("jobs", "j-1", "publish", &[]).await;
+    node.publish("jobs", "j-2", "publish-then-fail", &[]).await;
+    node.publish("jobs", "j-3", "publish-nowhere", &[]).await;
+    node.publish("jobs", "j-4", "trap", &[]).await;
+
+    let dead = node.dead_letters("jobs-dlq", 3).await;
+    let error_of = |id: &str| {
+        dead.iter()
+            .find(|d| d.event["id"] == id)
+            .map(|d| d.event["galeerror"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("{id} was not dead-lettered"))
+    };
+    assert!(
+        error_of("j-2").contains("failing after publishing (attempt 2)"),
+        "{}",
+        error_of("j-2")
+    );
+    assert!(
+        error_of("j-3").contains("topic `no-such-topic` does not exist"),
+        "{}",
+        error_of("j-3")
+    );
+    assert!(error_of("j-4").contains("deliberate trap"), "{}", error_of("j-4"));
+
+    // One more, after the failures: state kept in key-value across instances.
+    node.publish("jobs", "j-5", "publish", &[]).await;
+    let replies = node.dead_letters("replies", 2).await;
+    assert_eq!(
+        replies.len(),
+        2,
+        "a failed attempt published nothing: {replies:?}"
+    );
+    let reply = |to: &str| {
+        replies
+            .iter()
+            .find(|r| r.event["data"]["to"] == to)
+            .unwrap()
+            .event
+            .clone()
+    };
+    let first = reply("j-1");
+    assert_eq!(
+        (
+            first["type"].as_str(),
+            first["subject"].as_str(),
+            first["source"].as_str()
+        ),
+        (Some("reply"), Some("j-1"), Some("/gale/functions/worker"))
+    );
+    assert_eq!(first["data"]["seen"], 1);
+    assert_eq!(reply("j-5")["data"]["seen"], 2);
+
+    let logs = node.event_logs("worker", 8).await;
+    let j1 = logs.iter().find(|l| l.events == ["j-1"]).unwrap();
+    assert_eq!(j1.outcome, Outcome::Ok);
+    assert!(j1.stdout.contains("handling j-1 publish"), "{}", j1.stdout);
+    assert_eq!(logs.iter().filter(|l| l.events == ["j-2"]).count(), 2);
+
+    // An event handler cannot take HTTP routes.
+    let err = node
+        .deploy(&manifest.replace(
+            "[[functions.worker.events]]",
+            "http = [{ route = \"/w\" }]\n[[functions.worker.events]]",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, gale_core::Code::ComponentInvalid);
+    assert!(err.message.contains("event handler"), "{}", err.message);
+}

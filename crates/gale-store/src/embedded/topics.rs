@@ -13,6 +13,8 @@
 //! `source` + `id` pairs), `subscriptions` (how far each has read the log)
 //! and `pending` (deliveries leased, waiting for a retry, or — in an ordered
 //! subscription — waiting for an earlier event of the same partition key).
+//! Functions' key-value buckets (`kv`) live here too: same durability, same
+//! writer.
 
 use super::engine_err;
 use crate::{Delivery, NewEvent, Published, Result, Settle, StoreError, StoredEvent, TopicConfig};
@@ -71,6 +73,13 @@ pub(super) const SCHEMA: &str = "
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS pending_due ON pending (topic, sub, due_at);
     CREATE INDEX IF NOT EXISTS pending_key ON pending (topic, sub, pkey, seq) WHERE pkey IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS kv (
+        scope TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (scope, bucket, key)
+    ) WITHOUT ROWID;
 ";
 
 /// Jobs handed to the writer thread in one group commit at most.
@@ -741,3 +750,55 @@ pub(super) fn topics(c: &Connection, now: u64) -> Result<Vec<TopicInfo>> {
 /// How long a waiting fetch sleeps at most between looks, so a subscriber
 /// also notices retries that come due and leases that run out.
 pub(super) const MAX_NAP: Duration = Duration::from_millis(500);
+
+pub(super) fn kv_get(c: &Connection, scope: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    c.prepare_cached("SELECT value FROM kv WHERE scope = ?1 AND bucket = ?2 AND key = ?3")
+        .and_then(|mut s| s.query_row([scope, bucket, key], |r| r.get(0)).optional())
+        .map_err(engine_err)
+}
+
+pub(super) fn kv_set(c: &Connection, scope: &str, bucket: &str, key: &str, value: &[u8]) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO kv (scope, bucket, key, value) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(scope, bucket, key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute(params![scope, bucket, key, value]))
+    .map_err(engine_err)?;
+    Ok(())
+}
+
+pub(super) fn kv_delete(c: &Connection, scope: &str, bucket: &str, key: &str) -> Result<()> {
+    c.prepare_cached("DELETE FROM kv WHERE scope = ?1 AND bucket = ?2 AND key = ?3")
+        .and_then(|mut s| s.execute([scope, bucket, key]))
+        .map_err(engine_err)?;
+    Ok(())
+}
+
+pub(super) fn kv_keys(
+    c: &Connection,
+    scope: &str,
+    bucket: &str,
+    offset: u64,
+    limit: usize,
+) -> Result<Vec<String>> {
+    c.prepare_cached("SELECT key FROM kv WHERE scope = ?1 AND bucket = ?2 ORDER BY key LIMIT ?3 OFFSET ?4")
+        .and_then(|mut s| {
+            s.query_map(params![scope, bucket, limit as i64, offset as i64], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(engine_err)
+}
+
+pub(super) fn kv_increment(c: &Connection, scope: &str, bucket: &str, key: &str, delta: u64) -> Result<u64> {
+    let not_a_number = || StoreError::NotANumber { key: key.to_string() };
+    let current = match kv_get(c, scope, bucket, key)? {
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .ok_or_else(not_a_number)?,
+        None => 0,
+    };
+    let next = current.checked_add(delta).ok_or_else(not_a_number)?;
+    kv_set(c, scope, bucket, key, next.to_string().as_bytes())?;
+    Ok(next)
+}

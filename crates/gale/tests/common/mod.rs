@@ -26,7 +26,14 @@ pub fn guests() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = root().join("tests/guests");
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--workspace",
+                "--quiet",
+            ])
             .current_dir(&dir)
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("RUSTFLAGS")

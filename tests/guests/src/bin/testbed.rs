@@ -14,7 +14,9 @@ fn query(request: &Request<Body>, key: &str) -> Option<String> {
 }
 
 fn text(status: u16, body: String) -> Result<Response<Body>, Error> {
-    Ok(Response::builder().status(StatusCode::from_u16(status).unwrap()).body(body.into())?)
+    Ok(Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .body(body.into())?)
 }
 
 #[wstd::http_server]

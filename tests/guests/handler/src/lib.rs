@@ -1,0 +1,35 @@
+//! An event handler (gale:events/event-handler) for Gale's tests: keeps
+//! counts in key-value, publishes, fails on request.
+
+use gale_sdk::{Event, Handler, kv, publish};
+
+struct Testbed;
+
+impl Handler for Testbed {
+    fn handle(event: Event) -> Result<(), String> {
+        println!("handling {} {}", event.id, event.type_);
+        let counts = kv::open("counts")?;
+        let seen = counts.increment(&event.type_, 1)?;
+        match event.type_.as_str() {
+            // Publishes a reply, then fails: the reply must not leak.
+            "publish-then-fail" => {
+                publish(
+                    "replies",
+                    Event::new("reply").with_json(&serde_json::json!({ "to": event.id })),
+                )?;
+                Err(format!("failing after publishing (attempt {seen})"))
+            }
+            "publish" => publish(
+                "replies",
+                Event::new("reply")
+                    .with_subject(&event.id)
+                    .with_json(&serde_json::json!({ "to": event.id, "seen": seen })),
+            ),
+            "publish-nowhere" => publish("no-such-topic", Event::new("x")),
+            "trap" => panic!("deliberate trap in {}", event.id),
+            _ => Ok(()),
+        }
+    }
+}
+
+gale_sdk::export!(Testbed);
