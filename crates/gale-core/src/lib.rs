@@ -14,4 +14,4 @@ pub mod units;
 
 pub use error::{Code, Error};
 pub use filter::Filter;
-pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, TopicSpec};
+pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};

@@ -117,6 +117,94 @@ pub struct FunctionSpec {
     pub http: Vec<HttpTrigger>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventTrigger>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<ScheduleTrigger>,
+}
+
+/// A `[[functions.NAME.schedule]]` entry: the function runs at the times a
+/// cron expression names, each firing delivered as an event (type
+/// `gale.schedule`) with retries like any other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTrigger {
+    /// `"sec min hour day month weekday"` (seconds optional), or a nickname
+    /// like `"@hourly"`.
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    #[serde(default = "defaults::timezone")]
+    pub timezone: String,
+    /// What to do with firings missed while the node was down.
+    #[serde(default)]
+    pub missed: Missed,
+    #[serde(default = "defaults::schedule_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+}
+
+/// Firings missed while the node was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missed {
+    /// Skip them; the next firing comes on time.
+    #[default]
+    Skip,
+    /// Run once, for the latest missed time, then go on as scheduled.
+    RunOnce,
+}
+
+impl ScheduleTrigger {
+    fn parse(&self) -> Result<(croner::Cron, jiff::tz::TimeZone), String> {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(&self.cron)
+            .map_err(|e| format!("{:?} is not a cron expression: {e}", self.cron))?;
+        let tz = jiff::tz::TimeZone::get(&self.timezone)
+            .map_err(|e| format!("{:?} is not a known time zone: {e}", self.timezone))?;
+        Ok((cron, tz))
+    }
+
+    /// The latest firing time at or before `now_ms` and after `after_ms`
+    /// (Unix milliseconds), if any.
+    pub fn due(&self, after_ms: i64, now_ms: i64) -> Option<i64> {
+        let (cron, tz) = self.parse().ok()?;
+        let now = jiff::Timestamp::from_millisecond(now_ms).ok()?.to_zoned(tz);
+        let latest = cron.find_previous_occurrence(&now, true).ok()?;
+        let ms = latest.timestamp().as_millisecond();
+        (ms > after_ms).then_some(ms)
+    }
+
+    /// The first firing time after `after_ms`.
+    pub fn next(&self, after_ms: i64) -> Option<i64> {
+        let (cron, tz) = self.parse().ok()?;
+        let after = jiff::Timestamp::from_millisecond(after_ms).ok()?.to_zoned(tz);
+        Some(
+            cron.find_next_occurrence(&after, false)
+                .ok()?
+                .timestamp()
+                .as_millisecond(),
+        )
+    }
+
+    /// The delivery policy of the schedule's firings, as an event trigger on `topic`.
+    pub fn as_event_trigger(&self, topic: String) -> EventTrigger {
+        EventTrigger {
+            topic,
+            filter: BTreeMap::new(),
+            filters: Vec::new(),
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            ack_timeout: None,
+            dead_letter: self.dead_letter.clone(),
+            batch_size: 1,
+            batch_window: HumanDuration(Duration::ZERO),
+            max_concurrency: 1,
+            ordering: Ordering::None,
+        }
+    }
 }
 
 /// A `[[functions.NAME.events]]` entry: a subscription to a topic and how
@@ -260,6 +348,12 @@ mod defaults {
     }
     pub fn backoff_multiplier() -> f64 {
         2.0
+    }
+    pub fn timezone() -> String {
+        "UTC".into()
+    }
+    pub fn schedule_attempts() -> u32 {
+        3
     }
 }
 
@@ -532,6 +626,24 @@ impl Manifest {
             for (i, t) in f.events.iter().enumerate() {
                 let key = |k: &str| format!("functions.{name}.events[{i}].{k}");
                 t.validate()
+                    .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
+            }
+            for (i, s) in f.schedule.iter().enumerate() {
+                let key = |k: &str| format!("functions.{name}.schedule[{i}].{k}");
+                if let Err(message) = s.parse() {
+                    let k = if message.contains("time zone") {
+                        "timezone"
+                    } else {
+                        "cron"
+                    };
+                    return Err(invalid(
+                        &key(k),
+                        message,
+                        "write cron like \"0 */5 * * * *\" (seconds first, optional) and zones like \"Europe/Berlin\"",
+                    ));
+                }
+                s.as_event_trigger("schedule".into())
+                    .validate()
                     .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
             }
         }
@@ -853,6 +965,55 @@ mod tests {
             (t[1].max_attempts, t[1].batch_size, t[1].ordering),
             (5, 1, Ordering::None)
         );
+    }
+
+    #[test]
+    fn schedules_parse_validate_and_find_firings() {
+        let m = parse(
+            r#"
+            [app]
+            name = "a"
+            [functions.report]
+            source = "r.wasm"
+            [[functions.report.schedule]]
+            cron = "0 */5 * * * *"
+            [[functions.report.schedule]]
+            cron = "0 0 9 * * *"
+            timezone = "Europe/Berlin"
+            missed = "run-once"
+            "#,
+        )
+        .unwrap();
+        let s = &m.functions["report"].schedule;
+        assert_eq!(
+            (s[0].timezone.as_str(), s[0].missed, s[0].max_attempts),
+            ("UTC", Missed::Skip, 3)
+        );
+        // 2026-01-01T00:07:30Z: the latest five-minute mark is 00:05:00.
+        let now = 1_767_226_050_000;
+        assert_eq!(s[0].due(0, now), Some(1_767_225_900_000));
+        assert_eq!(s[0].due(1_767_225_900_000, now), None, "already fired");
+        assert_eq!(s[0].next(now), Some(1_767_226_200_000));
+        // 09:00 in Berlin in winter is 08:00 UTC.
+        assert_eq!(s[1].next(now), Some(1_767_254_400_000));
+
+        for (extra, key) in [
+            ("cron = \"every day\"\n", "schedule[0].cron"),
+            (
+                "cron = \"* * * * *\"\ntimezone = \"Mars/Olympus\"\n",
+                "schedule[0].timezone",
+            ),
+            (
+                "cron = \"* * * * *\"\nmax_attempts = 0\n",
+                "schedule[0].max_attempts",
+            ),
+        ] {
+            let err = parse(&format!(
+                "[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\n[[functions.f.schedule]]\n{extra}"
+            ))
+            .unwrap_err();
+            assert!(err.message.contains(key), "{extra}: {}", err.message);
+        }
     }
 
     #[test]

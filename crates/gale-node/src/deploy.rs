@@ -129,14 +129,23 @@ impl State {
         let dead_letters: BTreeSet<&String> = manifest
             .functions
             .values()
-            .flat_map(|f| f.events.iter().filter_map(|t| t.dead_letter.as_ref()))
+            .flat_map(|f| {
+                f.events
+                    .iter()
+                    .filter_map(|t| t.dead_letter.as_ref())
+                    .chain(f.schedule.iter().filter_map(|s| s.dead_letter.as_ref()))
+            })
             .filter(|d| !manifest.topics.contains_key(*d) && !existing.contains(*d))
             .collect();
         for name in dead_letters {
-            self.store
-                .put_topic(name, topic_config(&Default::default()))
-                .await?;
+            self.put_topic(name, topic_config(&Default::default())).await?;
         }
+        let schedules: Vec<(String, usize)> = manifest
+            .functions
+            .iter()
+            .flat_map(|(name, f)| (0..f.schedule.len()).map(move |n| (name.clone(), n)))
+            .collect();
+        crate::schedule::ensure_topics(self, &schedules).await?;
 
         // Versions, then the one atomic switch.
         let key = app_key(&app);

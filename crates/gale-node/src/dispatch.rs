@@ -43,9 +43,20 @@ pub struct Subscriber {
     pub topic: String,
     pub subscription: String,
     pub function: String,
-    /// Position of the trigger in the function's `events` list.
+    /// Position of the trigger in the function's [`triggers`].
     pub index: usize,
     pub ordered: bool,
+}
+
+/// Every trigger of a function that takes events from a topic: its event
+/// triggers, then one per schedule (on the schedule's own topic).
+pub fn triggers(name: &str, spec: &gale_core::FunctionSpec) -> Vec<EventTrigger> {
+    let schedules = spec
+        .schedule
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.as_event_trigger(crate::schedule::topic(name, i)));
+    spec.events.iter().cloned().chain(schedules).collect()
 }
 
 /// The subscriptions the live functions' triggers call for. A function's
@@ -54,9 +65,10 @@ pub struct Subscriber {
 pub fn desired(functions: &HashMap<String, Arc<Live>>) -> Vec<Subscriber> {
     let mut out = Vec::new();
     for live in functions.values() {
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (index, t) in live.spec.events.iter().enumerate() {
-            let n = seen.entry(t.topic.as_str()).or_default();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let all = triggers(&live.name, &live.spec);
+        for (index, t) in all.iter().enumerate() {
+            let n = seen.entry(t.topic.clone()).or_default();
             *n += 1;
             out.push(Subscriber {
                 topic: t.topic.clone(),
@@ -77,7 +89,7 @@ pub fn desired(functions: &HashMap<String, Arc<Live>>) -> Vec<Subscriber> {
 /// The trigger as the function's current version has it, if it still serves `sub`.
 fn current(state: &State, sub: &Subscriber) -> Option<(Arc<Live>, EventTrigger)> {
     let live = state.function(&sub.function)?;
-    let trigger = live.spec.events.get(sub.index)?.clone();
+    let trigger = triggers(&live.name, &live.spec).into_iter().nth(sub.index)?;
     (trigger.topic == sub.topic).then_some((live, trigger))
 }
 

@@ -21,6 +21,7 @@ pub mod gateway;
 mod meters;
 pub mod registry;
 mod routes;
+mod schedule;
 pub mod scheduler;
 mod tokens;
 
@@ -394,6 +395,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(admin::run(state.clone(), admin_listener, shutdown_rx.clone())),
+        tokio::spawn(schedule::run(state.clone(), shutdown_rx.clone())),
         tokio::spawn(housekeeping(state.clone(), options.clone(), shutdown_rx)),
     ];
     let (flush, flush_rx) = watch::channel(false);

@@ -103,6 +103,7 @@ impl Embedded {
             )
             .and_then(|()| events.execute_batch(topics::SCHEMA))
             .map_err(engine_err)?;
+        topics::end_leases(&events, topics::now_ms())?;
         Ok(Embedded {
             inner: Arc::new(Inner {
                 dir,

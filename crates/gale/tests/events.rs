@@ -477,3 +477,73 @@ dead_letter = "jobs-dlq"
     assert_eq!(err.code, gale_core::Code::ComponentInvalid);
     assert!(err.message.contains("event handler"), "{}", err.message);
 }
+
+/// The scheduled times of `function`'s firings so far, from its logs.
+async fn firings(node: &TestNode, function: &str) -> Vec<i64> {
+    let logs: Vec<InvocationLog> = node
+        .admin_get(&format!("/v1/functions/{function}/logs?limit=1000"))
+        .await;
+    let mut times: Vec<i64> = logs
+        .iter()
+        .flat_map(|l| l.events.iter())
+        .map(|id| id.rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    times.sort();
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_on_time_never_twice_and_handle_missed_firings() {
+    let mut node = TestNode::start().await;
+    let tick = "[functions.tick]\nsource = \"testbed.wasm\"\nschedule = [{ cron = \"* * * * * *\" }]\n";
+    node.deploy(&format!("[app]\nname = \"cron\"\n{tick}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Two more, firing once a minute at a second four seconds from now,
+    // while the node will be down.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let soon = (now + 4) % 60;
+    node.deploy(&format!(
+        r#"[app]
+name = "cron"
+{tick}
+[functions.skip]
+source = "testbed.wasm"
+schedule = [{{ cron = "{soon} * * * * *" }}]
+[functions.once]
+source = "testbed.wasm"
+schedule = [{{ cron = "{soon} * * * * *", missed = "run-once" }}]
+"#
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    node.stop().await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let node = node.restart().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let ticks = firings(&node, "tick").await;
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let mut unique = ticks.clone();
+    unique.dedup();
+    assert_eq!(unique, ticks, "a firing ran twice");
+    assert!(
+        ticks.iter().all(|t| t % 1000 == 0),
+        "firings are at whole seconds: {ticks:?}"
+    );
+    // The ticks missed while the node was down were skipped.
+    assert!(ticks.windows(2).any(|w| w[1] - w[0] >= 4000), "{ticks:?}");
+    assert_eq!(
+        firings(&node, "skip").await,
+        Vec::<i64>::new(),
+        "a missed firing was not skipped"
+    );
+    let once = firings(&node, "once").await;
+    assert_eq!(once.len(), 1, "a missed firing runs once: {once:?}");
+    assert_eq!((once[0] / 1000) % 60, soon as i64);
+}

@@ -67,6 +67,7 @@ pub(super) const SCHEMA: &str = "
         seq INTEGER NOT NULL,
         attempts INTEGER NOT NULL,
         due_at INTEGER,
+        leased INTEGER NOT NULL DEFAULT 0,
         pkey TEXT,
         error TEXT,
         PRIMARY KEY (topic, sub, seq)
@@ -223,6 +224,17 @@ fn topic_exists(c: &Connection, topic: &str) -> Result<()> {
         .map_err(engine_err)?
         .then_some(())
         .ok_or_else(|| StoreError::UnknownTopic(topic.to_string()))
+}
+
+/// Ends the leases of a previous process: the embedded backend serves one
+/// node, so whatever it had leased when it stopped or died is due again now
+/// (its attempt stays counted) instead of after the lease runs out.
+pub(super) fn end_leases(c: &Connection, now: u64) -> Result<usize> {
+    c.execute(
+        "UPDATE pending SET due_at = ?1, leased = 0 WHERE leased = 1",
+        [now as i64],
+    )
+    .map_err(engine_err)
 }
 
 pub(super) fn put_topic(c: &Connection, name: &str, config: TopicConfig) -> Result<()> {
@@ -409,7 +421,8 @@ pub(super) fn fetch(
             continue;
         };
         c.prepare_cached(
-            "UPDATE pending SET attempts = attempts + 1, due_at = ?4 WHERE topic = ?1 AND sub = ?2 AND seq = ?3",
+            "UPDATE pending SET attempts = attempts + 1, due_at = ?4, leased = 1
+             WHERE topic = ?1 AND sub = ?2 AND seq = ?3",
         )
         .and_then(|mut s| s.execute(params![topic, sub, seq, lease_until]))
         .map_err(engine_err)?;
@@ -443,7 +456,7 @@ pub(super) fn fetch(
             .map_err(engine_err)?;
         let mut add = c
             .prepare_cached(
-                "INSERT INTO pending (topic, sub, seq, attempts, due_at, pkey) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO pending (topic, sub, seq, attempts, due_at, pkey, leased) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(engine_err)?;
         for (seq, published_at, pkey, body) in fresh {
@@ -454,11 +467,11 @@ pub(super) fn fetch(
                 None => false,
             };
             if waits {
-                add.execute(params![topic, sub, seq, 0, None::<i64>, key])
+                add.execute(params![topic, sub, seq, 0, None::<i64>, key, false])
                     .map_err(engine_err)?;
                 continue;
             }
-            add.execute(params![topic, sub, seq, 1, lease_until, key])
+            add.execute(params![topic, sub, seq, 1, lease_until, key, true])
                 .map_err(engine_err)?;
             out.push(Delivery {
                 event: StoredEvent {
@@ -507,7 +520,7 @@ pub(super) fn settle(
             }
             Settle::Retry { seq, delay_ms, error } => {
                 c.prepare_cached(
-                    "UPDATE pending SET due_at = ?4, error = ?5 WHERE topic = ?1 AND sub = ?2 AND seq = ?3",
+                    "UPDATE pending SET due_at = ?4, error = ?5, leased = 0 WHERE topic = ?1 AND sub = ?2 AND seq = ?3",
                 )
                 .and_then(|mut s| s.execute(params![topic, sub, seq as i64, (now + delay_ms) as i64, error]))
                 .map_err(engine_err)?;
@@ -540,7 +553,7 @@ fn done(c: &Connection, topic: &str, sub: &str, seq: u64, now: u64) -> Result<bo
     let Some(key) = key else { return Ok(false) };
     if let Some(key) = key {
         c.prepare_cached(
-            "UPDATE pending SET attempts = attempts, due_at = ?4 WHERE topic = ?1 AND sub = ?2 AND seq =
+            "UPDATE pending SET due_at = ?4 WHERE topic = ?1 AND sub = ?2 AND seq =
                (SELECT min(seq) FROM pending WHERE topic = ?1 AND sub = ?2 AND pkey = ?3)
              AND due_at IS NULL",
         )

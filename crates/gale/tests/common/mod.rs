@@ -85,6 +85,14 @@ impl TestNode {
         }
     }
 
+    /// Stops the node and starts a new one on the same data directory.
+    pub async fn restart(mut self) -> TestNode {
+        self.stop().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let o = options(dir.path());
+        TestNode::start_with(dir, o).await
+    }
+
     /// Stops the node, keeping its data directory.
     pub async fn stop(&mut self) {
         if let Some(node) = self.node.take() {
