@@ -192,17 +192,11 @@ impl ScheduleTrigger {
     /// The delivery policy of the schedule's firings, as an event trigger on `topic`.
     pub fn as_event_trigger(&self, topic: String) -> EventTrigger {
         EventTrigger {
-            topic,
-            filter: BTreeMap::new(),
-            filters: Vec::new(),
             max_attempts: self.max_attempts,
             backoff: self.backoff,
-            ack_timeout: None,
             dead_letter: self.dead_letter.clone(),
-            batch_size: 1,
-            batch_window: HumanDuration(Duration::ZERO),
             max_concurrency: 1,
-            ordering: Ordering::None,
+            ..EventTrigger::new(&topic)
         }
     }
 }
@@ -290,6 +284,23 @@ pub enum Ordering {
 }
 
 impl EventTrigger {
+    /// A trigger on `topic` with the default delivery policy and no filter.
+    pub fn new(topic: &str) -> EventTrigger {
+        EventTrigger {
+            topic: topic.to_string(),
+            filter: BTreeMap::new(),
+            filters: Vec::new(),
+            max_attempts: defaults::max_attempts(),
+            backoff: Backoff::default(),
+            ack_timeout: None,
+            dead_letter: None,
+            batch_size: 1,
+            batch_window: HumanDuration(Duration::ZERO),
+            max_concurrency: defaults::max_concurrency(),
+            ordering: Ordering::None,
+        }
+    }
+
     /// Whether an event with these attributes is for this trigger.
     pub fn accepts(&self, attribute: &dyn Fn(&str) -> Option<String>) -> bool {
         self.filter

@@ -81,6 +81,7 @@ pub fn router(state: Arc<State>) -> Router {
             post(crate::events::publish).get(read_events),
         )
         .route("/v1/topics/{name}/redrive", post(redrive))
+        .route("/v1/topics/{name}/replay", post(replay))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -426,6 +427,27 @@ async fn delete_token(Ext(state): Ext<Arc<State>>, Path(id): Path<String>) -> Ap
             .with_hint("`gale tokens ls` lists them")
             .into()),
     }
+}
+
+#[derive(Deserialize)]
+struct ReplayRequest {
+    /// The function to run the events through.
+    function: String,
+    /// Unix milliseconds: events published at or after this.
+    #[serde(default)]
+    from_ms: u64,
+    limit: Option<u64>,
+}
+
+async fn replay(
+    Ext(state): Ext<Arc<State>>,
+    Path(name): Path<String>,
+    Json(req): Json<ReplayRequest>,
+) -> ApiResult<Json<crate::dispatch::Replayed>> {
+    let limit = req.limit.unwrap_or(10_000).min(100_000);
+    Ok(Json(
+        crate::dispatch::replay(&state, &name, &req.function, req.from_ms, limit).await?,
+    ))
 }
 
 /// Moves a dead-letter topic's events back to the topics they failed on.

@@ -426,3 +426,88 @@ async fn deliver(
         )),
     }
 }
+
+/// What a replay did.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Replayed {
+    /// Events run through the function.
+    pub replayed: u64,
+    /// Of those, events whose run failed (not retried: run the replay again).
+    pub failed: u64,
+    /// Events skipped by the function's filters for the topic.
+    pub filtered: u64,
+    /// Sequence number of the last event looked at (resume after it).
+    pub last_seq: u64,
+    /// The first few failures.
+    pub errors: Vec<String>,
+}
+
+/// Runs the events of `topic` published at or after `from_ms` through
+/// `function`, oldest first, at most `limit`: for a new version or a fixed
+/// bug. The function's filters for the topic apply if it subscribes to
+/// it; what it publishes is stored; failures are reported, not retried.
+pub async fn replay(
+    state: &Arc<State>,
+    topic: &str,
+    function: &str,
+    from_ms: u64,
+    limit: u64,
+) -> Result<Replayed, crate::NodeError> {
+    let live = state
+        .function(function)
+        .ok_or_else(|| crate::deploy::not_found(function))?;
+    let trigger = triggers(&live.name, &live.spec)
+        .into_iter()
+        .find(|t| t.topic == topic)
+        .unwrap_or_else(|| EventTrigger::new(topic));
+    let mut report = Replayed {
+        replayed: 0,
+        failed: 0,
+        filtered: 0,
+        last_seq: 0,
+        errors: Vec::new(),
+    };
+    let mut after = 0;
+    'pages: loop {
+        let page = state.store.read(topic, after, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for stored in page {
+            if stored.published_at < from_ms {
+                continue;
+            }
+            if report.replayed + report.filtered >= limit {
+                break 'pages;
+            }
+            report.last_seq = stored.seq;
+            let Ok(event) = serde_json::from_slice::<Event>(&stored.body) else {
+                continue;
+            };
+            if !trigger.accepts(&|name| attribute(&event, name)) {
+                report.filtered += 1;
+                continue;
+            }
+            report.replayed += 1;
+            let (prepared, cold) = live.prepared(&state.runtime, &state.store).await?;
+            let (mut results, outbox) = if prepared.world() == World::Events {
+                deliver_events(state, &live, &trigger, prepared, cold, &[&event]).await
+            } else {
+                (vec![deliver(state, &live, &trigger, &event).await], Vec::new())
+            };
+            match results.pop().unwrap_or(Err("no result".into())) {
+                Ok(()) => {
+                    for (to, e) in outbox {
+                        state.store.publish(&to, vec![e]).await?;
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    if report.errors.len() < 10 {
+                        report.errors.push(format!("{}: {e}", event.id()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -153,6 +153,21 @@ enum ClientCommand {
         #[command(subcommand)]
         action: Option<TopicsAction>,
     },
+    /// Run a topic's stored events through a function again (a new version,
+    /// a fixed bug); failures are reported, not retried.
+    Replay {
+        topic: String,
+        /// Events published at or after this: an RFC 3339 time
+        /// (`2026-11-30T07:00:00Z`) or an age (`15m`, `2h`).
+        #[arg(long)]
+        from: String,
+        /// The function to run them through.
+        #[arg(long)]
+        to: String,
+        /// Events at most.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u64,
+    },
     /// Publish-only tokens: create, list, revoke.
     Tokens {
         #[command(subcommand)]
@@ -493,6 +508,45 @@ async fn client_command(client: &Client, command: ClientCommand, format: Format)
             output::print(format, &serde_json::json!({ "removed": name }), |_| {
                 format!("removed topic {name}\n")
             })
+        }
+        ClientCommand::Replay {
+            topic,
+            from,
+            to,
+            limit,
+        } => {
+            let from_ms = match humantime::parse_duration(&from) {
+                Ok(age) => std::time::SystemTime::now() - age,
+                Err(_) => humantime::parse_rfc3339_weak(&from).map_err(|e| {
+                    anyhow!("--from {from:?} is neither an age like \"15m\" nor a time like \"2026-11-30T07:00:00Z\": {e}")
+                })?,
+            }
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+            let body = serde_json::json!({ "function": to, "from_ms": from_ms, "limit": limit });
+            let report: serde_json::Value = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/topics/{topic}/replay"),
+                    &body,
+                )
+                .await?;
+            let failed = report["failed"].as_u64().unwrap_or(0) > 0;
+            output::print(format, &report, |r| {
+                let mut out = format!(
+                    "replayed {} events of {topic} through {to}: {} failed, {} filtered out (up to seq {})\n",
+                    r["replayed"], r["failed"], r["filtered"], r["last_seq"]
+                );
+                for e in r["errors"].as_array().into_iter().flatten() {
+                    out.push_str(&format!("  {}\n", e.as_str().unwrap_or_default()));
+                }
+                out
+            })?;
+            if failed {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         ClientCommand::Tokens {
             action: TokensAction::Create { publish },

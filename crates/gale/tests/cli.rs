@@ -96,6 +96,7 @@ fn every_command_has_help() {
         vec!["dlq", "ls", "--help"],
         vec!["dlq", "redrive", "--help"],
         vec!["tokens", "create", "--help"],
+        vec!["replay", "--help"],
     ] {
         let out = gale().args(&cmd).output().unwrap();
         assert!(out.status.success(), "gale {cmd:?}");

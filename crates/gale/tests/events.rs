@@ -466,6 +466,26 @@ dead_letter = "jobs-dlq"
     assert!(j1.stdout.contains("handling j-1 publish"), "{}", j1.stdout);
     assert_eq!(logs.iter().filter(|l| l.events == ["j-2"]).count(), 2);
 
+    // Replay runs history through the function again: j-1 and j-5 succeed
+    // (and publish again), j-2, j-3 and j-4 fail again and are reported.
+    let report: serde_json::Value = node
+        .http
+        .post(format!("{}/v1/topics/jobs/replay", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "function": "worker", "from_ms": 0 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report["replayed"].as_u64(), report["failed"].as_u64()),
+        (Some(5), Some(3)),
+        "{report}"
+    );
+    assert_eq!(node.dead_letters("replies", 4).await.len(), 4);
+
     // An event handler cannot take HTTP routes.
     let err = node
         .deploy(&manifest.replace(
