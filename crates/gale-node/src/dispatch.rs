@@ -253,15 +253,6 @@ async fn deliver_events(
     let Ok(permit) = live.slots.clone().acquire_owned().await else {
         return (vec![Err("the function is being replaced".into()); n], Vec::new());
     };
-    let services = gale_wasm::events::Services {
-        function: live.name.clone(),
-        scope: live.app.clone(),
-        kv: Arc::new(state.store.clone()),
-        topic_exists: {
-            let state = state.clone();
-            Arc::new(move |topic: &str| state.topic_exists(topic))
-        },
-    };
     let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
     let done = {
         let (state, live) = (state.clone(), live.clone());
@@ -279,7 +270,7 @@ async fn deliver_events(
         }
     };
     let guest: Vec<_> = events.iter().map(|e| events::to_guest(e)).collect();
-    let handled = gale_wasm::events::handle(prepared, guest, services, timeout, done).await;
+    let handled = gale_wasm::events::handle(prepared, guest, timeout, done).await;
     drop(permit);
     let results = match handled.results {
         Ok(results) => results,

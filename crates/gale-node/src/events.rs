@@ -398,6 +398,26 @@ impl State {
         Ok(serde_json::json!({ "moved": moved, "kept": kept }))
     }
 
+    /// Stores what an invocation published, all or nothing.
+    pub async fn commit_outbox(
+        &self,
+        live: &crate::scheduler::Live,
+        published: Vec<(String, gale_wasm::events::GuestEvent)>,
+    ) -> Result<(), NodeError> {
+        let mut events = Vec::with_capacity(published.len());
+        for (topic, event) in published {
+            let event = from_guest(event).map_err(|e| {
+                Error::new(
+                    Code::EventInvalid,
+                    format!("function `{}` published an invalid event: {e}", live.name),
+                )
+            })?;
+            events.push((topic, encode(&event)));
+        }
+        self.store.publish_all(events).await?;
+        Ok(())
+    }
+
     /// Creates a topic or changes its retention.
     pub async fn put_topic(&self, name: &str, config: gale_store::TopicConfig) -> Result<(), NodeError> {
         self.store.put_topic(name, config).await?;

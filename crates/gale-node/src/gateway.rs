@@ -248,12 +248,14 @@ where
         exceeded: exceeded.clone(),
     });
 
+    let outbox = Arc::new(std::sync::Mutex::new(Outbox::Open));
     let done = {
         let state = state.clone();
         let live = live.clone();
         let id = id.to_string();
         let exceeded = exceeded.clone();
-        move |c: gale_wasm::Completion| {
+        let outbox = outbox.clone();
+        move |mut c: gale_wasm::Completion| {
             drop(permit);
             let status = match (c.status, c.outcome) {
                 (Some(s), _) => s,
@@ -262,11 +264,48 @@ where
                 (None, Outcome::Cancelled) => 499,
                 (None, _) => 500,
             };
+            // What the invocation published counts only if it succeeded.
+            let published = std::mem::take(&mut c.outbox);
+            if !published.is_empty() && c.outcome == Outcome::Ok && status < 500 {
+                let mut slot = outbox.lock().unwrap_or_else(|p| p.into_inner());
+                match &*slot {
+                    Outbox::Open => *slot = Outbox::Filled(published),
+                    // The answer has left: commit on our own.
+                    _ => {
+                        let (state, live) = (state.clone(), live.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = state.commit_outbox(&live, published).await {
+                                tracing::error!(function = %live.name, error = %e, "events published by an invocation were lost");
+                            }
+                        });
+                    }
+                }
+            }
             state.finished(&live, c, id, started_at, cold, status, events);
         }
     };
     let head = req.method() == http::Method::HEAD;
-    match gale_wasm::serve(prepared, req, timeout, done).await {
+    let served = gale_wasm::serve(prepared, req, timeout, done).await;
+    // A guest that published before answering has ended by now: its events
+    // are committed before its answer leaves.
+    let pending = std::mem::replace(
+        &mut *outbox.lock().unwrap_or_else(|p| p.into_inner()),
+        Outbox::Closed,
+    );
+    if let Outbox::Filled(published) = pending
+        && let Err(e) = state.commit_outbox(&live, published).await
+    {
+        tracing::error!(function = %live.name, error = %e, "committing published events failed");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "publish_failed",
+            &format!(
+                "function `{}` ran, but the events it published could not be stored: {e}",
+                live.name
+            ),
+        );
+    }
+    match served {
         // The guest got a truncated body; whatever it answered, the answer is 413.
         _ if exceeded.load(Relaxed) => too_large(max_body),
         Ok(mut answer) => {
@@ -322,6 +361,16 @@ fn too_large(max: u64) -> Response<Body> {
         "body_too_large",
         &format!("the request body is larger than the function's max_body of {max} bytes"),
     )
+}
+
+/// What an HTTP invocation published, between the guest's end and the answer.
+enum Outbox {
+    /// The answer has not left yet.
+    Open,
+    /// The guest ended with these events before the answer left.
+    Filled(Vec<(String, gale_wasm::events::GuestEvent)>),
+    /// The answer has left.
+    Closed,
 }
 
 /// A JSON error answer of the gateway.

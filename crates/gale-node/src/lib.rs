@@ -189,7 +189,8 @@ impl State {
                     .entry(name.clone())
                     .or_default()
                     .clone();
-                let live = Live::new(record, counters, current.as_deref(), self.epoch);
+                let services = self.services(name, &app.name);
+                let live = Live::new(record, counters, services, current.as_deref(), self.epoch);
                 next.insert(name.clone(), Arc::new(live));
             }
         }
@@ -198,6 +199,19 @@ impl State {
         *self.functions.write().unwrap_or_else(|p| p.into_inner()) = next;
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.subscribe(wanted).await
+    }
+
+    /// What a function's instances may reach: publishing (to topics that
+    /// exist) and its app's key-value buckets. Holds the node weakly: a
+    /// function must not keep its node alive.
+    fn services(self: &Arc<Self>, function: &str, app: &str) -> Arc<gale_wasm::events::Services> {
+        let node = Arc::downgrade(self);
+        Arc::new(gale_wasm::events::Services {
+            function: function.to_string(),
+            scope: app.to_string(),
+            kv: Arc::new(self.store.clone()),
+            topic_exists: Arc::new(move |topic: &str| node.upgrade().is_some_and(|n| n.topic_exists(topic))),
+        })
     }
 
     /// Makes the store's subscriptions and the running dispatchers match the

@@ -37,6 +37,8 @@ pub struct Live {
     pub artifact: String,
     pub spec: Arc<FunctionSpec>,
     pub counters: Arc<Counters>,
+    /// Publishing and key-value for its instances.
+    services: Arc<gale_wasm::events::Services>,
     /// One permit per instance that may run at once.
     pub slots: Arc<Semaphore>,
     prepared: Mutex<Option<Arc<Prepared>>>,
@@ -59,6 +61,7 @@ impl Live {
     pub fn new(
         version: VersionRecord,
         counters: Arc<Counters>,
+        services: Arc<gale_wasm::events::Services>,
         previous: Option<&Live>,
         epoch: Instant,
     ) -> Live {
@@ -83,6 +86,7 @@ impl Live {
             artifact,
             spec: Arc::new(spec),
             counters,
+            services,
             slots,
             prepared: Mutex::new(None),
             last_used: AtomicU64::new(0),
@@ -162,11 +166,12 @@ impl Live {
         let runtime = runtime.clone();
         let artifact = self.artifact.clone();
         let spec = self.spec.clone();
+        let services = self.services.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             if let Some(wasm) = wasm {
                 runtime.compile(&artifact, &wasm)?;
             }
-            runtime.load(&artifact, spec)
+            runtime.load(&artifact, spec, Some(services))
         })
         .await
         .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))??;

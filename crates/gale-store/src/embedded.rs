@@ -358,6 +358,24 @@ impl Topics for Embedded {
         Ok(published)
     }
 
+    async fn publish_all(&self, events: Vec<(String, NewEvent)>) -> Result<()> {
+        let topics: Vec<String> = events.iter().map(|(t, _)| t.clone()).collect();
+        self.inner
+            .events
+            .run(move |c| {
+                let now = topics::now_ms();
+                for (topic, event) in events {
+                    topics::publish(c, &topic, vec![event], true, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        for t in topics {
+            self.inner.events.wake(&t);
+        }
+        Ok(())
+    }
+
     async fn put_subscription(&self, topic: &str, name: &str, ordered: bool) -> Result<()> {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.inner

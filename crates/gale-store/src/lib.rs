@@ -212,6 +212,9 @@ pub trait Topics: Send + Sync + 'static {
     async fn topics(&self) -> Result<Vec<TopicInfo>>;
     /// Appends events in order, skipping duplicates (see [`TopicConfig`]).
     async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>>;
+    /// Appends events to several topics in one transaction (with dedup):
+    /// all land or none (an invocation's outbox).
+    async fn publish_all(&self, events: Vec<(String, NewEvent)>) -> Result<()>;
     /// Creates a subscription starting after the topic's newest event, or
     /// changes whether an existing one is ordered.
     async fn put_subscription(&self, topic: &str, name: &str, ordered: bool) -> Result<()>;

@@ -456,9 +456,10 @@ async fn topics_retry_after_delay_and_lease(t: &impl Topics) {
 }
 
 async fn topics_dead_letter_and_outbox_commit_with_the_settle(t: &impl Topics) {
-    for name in ["in", "out", "dlq"] {
+    for name in ["in", "out", "dlq", "side"] {
         t.put_topic(name, DAY).await.unwrap();
     }
+    t.put_subscription("side", "watch", false).await.unwrap();
     t.put_subscription("in", "f", false).await.unwrap();
     t.put_subscription("out", "watch", false).await.unwrap();
     t.put_subscription("dlq", "watch", false).await.unwrap();
@@ -486,6 +487,24 @@ async fn topics_dead_letter_and_outbox_commit_with_the_settle(t: &impl Topics) {
     assert_eq!(ids(&fetch_now(t, "out", "watch").await), ["reply"]);
     assert_eq!(ids(&fetch_now(t, "dlq", "watch").await), ["bad"]);
     assert!(fetch_now(t, "in", "f").await.is_empty());
+    // An outbox on its own lands whole or not at all.
+    let err = t
+        .publish_all(vec![
+            ("out".into(), event("o-1", None)),
+            ("nowhere".into(), event("o-2", None)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownTopic(_)), "{err}");
+    assert!(fetch_now(t, "out", "watch").await.is_empty());
+    t.publish_all(vec![
+        ("out".into(), event("o-1", None)),
+        ("side".into(), event("o-2", None)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(ids(&fetch_now(t, "out", "watch").await), ["o-1"]);
+    assert_eq!(ids(&fetch_now(t, "side", "watch").await), ["o-2"]);
     // A retry publishes nothing, and a settle naming an unknown topic
     // fails whole: the delivery stays pending.
     t.publish("in", vec![event("c", None)]).await.unwrap();
@@ -516,8 +535,11 @@ async fn topics_dead_letter_and_outbox_commit_with_the_settle(t: &impl Topics) {
     assert_eq!(ids(&fetch_now(t, "in", "f").await), ["bad"]);
     t.publish("out", vec![event("gone", None)]).await.unwrap();
     let stored = t.read("out", 0, 10).await.unwrap();
-    assert_eq!(t.remove("out", vec![stored[1].seq]).await.unwrap(), 1);
-    assert_eq!(t.read("out", 0, 10).await.unwrap().len(), 1);
+    let gone = stored.last().unwrap().seq;
+    assert_eq!(t.remove("out", vec![gone]).await.unwrap(), 1);
+    let left = t.read("out", 0, 10).await.unwrap();
+    assert_eq!(left.len(), stored.len() - 1);
+    assert!(left.iter().all(|e| e.seq != gone));
 }
 
 async fn topics_ordered_subscription_holds_a_key_until_settled(t: &impl Topics) {

@@ -1,11 +1,13 @@
-//! The `gale:events/event-handler` world: functions that take events
-//! directly (no HTTP), publish with the outbox rule, and keep state in
-//! key-value buckets of their app.
+//! The `gale:events` host interfaces: publishing with the outbox rule and
+//! key-value buckets of the function's app, for every function (an HTTP
+//! component may import them too), and the `event-handler` world for
+//! functions that take events directly.
 //!
 //! The WIT lives in the repository's `wit/` directory. A publish during an
 //! invocation only records the event in the instance's outbox; the caller
 //! commits the outbox together with the acknowledgement of the events the
-//! invocation handled, or drops it if the invocation failed.
+//! invocation handled (or, for an HTTP request, when it succeeded), or drops
+//! it if the invocation failed.
 
 use crate::host::Host;
 use crate::{Completion, Failure, Finish, Prepared, describe_trap, humantime_ms};
@@ -54,8 +56,20 @@ pub struct Services {
 
 /// The per-instance part: the services and what was published so far.
 pub(crate) struct EventHost {
-    services: Services,
-    outbox: Vec<(String, GuestEvent)>,
+    services: Arc<Services>,
+    pub(crate) outbox: Vec<(String, GuestEvent)>,
+    /// Events published so far, readable while the guest runs.
+    pub(crate) published: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EventHost {
+    pub(crate) fn new(services: Arc<Services>) -> EventHost {
+        EventHost {
+            services,
+            outbox: Vec::new(),
+            published: Arc::default(),
+        }
+    }
 }
 
 /// An open bucket.
@@ -69,9 +83,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 
 impl Host {
     fn events(&mut self) -> wasmtime::Result<&mut EventHost> {
-        self.events
-            .as_mut()
-            .ok_or_else(|| wasmtime::Error::msg("event services are only available to event invocations"))
+        self.events.as_mut().ok_or_else(|| {
+            wasmtime::Error::msg("publishing and key-value are not available to this function")
+        })
     }
 }
 
@@ -105,6 +119,7 @@ impl publisher::Host for Host {
             event.source = format!("/gale/functions/{}", ev.services.function);
         }
         ev.outbox.push((topic, event));
+        ev.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Ok(()))
     }
 }
@@ -224,7 +239,6 @@ pub struct Handled {
 pub async fn handle(
     prepared: Arc<Prepared>,
     events: Vec<GuestEvent>,
-    services: Services,
     timeout: Duration,
     done: impl FnOnce(Completion) + Send + 'static,
 ) -> Handled {
@@ -235,10 +249,6 @@ pub async fn handle(
         };
     };
     let (mut store, stdout, stderr) = prepared.new_store();
-    store.data_mut().events = Some(EventHost {
-        services,
-        outbox: Vec::new(),
-    });
     let mut finish = Finish {
         done: Some(Box::new(done)),
         started: Instant::now(),
@@ -291,7 +301,7 @@ pub async fn handle(
             Some("no free instance slot on this node (the node's instance pool is full)".into()),
         ),
     };
-    finish.finish(outcome, error);
+    finish.finish(outcome, error, Vec::new());
     let outbox = match store.data_mut().events.take() {
         Some(host) if results.is_ok() => host.outbox,
         _ => Vec::new(),

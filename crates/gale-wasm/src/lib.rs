@@ -246,9 +246,15 @@ impl Runtime {
             })
     }
 
-    /// Loads compiled code for one version, ready to serve.
+    /// Loads compiled code for one version, ready to serve; `services`
+    /// give its instances publishing and key-value.
     /// Blocking (an mmap and some linking): call off the async runtime.
-    pub fn load(&self, digest: &str, spec: Arc<FunctionSpec>) -> Result<Prepared, WasmError> {
+    pub fn load(
+        &self,
+        digest: &str,
+        spec: Arc<FunctionSpec>,
+        services: Option<Arc<events::Services>>,
+    ) -> Result<Prepared, WasmError> {
         let started = Instant::now();
         let cached = self
             .components
@@ -281,6 +287,7 @@ impl Runtime {
         let env = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         Ok(Prepared {
             kind,
+            services,
             spec,
             env,
             idle: Mutex::new(Vec::new()),
@@ -348,6 +355,7 @@ impl Kind {
 /// One version, loaded and linked, ready to make instances.
 pub struct Prepared {
     kind: Kind,
+    services: Option<Arc<events::Services>>,
     spec: Arc<FunctionSpec>,
     env: Vec<(String, String)>,
     /// Instances kept for reuse when `instance_reuse > 1`, with their use counts.
@@ -367,7 +375,8 @@ impl Prepared {
     fn new_store(&self) -> (Store<Host>, pipe::LogPipe, pipe::LogPipe) {
         let stdout = pipe::LogPipe::new(LOG_CAPTURE_LIMIT);
         let stderr = pipe::LogPipe::new(LOG_CAPTURE_LIMIT);
-        let host = Host::new(&self.spec, &self.env, stdout.clone(), stderr.clone());
+        let mut host = Host::new(&self.spec, &self.env, stdout.clone(), stderr.clone());
+        host.events = self.services.clone().map(events::EventHost::new);
         let mut store = Store::new(self.kind.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(1);
@@ -386,6 +395,9 @@ pub struct Completion {
     pub stdout: String,
     pub stderr: String,
     pub duration: Duration,
+    /// What an HTTP invocation published, if it ended well (`outcome` Ok):
+    /// the caller commits it if the status says success.
+    pub outbox: Vec<(String, events::GuestEvent)>,
 }
 
 /// Why a request got no response from the guest.
@@ -445,7 +457,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Finish {
-    fn finish(&mut self, outcome: Outcome, error: Option<String>) {
+    fn finish(&mut self, outcome: Outcome, error: Option<String>, outbox: Vec<(String, events::GuestEvent)>) {
         if let Some(done) = self.done.take() {
             done(Completion {
                 outcome,
@@ -457,6 +469,7 @@ impl Finish {
                 stdout: self.stdout.take(),
                 stderr: self.stderr.take(),
                 duration: self.started.elapsed(),
+                outbox,
             });
         }
     }
@@ -467,6 +480,7 @@ impl Drop for Finish {
         self.finish(
             Outcome::Cancelled,
             Some("the client went away before the function finished".into()),
+            Vec::new(),
         );
     }
 }
@@ -522,6 +536,7 @@ where
             stdout: String::new(),
             stderr: String::new(),
             duration: started.elapsed(),
+            outbox: Vec::new(),
         });
         return Err(Failure::Guest(
             "the function is an event handler (gale:events/event-handler): it takes events, not HTTP requests".into(),
@@ -572,11 +587,12 @@ where
         Ok(v) => v,
         Err(e) => {
             let msg = format!("the request could not be handed to the guest: {e:#}");
-            finish.finish(Outcome::Error, Some(msg.clone()));
+            finish.finish(Outcome::Error, Some(msg.clone()), Vec::new());
             return Err(Failure::Guest(msg));
         }
     };
 
+    let published = store.data().events.as_ref().map(|h| h.published.clone());
     let task_prepared = prepared.clone();
     let guest = async move {
         let run = async {
@@ -590,8 +606,13 @@ where
                 .await?;
             wasmtime::Result::Ok(proxy)
         };
+        let mut outbox = Vec::new();
         let failure = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(proxy)) if finish.answer.status.load(Relaxed) != 0 => {
+                if let Some(host) = store.data_mut().events.as_mut() {
+                    outbox = std::mem::take(&mut host.outbox);
+                    host.published.store(0, Relaxed);
+                }
                 let uses = uses + 1;
                 if uses < task_prepared.spec.instance_reuse {
                     let mut idle = task_prepared.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -622,12 +643,12 @@ where
                 Some(format!("timed out after {}", humantime_ms(timeout))),
             ),
         };
-        finish.finish(outcome, error);
+        finish.finish(outcome, error, outbox);
         failure
     };
 
     // Run the guest right here, on the caller's task, until it answers or
-    // ends. A typical handler writes its whole body into the buffered
+    // ends (ends, if it published anything before answering). A typical handler writes its whole body into the buffered
     // channel and returns before we look at the response, so no task is
     // spawned and no other thread is woken. A guest still running once it
     // has answered (streaming a body, working after the response) moves to
@@ -637,6 +658,11 @@ where
     let answered = std::future::poll_fn(|cx| {
         if let Poll::Ready(end) = guest.as_mut().poll(cx) {
             return Poll::Ready(Err(end));
+        }
+        // A guest that published before answering runs to its end first:
+        // what it published must be committed before its answer leaves.
+        if published.as_ref().is_some_and(|p| p.load(Relaxed) > 0) {
+            return Poll::Pending;
         }
         match answer.take() {
             Some(response) => Poll::Ready(Ok(response)),

@@ -567,3 +567,54 @@ schedule = [{{ cron = "{soon} * * * * *", missed = "run-once" }}]
     assert_eq!(once.len(), 1, "a missed firing runs once: {once:?}");
     assert_eq!((once[0] / 1000) % 60, soon as i64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_functions_publish_only_when_they_succeed() {
+    let node = TestNode::start().await;
+    node.deploy(&app(
+        &["orders"],
+        &[("api", "http = [{ route = \"POST /orders/publish\" }]")],
+    ))
+    .await
+    .unwrap();
+    let post = |query: &str, body: &str| {
+        node.http
+            .post(node.url(&format!("/orders/publish?{query}")))
+            .body(body.to_string())
+            .send()
+    };
+    let r = post("topic=orders", "first").await.unwrap();
+    assert_eq!(r.status(), 201);
+    // The answer left after the event was stored.
+    let stored: Vec<StoredEventInfo> = node.admin_get("/v1/topics/orders/events").await;
+    assert_eq!(stored.len(), 1);
+    let event = &stored[0].event;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["source"].as_str(),
+            event["data"]["body"].as_str()
+        ),
+        (Some("published"), Some("/gale/functions/api"), Some("first"))
+    );
+    assert!(!event["id"].as_str().unwrap().is_empty());
+
+    // A failed invocation (5xx) publishes nothing; a 4xx is an answer, not a failure.
+    assert_eq!(
+        post("topic=orders&status=503", "lost").await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        post("topic=orders&status=409", "kept").await.unwrap().status(),
+        409
+    );
+    let r = post("topic=nowhere", "x").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("topic `nowhere` does not exist"));
+    let stored: Vec<StoredEventInfo> = node.admin_get("/v1/topics/orders/events").await;
+    let bodies: Vec<&str> = stored
+        .iter()
+        .map(|e| e.event["data"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["first", "kept"]);
+}

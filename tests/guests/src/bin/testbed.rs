@@ -85,6 +85,20 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
             text(200, format!("printed {n} lines"))
         }
         "count" => text(200, served.to_string()),
+        // Publishes the body to the topic named by `?topic=`, then answers
+        // with the status named by `?status=` (default 201).
+        "publish" => {
+            let topic = query(&request, "topic").unwrap_or_default();
+            let status: u16 = query(&request, "status").and_then(|v| v.parse().ok()).unwrap_or(201);
+            let body = request.body_mut().contents().await?.to_vec();
+            let event = gale_sdk::Event::new("published").with_json(&serde_json::json!({
+                "body": String::from_utf8_lossy(&body),
+            }));
+            match gale_sdk::publish(&topic, event) {
+                Ok(()) => text(status, format!("published to {topic}")),
+                Err(e) => text(400, format!("publish failed: {e}")),
+            }
+        }
         // An event, delivered as a binary-mode CloudEvent: prints it, then
         // behaves as its type says.
         "" if request.headers().contains_key("ce-id") => {
