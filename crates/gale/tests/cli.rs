@@ -213,6 +213,82 @@ fn quickstart_up_serves_hello_and_the_cli_inspects_it() {
     assert!(node.stop().success(), "SIGTERM stops the node cleanly");
 }
 
+/// The shop example as the README walks through it: orders → inventory →
+/// notifier, through events only.
+#[test]
+fn shop_example_flows_from_orders_to_inventory_to_notifier() {
+    let data = tempfile::tempdir().unwrap();
+    let mut up = gale();
+    up.arg("up")
+        .arg(common::root().join("examples/shop"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path());
+    let mut node = Running::spawn(up);
+    let gateway = node.wait_for("gateway", Duration::from_secs(30));
+    let admin = node.wait_for("admin API", Duration::from_secs(5));
+    node.wait_for("ready:", Duration::from_secs(600));
+
+    let cli = |args: &[&str]| {
+        let out = gale()
+            .args(args)
+            .args(["--server", &admin])
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gale {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = ::reqwest::Client::new();
+        let bad = http
+            .post(format!("{gateway}/orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400);
+        for _ in 0..4 {
+            let r = http
+                .post(format!("{gateway}/orders"))
+                .body(r#"{"sku":"apple","qty":2}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    });
+    // 10 apples, 4 orders of 2: the fourth leaves 2, which is low.
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = cli(&["logs", "notifier"]);
+        if logs.contains("LOW STOCK") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs.contains("LOW STOCK: apple has 2 left"), "{logs}");
+    let inventory = cli(&["logs", "inventory"]);
+    assert!(inventory.contains("2 x apple taken; 8 left"), "{inventory}");
+    let topics = cli(&["topics"]);
+    assert!(
+        topics
+            .lines()
+            .any(|l| l.starts_with("orders ") && l.contains("inventory")),
+        "{topics}"
+    );
+    assert!(node.stop().success());
+}
+
 /// The node is killed (SIGKILL) while 10,000 events are being published to
 /// a slow subscriber. After a restart every event whose publish got a 2xx
 /// is handled, and only events in flight at the crash are handled twice.
