@@ -97,6 +97,8 @@ fn current(state: &State, sub: &Subscriber) -> Option<(Arc<Live>, EventTrigger)>
 pub async fn run(state: Arc<State>, sub: Subscriber, mut stop: watch::Receiver<bool>) {
     let mut slots = Arc::new(Semaphore::new(0));
     let mut width = 0;
+    let (settled, settles) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(settle_all(state.clone(), sub.clone(), settles));
     loop {
         let Some((live, trigger)) = current(&state, &sub) else {
             return;
@@ -156,22 +158,45 @@ pub async fn run(state: Arc<State>, sub: Subscriber, mut stop: watch::Receiver<b
                 },
             };
             let (state, sub, live, trigger) = (state.clone(), sub.clone(), live.clone(), trigger.clone());
+            let settled = settled.clone();
             tokio::spawn(async move {
-                handle(&state, &sub, &live, &trigger, chunk).await;
+                let _ = settled.send(handle(&state, &sub, &live, &trigger, chunk).await);
                 drop(permit);
             });
         }
     }
 }
 
-/// Runs one leased chunk of events and settles each.
+/// Settles what the chunks of a subscription came to, as many at once as
+/// have finished: one store transaction for all of them.
+async fn settle_all(
+    state: Arc<State>,
+    sub: Subscriber,
+    mut done: tokio::sync::mpsc::UnboundedReceiver<(Vec<Settle>, u64)>,
+) {
+    while let Some((mut settles, mut handled)) = done.recv().await {
+        while let Ok((more, n)) = done.try_recv() {
+            settles.extend(more);
+            handled += n;
+        }
+        if let Err(e) = state.store.settle(&sub.topic, &sub.subscription, settles).await {
+            // The leases run out and the events come again: nothing is lost.
+            tracing::error!(topic = %sub.topic, subscription = %sub.subscription, error = %e, "settling failed");
+            continue;
+        }
+        state.meters.delivered(&sub.topic, &sub.subscription, handled);
+    }
+}
+
+/// Runs one leased chunk of events; returns how to settle each, and how
+/// many were handled.
 async fn handle(
     state: &Arc<State>,
     sub: &Subscriber,
     live: &Arc<Live>,
     trigger: &EventTrigger,
     chunk: Vec<Delivery>,
-) {
+) -> (Vec<Settle>, u64) {
     let mut settles = Vec::with_capacity(chunk.len());
     let mut todo: Vec<(Delivery, Event)> = Vec::with_capacity(chunk.len());
     for delivery in chunk {
@@ -227,12 +252,7 @@ async fn handle(
             });
         }
     }
-    if let Err(e) = state.store.settle(&sub.topic, &sub.subscription, settles).await {
-        // The leases run out and the events come again: nothing is lost.
-        tracing::error!(topic = %sub.topic, subscription = %sub.subscription, error = %e, "settling failed");
-        return;
-    }
-    state.meters.delivered(&sub.topic, &sub.subscription, handled);
+    (settles, handled)
 }
 
 /// One attempt of a chunk of events on an event handler: one invocation

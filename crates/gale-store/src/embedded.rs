@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 mod logs;
 mod topics;
 
+use topics::Commit::{Durable, Relaxed};
+
 /// The embedded backend rooted at a data directory.
 #[derive(Clone)]
 pub struct Embedded {
@@ -325,7 +327,7 @@ impl Topics for Embedded {
         let name = name.to_string();
         self.inner
             .events
-            .run(move |c| topics::put_topic(c, &name, config))
+            .run(Durable, move |c| topics::put_topic(c, &name, config))
             .await
     }
 
@@ -334,7 +336,7 @@ impl Topics for Embedded {
         let deleted = self
             .inner
             .events
-            .run(move |c| topics::delete_topic(c, &owned))
+            .run(Durable, move |c| topics::delete_topic(c, &owned))
             .await?;
         self.inner.events.wake(name);
         Ok(deleted)
@@ -343,7 +345,7 @@ impl Topics for Embedded {
     async fn topics(&self) -> Result<Vec<TopicInfo>> {
         self.inner
             .events
-            .run(|c| topics::topics(c, topics::now_ms()))
+            .run(Relaxed, |c| topics::topics(c, topics::now_ms()))
             .await
     }
 
@@ -352,7 +354,9 @@ impl Topics for Embedded {
         let published = self
             .inner
             .events
-            .run(move |c| topics::publish(c, &owned, events, true, topics::now_ms()))
+            .run(Durable, move |c| {
+                topics::publish(c, &owned, events, true, topics::now_ms())
+            })
             .await?;
         self.inner.events.wake(topic);
         Ok(published)
@@ -362,7 +366,7 @@ impl Topics for Embedded {
         let topics: Vec<String> = events.iter().map(|(t, _)| t.clone()).collect();
         self.inner
             .events
-            .run(move |c| {
+            .run(Durable, move |c| {
                 let now = topics::now_ms();
                 for (topic, event) in events {
                     topics::publish(c, &topic, vec![event], true, now)?;
@@ -380,7 +384,9 @@ impl Topics for Embedded {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.inner
             .events
-            .run(move |c| topics::put_subscription(c, &topic, &name, ordered))
+            .run(Durable, move |c| {
+                topics::put_subscription(c, &topic, &name, ordered)
+            })
             .await
     }
 
@@ -388,7 +394,7 @@ impl Topics for Embedded {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.inner
             .events
-            .run(move |c| topics::delete_subscription(c, &topic, &name))
+            .run(Durable, move |c| topics::delete_subscription(c, &topic, &name))
             .await
     }
 
@@ -413,7 +419,7 @@ impl Topics for Embedded {
             let fetched = self
                 .inner
                 .events
-                .run(move |c| topics::fetch(c, &t, &s, max, lease_ms, now))
+                .run(Relaxed, move |c| topics::fetch(c, &t, &s, max, lease_ms, now))
                 .await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !fetched.deliveries.is_empty() || left.is_zero() {
@@ -432,10 +438,23 @@ impl Topics for Embedded {
 
     async fn settle(&self, topic: &str, subscription: &str, settles: Vec<Settle>) -> Result<()> {
         let (t, s) = (topic.to_string(), subscription.to_string());
+        // Acks and retries alone may be lost to a power cut (the event comes
+        // again); what they publish may not.
+        let sync = if settles.iter().any(|s| match s {
+            Settle::Ack { outbox, .. } => !outbox.is_empty(),
+            Settle::Retry { .. } => false,
+            Settle::DeadLetter { .. } => true,
+        }) {
+            Durable
+        } else {
+            Relaxed
+        };
         let woken = self
             .inner
             .events
-            .run(move |c| topics::settle(c, &t, &s, settles, topics::now_ms()))
+            .run(sync, move |c| {
+                topics::settle(c, &t, &s, settles, topics::now_ms())
+            })
             .await?;
         // A settled key may free the next event of an ordered subscription.
         self.inner.events.wake(topic);
@@ -449,7 +468,7 @@ impl Topics for Embedded {
         let topic = topic.to_string();
         self.inner
             .events
-            .run(move |c| topics::read(c, &topic, after, limit))
+            .run(Relaxed, move |c| topics::read(c, &topic, after, limit))
             .await
     }
 
@@ -457,7 +476,7 @@ impl Topics for Embedded {
         let topic = topic.to_string();
         self.inner
             .events
-            .run(move |c| topics::remove(c, &topic, &seqs))
+            .run(Durable, move |c| topics::remove(c, &topic, &seqs))
             .await
     }
 
@@ -467,7 +486,9 @@ impl Topics for Embedded {
         let moved = self
             .inner
             .events
-            .run(move |c| topics::move_events(c, &from, moves, topics::now_ms()))
+            .run(Durable, move |c| {
+                topics::move_events(c, &from, moves, topics::now_ms())
+            })
             .await?;
         for t in targets {
             self.inner.events.wake(&t);
@@ -478,7 +499,7 @@ impl Topics for Embedded {
     async fn enforce_retention(&self) -> Result<u64> {
         self.inner
             .events
-            .run(|c| topics::enforce_retention(c, topics::now_ms()))
+            .run(Relaxed, |c| topics::enforce_retention(c, topics::now_ms()))
             .await
     }
 }
@@ -489,7 +510,7 @@ impl KeyValue for Embedded {
         let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
         self.inner
             .events
-            .run(move |c| topics::kv_get(c, &s, &b, &k))
+            .run(Relaxed, move |c| topics::kv_get(c, &s, &b, &k))
             .await
     }
 
@@ -497,7 +518,7 @@ impl KeyValue for Embedded {
         let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
         self.inner
             .events
-            .run(move |c| topics::kv_set(c, &s, &b, &k, &value))
+            .run(Durable, move |c| topics::kv_set(c, &s, &b, &k, &value))
             .await
     }
 
@@ -505,7 +526,7 @@ impl KeyValue for Embedded {
         let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
         self.inner
             .events
-            .run(move |c| topics::kv_delete(c, &s, &b, &k))
+            .run(Durable, move |c| topics::kv_delete(c, &s, &b, &k))
             .await
     }
 
@@ -513,7 +534,7 @@ impl KeyValue for Embedded {
         let (s, b) = (scope.to_string(), bucket.to_string());
         self.inner
             .events
-            .run(move |c| topics::kv_keys(c, &s, &b, offset, limit))
+            .run(Relaxed, move |c| topics::kv_keys(c, &s, &b, offset, limit))
             .await
     }
 
@@ -521,7 +542,7 @@ impl KeyValue for Embedded {
         let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
         self.inner
             .events
-            .run(move |c| topics::kv_increment(c, &s, &b, &k, delta))
+            .run(Durable, move |c| topics::kv_increment(c, &s, &b, &k, delta))
             .await
     }
 }

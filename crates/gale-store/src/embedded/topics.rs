@@ -8,6 +8,13 @@
 //! cost one commit, not a thousand. A job that fails rolls back its own
 //! savepoint and leaves the others of its group alone.
 //!
+//! Only groups that hold a durable job (a publish, an outbox, a dead letter,
+//! a key-value write, a topic change) pay for the fsync. Leases and plain
+//! acks commit with `synchronous=NORMAL`: after a power loss they may be
+//! undone, which redelivers an event (at least once still holds), and the
+//! next durable commit makes them durable too, since the WAL is written in
+//! order.
+//!
 //! Tables: `topics` (retention and counters, next sequence number),
 //! `events` (the log, keyed by topic and sequence), `dedup` (recent
 //! `source` + `id` pairs), `subscriptions` (how far each has read the log)
@@ -87,7 +94,23 @@ pub(super) const SCHEMA: &str = "
 const GROUP_MAX: usize = 512;
 
 type Reply = Box<dyn FnOnce(Option<String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+/// Runs in the group's transaction; says whether it succeeded, and how to
+/// answer once the group is committed (or failed to be).
+type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// A unit of work for the writer thread.
+struct Job {
+    /// Whether its commit must be fsynced before it is answered.
+    durable: bool,
+    run: Work,
+}
+
+/// Whether a job's commit must reach the disk before it is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    Durable,
+    Relaxed,
+}
 
 /// The event database's writer thread, and a wake-up per topic for
 /// subscribers waiting in [`fetch`](crate::Topics::fetch).
@@ -103,12 +126,20 @@ impl EventThread {
         let thread = std::thread::Builder::new()
             .name("gale-events".into())
             .spawn(move || {
+                let mut full = true;
                 while let Ok(first) = rx.recv() {
                     let mut group = vec![first];
                     while group.len() < GROUP_MAX {
                         match rx.try_recv() {
                             Ok(job) => group.push(job),
                             Err(_) => break,
+                        }
+                    }
+                    let durable = group.iter().any(|j| j.durable);
+                    if durable != full {
+                        let mode = if durable { "FULL" } else { "NORMAL" };
+                        if conn.execute_batch(&format!("PRAGMA synchronous={mode}")).is_ok() {
+                            full = durable;
                         }
                     }
                     commit_group(&mut conn, group);
@@ -121,13 +152,15 @@ impl EventThread {
         })
     }
 
-    /// Runs `f` in the next group commit; its result arrives once committed.
+    /// Runs `f` in the next group commit; its result arrives once committed
+    /// (and, for [`Commit::Durable`], fsynced).
     pub(super) async fn run<T: Send + 'static>(
         &self,
+        sync: Commit,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |c| {
+        let run: Work = Box::new(move |c: &Connection| {
             let result = f(c);
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
@@ -138,6 +171,10 @@ impl EventThread {
             });
             (ok, reply)
         });
+        let job = Job {
+            durable: sync == Commit::Durable,
+            run,
+        };
         let gone = || StoreError::Engine("the event writer thread has stopped".into());
         self.jobs
             .as_ref()
@@ -183,14 +220,14 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>) {
         return;
     }
     let mut replies = Vec::with_capacity(group.len());
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
     for job in group {
-        let _ = conn.execute_batch("SAVEPOINT job");
-        let (ok, reply) = job(conn);
-        let _ = if ok {
-            conn.execute_batch("RELEASE job")
-        } else {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
-        };
+        let _ = exec("SAVEPOINT job");
+        let (ok, reply) = (job.run)(conn);
+        if !ok {
+            let _ = exec("ROLLBACK TO job");
+        }
+        let _ = exec("RELEASE job");
         replies.push(reply);
     }
     let error = conn.execute_batch("COMMIT").err().map(|e| {
@@ -206,7 +243,7 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>) {
 /// its reply handle; its effects are rolled back at once.
 fn fail_job(job: Job, conn: &Connection) -> (bool, Reply) {
     let _ = conn.execute_batch("SAVEPOINT failed");
-    let out = job(conn);
+    let out = (job.run)(conn);
     let _ = conn.execute_batch("ROLLBACK TO failed; RELEASE failed");
     out
 }
@@ -508,10 +545,12 @@ pub(super) fn settle(
     now: u64,
 ) -> Result<Vec<String>> {
     let mut woken = Vec::new();
+    let mut acked = 0i64;
     for s in settles {
         match s {
             Settle::Ack { seq, outbox } => {
                 if done(c, topic, sub, seq, now)? {
+                    acked += 1;
                     for (to, event) in outbox {
                         publish(c, &to, vec![event], true, now)?;
                         woken.push(to);
@@ -531,11 +570,17 @@ pub(super) fn settle(
                 event,
             } => {
                 if done(c, topic, sub, seq, now)? {
+                    acked += 1;
                     publish(c, &to, vec![event], false, now)?;
                     woken.push(to);
                 }
             }
         }
+    }
+    if acked > 0 {
+        c.prepare_cached("UPDATE subscriptions SET acked = acked + ?3 WHERE topic = ?1 AND name = ?2")
+            .and_then(|mut s| s.execute(params![topic, sub, acked]))
+            .map_err(engine_err)?;
     }
     Ok(woken)
 }
@@ -560,9 +605,6 @@ fn done(c: &Connection, topic: &str, sub: &str, seq: u64, now: u64) -> Result<bo
         .and_then(|mut s| s.execute(params![topic, sub, key, now as i64]))
         .map_err(engine_err)?;
     }
-    c.prepare_cached("UPDATE subscriptions SET acked = acked + 1 WHERE topic = ?1 AND name = ?2")
-        .and_then(|mut s| s.execute([topic, sub]))
-        .map_err(engine_err)?;
     Ok(true)
 }
 
