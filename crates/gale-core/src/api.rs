@@ -228,3 +228,27 @@ pub struct CreatedToken {
     #[serde(flatten)]
     pub info: TokenInfo,
 }
+
+/// An asynchronous invocation, as `gale invocations show` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub id: String,
+    pub function: String,
+    /// `queued`, `retrying`, `succeeded` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// The function's answer (HTTP functions), its body cut at 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<InvocationResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationResponse {
+    pub status: u16,
+    pub body: String,
+}

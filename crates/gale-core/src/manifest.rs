@@ -119,6 +119,52 @@ pub struct FunctionSpec {
     pub events: Vec<EventTrigger>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<ScheduleTrigger>,
+    /// How asynchronous invocations (`POST /_gale/functions/NAME/invocations`
+    /// with `mode=async`) are retried, and where their records go.
+    #[serde(default, rename = "async", skip_serializing_if = "AsyncPolicy::is_default")]
+    pub async_policy: AsyncPolicy,
+}
+
+/// The `[functions.NAME.async]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncPolicy {
+    #[serde(default = "defaults::schedule_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Topic that gets a record of each invocation that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<String>,
+    /// Topic that gets a record of each invocation that failed every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+}
+
+impl Default for AsyncPolicy {
+    fn default() -> Self {
+        AsyncPolicy {
+            max_attempts: defaults::schedule_attempts(),
+            backoff: Backoff::default(),
+            on_success: None,
+            on_failure: None,
+        }
+    }
+}
+
+impl AsyncPolicy {
+    fn is_default(&self) -> bool {
+        *self == AsyncPolicy::default()
+    }
+
+    /// The delivery policy of asynchronous invocations, as a trigger on `topic`.
+    pub fn as_event_trigger(&self, topic: String) -> EventTrigger {
+        EventTrigger {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            ..EventTrigger::new(&topic)
+        }
+    }
 }
 
 /// A `[[functions.NAME.schedule]]` entry: the function runs at the times a
@@ -638,6 +684,24 @@ impl Manifest {
                 let key = |k: &str| format!("functions.{name}.events[{i}].{k}");
                 t.validate()
                     .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
+            }
+            {
+                let a = &f.async_policy;
+                let key = |k: &str| format!("functions.{name}.async.{k}");
+                a.as_event_trigger("async".into())
+                    .validate()
+                    .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
+                for (k, topic) in [("on_success", &a.on_success), ("on_failure", &a.on_failure)] {
+                    if let Some(t) = topic
+                        && !valid_topic(t)
+                    {
+                        return Err(invalid(
+                            &key(k),
+                            format!("{t:?} is not a valid topic name"),
+                            "name a topic, like \"orders-done\"",
+                        ));
+                    }
+                }
             }
             for (i, s) in f.schedule.iter().enumerate() {
                 let key = |k: &str| format!("functions.{name}.schedule[{i}].{k}");

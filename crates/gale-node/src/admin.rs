@@ -83,6 +83,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/topics/{name}/redrive", post(redrive))
         .route("/v1/topics/{name}/replay", post(replay))
         .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/invocations/{id}", get(crate::invocations::show))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_ARTIFACT));

@@ -122,7 +122,7 @@ impl State {
         }
 
         // Topics before the functions that use them: declared ones get their
-        // retention, dead-letter topics are made if missing.
+        // retention; dead-letter and async destination topics are made if missing.
         for (name, t) in &manifest.topics {
             self.put_topic(name, topic_config(t)).await?;
         }
@@ -134,6 +134,8 @@ impl State {
                     .iter()
                     .filter_map(|t| t.dead_letter.as_ref())
                     .chain(f.schedule.iter().filter_map(|s| s.dead_letter.as_ref()))
+                    .chain(f.async_policy.on_success.iter())
+                    .chain(f.async_policy.on_failure.iter())
             })
             .filter(|d| !manifest.topics.contains_key(*d) && !existing.contains(*d))
             .collect();

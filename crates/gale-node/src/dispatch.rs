@@ -50,24 +50,41 @@ pub struct Subscriber {
 
 /// Every trigger of a function that takes events from a topic: its event
 /// triggers, then one per schedule (on the schedule's own topic).
+/// Asynchronous invocations come last, on the function's own topic.
 pub fn triggers(name: &str, spec: &gale_core::FunctionSpec) -> Vec<EventTrigger> {
     let schedules = spec
         .schedule
         .iter()
         .enumerate()
         .map(|(i, s)| s.as_event_trigger(crate::schedule::topic(name, i)));
-    spec.events.iter().cloned().chain(schedules).collect()
+    let invocations = spec
+        .async_policy
+        .as_event_trigger(crate::invocations::topic(name));
+    spec.events
+        .iter()
+        .cloned()
+        .chain(schedules)
+        .chain(std::iter::once(invocations))
+        .collect()
 }
 
 /// The subscriptions the live functions' triggers call for. A function's
 /// first trigger on a topic subscribes as the function's name, later ones as
 /// `name#2`, `name#3`...
-pub fn desired(functions: &HashMap<String, Arc<Live>>) -> Vec<Subscriber> {
+/// The async invocation trigger only once the function's invocation topic
+/// exists (its first async invocation makes it).
+pub fn desired(
+    functions: &HashMap<String, Arc<Live>>,
+    topic_exists: impl Fn(&str) -> bool,
+) -> Vec<Subscriber> {
     let mut out = Vec::new();
     for live in functions.values() {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let all = triggers(&live.name, &live.spec);
         for (index, t) in all.iter().enumerate() {
+            if t.topic.starts_with(crate::invocations::TOPIC_PREFIX) && !topic_exists(&t.topic) {
+                continue;
+            }
             let n = seen.entry(t.topic.clone()).or_default();
             *n += 1;
             out.push(Subscriber {
@@ -222,6 +239,14 @@ async fn handle(
         }
     }
     let mut handled = 0;
+    if sub.topic.starts_with(crate::invocations::TOPIC_PREFIX) {
+        for (delivery, event) in todo {
+            let (settle, ok) = crate::invocations::attempt(state, live, trigger, &delivery, event).await;
+            handled += ok as u64;
+            settles.push(settle);
+        }
+        return (settles, handled);
+    }
     if !todo.is_empty() {
         let (results, mut outbox) = match live.prepared(&state.runtime, &state.store).await {
             Ok((prepared, cold)) if prepared.world() == World::Events => {
@@ -258,7 +283,7 @@ async fn handle(
 /// One attempt of a chunk of events on an event handler: one invocation
 /// (`handle`, or `handle-batch` for several). Returns a result per event and
 /// the events the invocation published, ready to store.
-async fn deliver_events(
+pub(crate) async fn deliver_events(
     state: &Arc<State>,
     live: &Arc<Live>,
     trigger: &EventTrigger,
@@ -323,7 +348,7 @@ async fn deliver_events(
 }
 
 /// What becomes of an event whose attempt failed.
-fn failed(
+pub(crate) fn failed(
     sub: &Subscriber,
     live: &Live,
     trigger: &EventTrigger,
@@ -375,20 +400,41 @@ fn failed(
 }
 
 /// `delay` scaled by a random factor in [0.5, 1].
-fn jitter(delay: Duration) -> Duration {
+pub(crate) fn jitter(delay: Duration) -> Duration {
     let r = getrandom::u32().unwrap_or(u32::MAX) as f64 / u32::MAX as f64;
     delay.mul_f64(0.5 + r / 2.0)
 }
 
-/// One attempt of one event: waits for an instance slot (events queue in
-/// the store, not at the function), then runs it for at most the trigger's
-/// ack timeout (the function's timeout unless shorter).
-async fn deliver(
+/// One attempt of one event on a `wasi:http` component, as a binary-mode
+/// CloudEvent request: a 2xx answer handles it.
+pub(crate) async fn deliver(
     state: &Arc<State>,
     live: &Arc<Live>,
     trigger: &EventTrigger,
     event: &Event,
 ) -> Result<(), String> {
+    let (status, body, id) = send(state, live, trigger, events::to_request(event), event.id()).await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the function answered {status}: {} (request {id})",
+            String::from_utf8_lossy(&body).trim()
+        ))
+    }
+}
+
+/// Runs one request for the event `event_id`: waits for an instance slot
+/// (events queue in the store, not at the function), then runs it for at
+/// most the trigger's ack timeout (the function's timeout unless shorter).
+/// Returns the status, the body (cut at 64 KiB) and the request id.
+pub(crate) async fn send(
+    state: &Arc<State>,
+    live: &Arc<Live>,
+    trigger: &EventTrigger,
+    request: http::Request<Bytes>,
+    event_id: &str,
+) -> Result<(http::StatusCode, Bytes, String), String> {
     let timeout = trigger
         .ack_timeout
         .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
@@ -399,7 +445,7 @@ async fn deliver(
         .await
         .map_err(|_| "the function is being replaced".to_string())?;
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let request = events::to_request(event)
+    let request = request
         .map(|b| http_body_util::Full::new(b).map_err(|never| -> gale_wasm::BodyError { match never {} }));
     let attempt = async {
         let response = gateway::run(
@@ -409,28 +455,21 @@ async fn deliver(
             request,
             &id,
             timeout,
-            vec![event.id().to_string()],
+            vec![event_id.to_string()],
         )
         .await;
         let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), 4096)
+        let body = http_body_util::Limited::new(response.into_body(), 64 << 10)
             .collect()
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_else(|_| Bytes::from_static(b"(body not shown)"));
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the function answered {status}: {} (request {id})",
-                String::from_utf8_lossy(&body).trim()
-            ))
-        }
+        (status, body)
     };
     // The guest is cut at `timeout` by the runtime; this only guards against
     // a response body that never ends.
     match tokio::time::timeout(timeout + LEASE_MARGIN / 2, attempt).await {
-        Ok(result) => result,
+        Ok((status, body)) => Ok((status, body, id)),
         Err(_) => Err(format!(
             "the attempt did not finish within its ack timeout of {}",
             humantime::format_duration(timeout)

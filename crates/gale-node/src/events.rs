@@ -461,10 +461,15 @@ impl State {
 pub fn gateway_router(state: Arc<State>) -> Router {
     Router::new()
         .route("/_gale/topics/{topic}/events", post(publish))
+        .route(
+            "/_gale/functions/{name}/invocations",
+            post(crate::invocations::invoke),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_PUBLISH))
         .fallback(|| async {
             ApiError(Error::new(Code::BadRequest, "no such Gale endpoint").with_hint(
-                "Gale's gateway endpoints: POST /_gale/topics/{topic}/events; paths under /_gale/ are reserved",
+                "Gale's gateway endpoints: POST /_gale/topics/{topic}/events and \
+                 POST /_gale/functions/{name}/invocations; paths under /_gale/ are reserved",
             ))
         })
         .with_state(state)

@@ -18,6 +18,7 @@ pub mod dispatch;
 mod error;
 pub mod events;
 pub mod gateway;
+mod invocations;
 mod meters;
 pub mod registry;
 mod routes;
@@ -195,7 +196,7 @@ impl State {
             }
         }
         let table = RouteTable::build(next.values());
-        let wanted = dispatch::desired(&next);
+        let wanted = dispatch::desired(&next, |t| self.topic_exists(t));
         *self.functions.write().unwrap_or_else(|p| p.into_inner()) = next;
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.subscribe(wanted).await

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::Client;
 use gale_core::api::{
-    CreateTokenRequest, CreatedToken, FunctionInfo, InvocationLog, InvokeRequest, InvokeResponse,
-    RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
+    CreateTokenRequest, CreatedToken, FunctionInfo, InvocationLog, InvocationRecord, InvokeRequest,
+    InvokeResponse, RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -168,6 +168,11 @@ enum ClientCommand {
         #[arg(long, default_value_t = 10_000)]
         limit: u64,
     },
+    /// Asynchronous invocations (`POST /_gale/functions/FN/invocations?mode=async`).
+    Invocations {
+        #[command(subcommand)]
+        action: InvocationsAction,
+    },
     /// Publish-only tokens: create, list, revoke.
     Tokens {
         #[command(subcommand)]
@@ -207,6 +212,12 @@ enum TopicsAction {
     },
     /// Delete a topic and its events (refused while functions subscribe to it).
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum InvocationsAction {
+    /// Status, attempts and answer (or error) of one invocation.
+    Show { id: String },
 }
 
 #[derive(Subcommand)]
@@ -547,6 +558,28 @@ async fn client_command(client: &Client, command: ClientCommand, format: Format)
                 std::process::exit(1);
             }
             Ok(())
+        }
+        ClientCommand::Invocations {
+            action: InvocationsAction::Show { id },
+        } => {
+            let record: InvocationRecord = client.get(&format!("/v1/invocations/{id}")).await?;
+            output::print(format, &record, |r| {
+                let mut out = format!(
+                    "invocation {} of {}: {} after {} attempt(s), updated {}\n",
+                    r.id,
+                    r.function,
+                    r.status,
+                    r.attempts,
+                    output::time(r.updated_at)
+                );
+                if let Some(resp) = &r.response {
+                    out.push_str(&format!("answer {}: {}\n", resp.status, resp.body));
+                }
+                if let Some(e) = &r.error {
+                    out.push_str(&format!("error: {e}\n"));
+                }
+                out
+            })
         }
         ClientCommand::Tokens {
             action: TokensAction::Create { publish },

@@ -97,6 +97,7 @@ fn every_command_has_help() {
         vec!["dlq", "redrive", "--help"],
         vec!["tokens", "create", "--help"],
         vec!["replay", "--help"],
+        vec!["invocations", "show", "--help"],
     ] {
         let out = gale().args(&cmd).output().unwrap();
         assert!(out.status.success(), "gale {cmd:?}");

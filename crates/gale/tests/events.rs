@@ -618,3 +618,88 @@ async fn http_functions_publish_only_when_they_succeed() {
         .collect();
     assert_eq!(bodies, ["first", "kept"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_invocations_are_durable_retried_and_recorded() {
+    let node = TestNode::start().await;
+    node.deploy(
+        r#"
+[app]
+name = "jobs"
+[functions.api]
+source = "testbed.wasm"
+[functions.api.async]
+max_attempts = 2
+backoff = { initial = "10ms", max = "10ms" }
+on_success = "done"
+on_failure = "failed"
+"#,
+    )
+    .await
+    .unwrap();
+    let invoke = |query: &str, body: &str, token: Option<&str>| {
+        let mut r = node
+            .http
+            .post(node.url(&format!("/_gale/functions/api/invocations?{query}")))
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let token = Some(node.token.as_str());
+    assert_eq!(invoke("mode=async", "", None).await.unwrap().status(), 401);
+    // Sync: the function's own answer.
+    let r = invoke("path=/echo", "now", token).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "now");
+
+    let accepted = invoke("mode=async&path=/echo", "later", token).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let ok_id = accepted.json::<serde_json::Value>().await.unwrap()["invocation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failing: serde_json::Value = invoke("mode=async&path=/trap", "", token)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bad_id = failing["invocation_id"].as_str().unwrap().to_string();
+
+    let node = &node;
+    let record = |id: String| async move {
+        for _ in 0..200 {
+            let r: serde_json::Value = node.admin_get(&format!("/v1/invocations/{id}")).await;
+            if r["status"] == "succeeded" || r["status"] == "failed" {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("invocation {id} did not end");
+    };
+    let ok = record(ok_id.clone()).await;
+    assert_eq!(
+        (ok["status"].as_str(), ok["attempts"].as_u64()),
+        (Some("succeeded"), Some(1))
+    );
+    assert_eq!(
+        (ok["response"]["status"].as_u64(), ok["response"]["body"].as_str()),
+        (Some(200), Some("later"))
+    );
+    let bad = record(bad_id.clone()).await;
+    assert_eq!(
+        (bad["status"].as_str(), bad["attempts"].as_u64()),
+        (Some("failed"), Some(2)),
+        "{bad}"
+    );
+    assert_eq!(bad["response"]["status"], 500);
+
+    let done = node.dead_letters("done", 1).await;
+    assert_eq!(done[0].event["type"], "gale.invocation.succeeded");
+    assert_eq!(done[0].event["data"]["id"], ok_id.as_str());
+    let failed = node.dead_letters("failed", 1).await;
+    assert_eq!(failed[0].event["type"], "gale.invocation.failed");
+    assert_eq!(failed[0].event["subject"], bad_id.as_str());
+}
