@@ -31,6 +31,7 @@ mod bindings {
 pub use bindings::EventHandlerPre;
 use bindings::gale::events::{publisher, types};
 use bindings::wasi::keyvalue::{atomics, store};
+use bindings::wasi::logging::logging;
 
 /// An event as a handler receives or publishes it.
 pub type GuestEvent = types::Event;
@@ -223,6 +224,26 @@ impl atomics::Host for Host {
             .kv_increment(&s.scope, &name, &key, delta)
             .await
             .map_err(kv_error))
+    }
+}
+
+impl logging::Host for Host {
+    async fn log(&mut self, level: logging::Level, context: String, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            logging::Level::Trace => "TRACE",
+            logging::Level::Debug => "DEBUG",
+            logging::Level::Info => "INFO",
+            logging::Level::Warn => "WARN",
+            logging::Level::Error => "ERROR",
+            logging::Level::Critical => "CRITICAL",
+        };
+        let line = if context.is_empty() {
+            format!("{level} {message}\n")
+        } else {
+            format!("{level} {context}: {message}\n")
+        };
+        self.log_line(line.as_bytes());
+        Ok(())
     }
 }
 

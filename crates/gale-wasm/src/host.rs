@@ -45,6 +45,11 @@ impl Host {
         }
     }
 
+    /// Appends to the captured stderr (wasi:logging records).
+    pub(crate) fn log_line(&self, line: &[u8]) {
+        self.stderr.push(line);
+    }
+
     pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
         &mut self.table
     }

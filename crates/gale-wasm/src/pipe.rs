@@ -34,7 +34,7 @@ impl LogPipe {
         }
     }
 
-    fn push(&self, bytes: &[u8]) {
+    pub(crate) fn push(&self, bytes: &[u8]) {
         let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let room = buf.cap.saturating_sub(buf.data.len());
         if bytes.len() > room {

@@ -703,3 +703,42 @@ on_failure = "failed"
     assert_eq!(failed[0].event["type"], "gale.invocation.failed");
     assert_eq!(failed[0].event["subject"], bad_id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_reach_an_event_handler_in_one_invocation() {
+    let node = TestNode::start().await;
+    node.deploy(
+        r#"
+[app]
+name = "batch"
+[topics.jobs]
+[functions.worker]
+source = "gale_test_handler.wasm"
+[[functions.worker.events]]
+topic = "jobs"
+batch_size = 5
+batch_window = "500ms"
+max_concurrency = 1
+"#,
+    )
+    .await
+    .unwrap();
+    let events: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({ "specversion": "1.0", "id": format!("b-{i}"), "source": "/t", "type": "plain" }))
+        .collect();
+    let r = node
+        .http
+        .post(node.url("/_gale/topics/jobs/events"))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/cloudevents-batch+json")
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let logs = node.event_logs("worker", 5).await;
+    assert_eq!(logs.len(), 1, "one invocation for the batch: {logs:?}");
+    assert_eq!(logs[0].events, ["b-0", "b-1", "b-2", "b-3", "b-4"]);
+    // wasi:logging records land in the invocation's stderr, with their level.
+    assert!(logs[0].stderr.contains("INFO type plain"), "{}", logs[0].stderr);
+}

@@ -116,6 +116,28 @@ impl Event {
     }
 }
 
+/// Log records (`wasi:logging`): each becomes a line of the invocation's
+/// log, with its level (`gale logs FN`).
+pub mod log {
+    use crate::bindings::wasi::logging::logging::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, "", message);
+    }
+
+    pub fn info(message: &str) {
+        log(Level::Info, "", message);
+    }
+
+    pub fn warn(message: &str) {
+        log(Level::Warn, "", message);
+    }
+
+    pub fn error(message: &str) {
+        log(Level::Error, "", message);
+    }
+}
+
 /// Key-value buckets of the function's app (`wasi:keyvalue`), created on
 /// first use and shared by the app's functions.
 pub mod kv {

@@ -12,6 +12,7 @@ impl Handler for Testbed {
             return Ok(());
         }
         println!("handling {} {}", event.id, event.type_);
+        gale_sdk::log::info(&format!("type {}", event.type_));
         let seen = || kv::open("counts")?.increment(&event.type_, 1);
         match event.type_.as_str() {
             // Publishes a reply, then fails: the reply must not leak.
