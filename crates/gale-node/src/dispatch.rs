@@ -298,20 +298,21 @@ pub(crate) async fn deliver_events(
     let Ok(permit) = live.slots.clone().acquire_owned().await else {
         return (vec![Err("the function is being replaced".into()); n], Vec::new());
     };
-    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let started = crate::Started {
+        request_id: uuid::Uuid::now_v7().simple().to_string(),
+        at: crate::registry::now_ms(),
+        cold_start: cold,
+        events: events.iter().map(|e| e.id().to_string()).collect(),
+    };
     let done = {
         let (state, live) = (state.clone(), live.clone());
-        let (id, started_at) = (
-            uuid::Uuid::now_v7().simple().to_string(),
-            crate::registry::now_ms(),
-        );
         move |c: gale_wasm::Completion| {
             let status = match c.outcome {
                 gale_core::api::Outcome::Ok => 200,
                 gale_core::api::Outcome::Timeout => 504,
                 _ => 500,
             };
-            state.finished(&live, c, id, started_at, cold, status, ids);
+            state.finished(&live, started, c, status);
         }
     };
     let guest: Vec<_> = events.iter().map(|e| events::to_guest(e)).collect();

@@ -281,7 +281,13 @@ where
                     }
                 }
             }
-            state.finished(&live, c, id, started_at, cold, status, events);
+            let started = crate::Started {
+                request_id: id,
+                at: started_at,
+                cold_start: cold,
+                events,
+            };
+            state.finished(&live, started, c, status);
         }
     };
     let head = req.method() == http::Method::HEAD;

@@ -97,6 +97,16 @@ pub struct State {
     stopping: watch::Sender<bool>,
 }
 
+/// What is known of an invocation when it starts, for its log record.
+pub(crate) struct Started {
+    pub request_id: String,
+    /// Unix milliseconds.
+    pub at: u64,
+    pub cold_start: bool,
+    /// Ids of the events it handles.
+    pub events: Vec<String>,
+}
+
 /// A subscription's dispatcher task and the switch that stops it.
 struct Dispatcher {
     subscriber: Subscriber,
@@ -117,17 +127,13 @@ impl State {
     }
 
     /// Counts a finished invocation and files its log record.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn finished(
-        &self,
-        live: &Live,
-        c: gale_wasm::Completion,
-        request_id: String,
-        started_at: u64,
-        cold_start: bool,
-        status: u16,
-        events: Vec<String>,
-    ) {
+    pub(crate) fn finished(&self, live: &Live, started: Started, c: gale_wasm::Completion, status: u16) {
+        let Started {
+            request_id,
+            at: started_at,
+            cold_start,
+            events,
+        } = started;
         use gale_core::api::Outcome;
         use std::sync::atomic::Ordering::Relaxed;
         live.touch();
