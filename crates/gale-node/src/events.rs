@@ -82,17 +82,30 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, Error> {
     } else {
         vec![binary(headers, &content_type, body)?]
     };
+    Ok(events)
+}
+
+/// The events of a publish request in their stored form, each within the
+/// size limit (checked on what is stored, encoded once).
+pub fn parse_for_store(headers: &HeaderMap, body: &[u8]) -> Result<Vec<NewEvent>, Error> {
+    let events = parse(headers, body)?;
+    let mut stored = Vec::with_capacity(events.len());
     for e in &events {
-        let size = serde_json::to_vec(e).map(|v| v.len()).unwrap_or(usize::MAX);
-        if size > MAX_EVENT {
+        let new = encode(e);
+        if new.body.len() > MAX_EVENT {
             return Err(Error::new(
                 Code::EventTooLarge,
-                format!("event {} is {size} bytes; the limit is {MAX_EVENT}", e.id()),
+                format!(
+                    "event {} is {} bytes; the limit is {MAX_EVENT}",
+                    e.id(),
+                    new.body.len()
+                ),
             )
             .with_hint("keep events small: store large payloads elsewhere and send a reference"));
         }
+        stored.push(new);
     }
-    Ok(events)
+    Ok(stored)
 }
 
 /// Binary mode: attributes from `ce-*` headers (percent-decoded, as the
@@ -343,25 +356,23 @@ pub(crate) async fn publish(
             .with_hint(format!("send at most {MAX_PUBLISH} bytes per request"))
         })?
         .to_bytes();
-    let events = parse(&parts.headers, &body)?;
-    Ok((StatusCode::ACCEPTED, Json(state.publish(&topic, &events).await?)))
+    let events = parse_for_store(&parts.headers, &body)?;
+    Ok((StatusCode::ACCEPTED, Json(state.publish(&topic, events).await?)))
 }
 
 impl State {
     /// Appends events to a topic; returns once they are durable.
-    pub async fn publish(&self, topic: &str, events: &[Event]) -> Result<PublishResponse, NodeError> {
-        let published = self
-            .store
-            .publish(topic, events.iter().map(encode).collect())
-            .await?;
+    pub async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<PublishResponse, NodeError> {
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let published = self.store.publish(topic, events).await?;
         self.meters
             .published(topic, published.iter().filter(|p| !p.duplicate).count() as u64);
         Ok(PublishResponse {
-            events: events
-                .iter()
+            events: ids
+                .into_iter()
                 .zip(published)
-                .map(|(e, p)| Accepted {
-                    id: e.id().to_string(),
+                .map(|(id, p)| Accepted {
+                    id,
                     seq: p.seq,
                     duplicate: p.duplicate,
                 })
@@ -571,7 +582,7 @@ mod tests {
             r#"{{"specversion":"1.0","id":"1","source":"s","type":"t","data":"{}"}}"#,
             "x".repeat(MAX_EVENT)
         );
-        let err = parse(&headers(&[("content-type", STRUCTURED)]), big.as_bytes()).unwrap_err();
+        let err = parse_for_store(&headers(&[("content-type", STRUCTURED)]), big.as_bytes()).unwrap_err();
         assert_eq!(err.code, Code::EventTooLarge);
     }
 }
