@@ -472,14 +472,6 @@ impl Topics for Embedded {
             .await
     }
 
-    async fn remove(&self, topic: &str, seqs: Vec<u64>) -> Result<u64> {
-        let topic = topic.to_string();
-        self.inner
-            .events
-            .run(Durable, move |c| topics::remove(c, &topic, &seqs))
-            .await
-    }
-
     async fn move_events(&self, from: &str, moves: Vec<(u64, String, NewEvent)>) -> Result<u64> {
         let targets: Vec<String> = moves.iter().map(|(_, t, _)| t.clone()).collect();
         let from = from.to_string();

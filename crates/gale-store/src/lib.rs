@@ -235,8 +235,6 @@ pub trait Topics: Send + Sync + 'static {
     async fn settle(&self, topic: &str, subscription: &str, settles: Vec<Settle>) -> Result<()>;
     /// Stored events with `seq > after`, oldest first, at most `limit`.
     async fn read(&self, topic: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
-    /// Deletes events by sequence number.
-    async fn remove(&self, topic: &str, seqs: Vec<u64>) -> Result<u64>;
     /// Moves events of `from` (by sequence number) to other topics as new
     /// events, without dedup, in one transaction: each lands once or stays
     /// (dead letters going back to their topic on a redrive). Returns how

@@ -657,20 +657,6 @@ fn delete_events(c: &Connection, topic: &str, condition: &str, args: &[&dyn rusq
     Ok(count as u64)
 }
 
-pub(super) fn remove(c: &Connection, topic: &str, seqs: &[u64]) -> Result<u64> {
-    topic_exists(c, topic)?;
-    let mut removed = 0;
-    for seq in seqs {
-        removed += delete_events(c, topic, "seq = ?2", &[&(*seq as i64)])?;
-        c.execute(
-            "DELETE FROM pending WHERE topic = ?1 AND seq = ?2",
-            params![topic, *seq as i64],
-        )
-        .map_err(engine_err)?;
-    }
-    Ok(removed)
-}
-
 pub(super) fn move_events(
     c: &Connection,
     from: &str,
