@@ -282,7 +282,7 @@ async fn invoke(
         .header(header::CONTENT_LENGTH, body.len())
         .body(http_body_util::Full::new(body))
         .map_err(|e| Error::new(Code::BadRequest, format!("cannot build the request: {e}")))?;
-    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = gateway::request_id();
     let response = gateway::invoke(&state, live, request, &id).await;
     let (parts, body) = response.into_parts();
     let bytes = body

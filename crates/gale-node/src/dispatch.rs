@@ -299,7 +299,7 @@ pub(crate) async fn deliver_events(
         return (vec![Err("the function is being replaced".into()); n], Vec::new());
     };
     let started = crate::Started {
-        request_id: uuid::Uuid::now_v7().simple().to_string(),
+        request_id: gateway::request_id(),
         at: crate::registry::now_ms(),
         cold_start: cold,
         events: events.iter().map(|e| e.id().to_string()).collect(),
@@ -445,7 +445,7 @@ pub(crate) async fn send(
         .acquire_owned()
         .await
         .map_err(|_| "the function is being replaced".to_string())?;
-    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = gateway::request_id();
     let request = request
         .map(|b| http_body_util::Full::new(b).map_err(|never| -> gale_wasm::BodyError { match never {} }));
     let attempt = async {

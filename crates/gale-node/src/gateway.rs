@@ -113,7 +113,8 @@ async fn own_endpoint(router: axum::Router, req: Request<Incoming>) -> Response<
     response
 }
 
-fn request_id() -> String {
+/// A new request (or invocation) id: a UUIDv7, so ids sort by time.
+pub(crate) fn request_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 

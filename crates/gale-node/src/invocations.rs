@@ -104,7 +104,7 @@ pub async fn invoke(
                 .header(header::CONTENT_LENGTH, body.len())
                 .body(http_body_util::Full::new(body))
                 .map_err(|e| Error::new(Code::BadRequest, format!("cannot build the request: {e}")))?;
-            let id = uuid::Uuid::now_v7().simple().to_string();
+            let id = gateway::request_id();
             let response = gateway::invoke(&state, live, request, &id).await;
             Ok(response.map(axum::body::Body::new))
         }
@@ -139,7 +139,7 @@ async fn submit(
         state.put_topic(&topic, TOPIC).await?;
         state.resubscribe().await?;
     }
-    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = gateway::request_id();
     let event = serde_json::json!({
         "specversion": "1.0",
         "id": id,
