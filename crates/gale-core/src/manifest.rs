@@ -72,7 +72,8 @@ pub enum RuntimeKind {
     /// A WebAssembly component of the `wasi:http/proxy` world.
     #[default]
     Wasm,
-    /// An executable speaking the AWS Lambda Runtime API (not available yet).
+    /// An executable speaking the AWS Lambda Runtime API: `source` is its
+    /// directory, `command` (or a `bootstrap` file there) starts it.
     Process,
 }
 
@@ -80,13 +81,22 @@ pub enum RuntimeKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
-    /// Path of the component, relative to the manifest.
+    /// Path of the component (or, for `runtime = "process"`, of the
+    /// function's directory), relative to the manifest.
     pub source: String,
     /// Shell command that produces `source`, run from the manifest's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
     #[serde(default)]
     pub runtime: RuntimeKind,
+    /// `runtime = "process"`: the program and its arguments, run in the
+    /// function's directory (default: its `bootstrap` file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// `runtime = "process"`: the handler the runtime loads (`_HANDLER`),
+    /// like `"app.handler"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
     /// Linear memory limit of one instance.
     #[serde(default = "defaults::memory")]
     pub memory: HumanSize,
@@ -282,6 +292,29 @@ pub struct EventTrigger {
     pub max_concurrency: u32,
     #[serde(default)]
     pub ordering: Ordering,
+    /// How a process function receives the events (wasm functions always
+    /// get CloudEvents).
+    #[serde(default, skip_serializing_if = "EventFormat::is_default")]
+    pub format: EventFormat,
+}
+
+/// The payload a process function gets for its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventFormat {
+    /// One CloudEvent in JSON (structured mode) per invocation, or a JSON
+    /// array of them for a batch.
+    #[default]
+    Cloudevents,
+    /// An SQS-style batch, `{"Records": [...]}`; the handler's
+    /// `batchItemFailures` names the events to retry.
+    Sqs,
+}
+
+impl EventFormat {
+    fn is_default(&self) -> bool {
+        *self == EventFormat::Cloudevents
+    }
 }
 
 /// Retry delays: `initial`, then times `multiplier` per attempt up to `max`,
@@ -344,6 +377,7 @@ impl EventTrigger {
             batch_window: HumanDuration(Duration::ZERO),
             max_concurrency: defaults::max_concurrency(),
             ordering: Ordering::None,
+            format: EventFormat::Cloudevents,
         }
     }
 
@@ -615,13 +649,8 @@ impl Manifest {
                     "use lowercase letters, digits and '-', starting with a letter (at most 63)",
                 ));
             }
-            if f.runtime == RuntimeKind::Process {
-                return Err(invalid(
-                    &key("runtime"),
-                    "the \"process\" runtime is not available in this version of Gale".into(),
-                    "use runtime = \"wasm\" (the default) with a wasi:http component",
-                ));
-            }
+            f.validate_runtime()
+                .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
             if f.source.trim().is_empty() {
                 return Err(invalid(
                     &key("source"),
@@ -723,6 +752,61 @@ impl Manifest {
             }
         }
         check_routes(routes.iter().map(|(n, r)| (*n, r)))
+    }
+}
+
+impl FunctionSpec {
+    /// Checks the keys that belong to one runtime and not the other.
+    fn validate_runtime(&self) -> Result<(), (&'static str, String, &'static str)> {
+        match self.runtime {
+            RuntimeKind::Wasm => {
+                if !self.command.is_empty() {
+                    return Err((
+                        "command",
+                        "applies only to runtime = \"process\"".into(),
+                        "remove it, or set runtime = \"process\" for an executable",
+                    ));
+                }
+                if self.handler.is_some() {
+                    return Err((
+                        "handler",
+                        "applies only to runtime = \"process\"".into(),
+                        "remove it, or set runtime = \"process\" for an executable",
+                    ));
+                }
+                if self.events.iter().any(|t| t.format != EventFormat::Cloudevents) {
+                    return Err((
+                        "events.format",
+                        "applies only to runtime = \"process\"".into(),
+                        "wasm functions always receive CloudEvents; remove `format`",
+                    ));
+                }
+            }
+            RuntimeKind::Process => {
+                if self.command.first().is_some_and(|c| c.trim().is_empty()) {
+                    return Err((
+                        "command",
+                        "names no program".into(),
+                        "write it like [\"python3\", \"-m\", \"awslambdaric\", \"app.handler\"], or leave it out to run `bootstrap`",
+                    ));
+                }
+                if !self.allow_outbound.is_empty() {
+                    return Err((
+                        "allow_outbound",
+                        "applies only to wasm functions".into(),
+                        "a process function is an ordinary program with the node's network; remove the key",
+                    ));
+                }
+                if self.instance_reuse != 1 {
+                    return Err((
+                        "instance_reuse",
+                        "applies only to wasm functions".into(),
+                        "process instances always serve invocations one after another while warm; remove the key",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -972,10 +1056,35 @@ mod tests {
     }
 
     #[test]
-    fn process_runtime_is_refused_clearly() {
+    fn runtime_keys_belong_to_their_runtime() {
+        let m = parse(
+            "[app]\nname = \"a\"\n[functions.f]\nsource = \"f\"\nruntime = \"process\"\n\
+             command = [\"python3\", \"-m\", \"awslambdaric\"]\nhandler = \"app.handler\"\n\
+             [[functions.f.events]]\ntopic = \"t\"\nformat = \"sqs\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.functions["f"].events[0].format, EventFormat::Sqs);
         let err =
-            parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f\"\nruntime = \"process\"\n").unwrap_err();
-        assert!(err.message.contains("functions.f.runtime"), "{}", err.message);
+            parse("[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\nhandler = \"x\"\n").unwrap_err();
+        assert!(err.message.contains("functions.f.handler"), "{}", err.message);
+        let err = parse(
+            "[app]\nname = \"a\"\n[functions.f]\nsource = \"f\"\nruntime = \"process\"\nallow_outbound = [\"x.com\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("functions.f.allow_outbound"),
+            "{}",
+            err.message
+        );
+        let err = parse(
+            "[app]\nname = \"a\"\n[functions.f]\nsource = \"f.wasm\"\n[[functions.f.events]]\ntopic = \"t\"\nformat = \"sqs\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("functions.f.events.format"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -1,0 +1,349 @@
+//! One instance: an OS process running a Lambda runtime, its Runtime API
+//! listener, and the capture of its output.
+//!
+//! The process starts in a process group of its own (a timeout kills the
+//! whole group, children included), with a cleared environment, its own
+//! temporary directory, a data-size limit (`RLIMIT_DATA` = the function's
+//! memory) and, when the node runs as root, the function's own unprivileged
+//! user. It dies with the node (`PR_SET_PDEATHSIG`), so a killed node leaves
+//! no orphans behind.
+
+use crate::api::{self, Channel, Report, Work};
+use crate::{FunctionConfig, FunctionError, ProcessError};
+use bytes::Bytes;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Time a runtime has from its start to its first `/next`.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Output kept per invocation (the end of it, where errors are).
+pub const LOG_LIMIT: usize = 16 * 1024;
+
+/// How one invocation on an instance ended.
+pub(crate) enum Ended {
+    Response(Bytes),
+    /// The runtime reported an error (the handler's, or its own init's).
+    Error(FunctionError),
+    /// The process exited or was killed; the instance is gone.
+    Exited(FunctionError),
+    Timeout,
+}
+
+pub(crate) struct Instance {
+    child: Child,
+    pid: i32,
+    channel: Arc<Channel>,
+    work: mpsc::Sender<Work>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    log: Arc<Log>,
+    pipes: [RawFd; 2],
+    server: tokio::task::JoinHandle<()>,
+    tmp: PathBuf,
+    /// Time from spawn to the first `/next`, until an invocation reports it.
+    pub init: Option<Duration>,
+    pub last_used: Instant,
+    ready: bool,
+}
+
+/// The instance's output, shared with the tasks reading its pipes.
+#[derive(Default)]
+struct Log {
+    bytes: Mutex<Vec<u8>>,
+}
+
+impl Log {
+    fn append(&self, chunk: &[u8]) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        bytes.extend_from_slice(chunk);
+        if bytes.len() > 2 * LOG_LIMIT {
+            let cut = bytes.len() - LOG_LIMIT;
+            bytes.drain(..cut);
+        }
+    }
+
+    fn take(&self) -> String {
+        let bytes = std::mem::take(&mut *self.bytes.lock().unwrap_or_else(|p| p.into_inner()));
+        let start = bytes.len().saturating_sub(LOG_LIMIT);
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+}
+
+impl Instance {
+    /// Starts an instance; its runtime initialises in the background.
+    pub async fn start(config: &FunctionConfig, number: u64) -> Result<Instance, ProcessError> {
+        let tmp = config
+            .instances_dir
+            .join(format!("{}-{}-{number}", config.name, config.version));
+        let io = |what: &str, e: std::io::Error| ProcessError::Start(format!("{what}: {e}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| io("cannot make the instance's directory", e))?;
+        if let Some((uid, gid)) = config.user {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+                .map_err(|e| io("cannot hand over its directory", e))?;
+        }
+        set_mode(&tmp, 0o700).map_err(|e| io("cannot protect its directory", e))?;
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| io("cannot open its Runtime API port", e))?;
+        let api = listener
+            .local_addr()
+            .map_err(|e| io("no local address", e))?
+            .to_string();
+        let (channel, work, reports) = Channel::new(config.publish.clone());
+        let server = tokio::spawn({
+            let router = api::router(channel.clone());
+            async move {
+                let _ = axum::serve(listener, router).await;
+            }
+        });
+
+        let (program, args) = match config.command.split_first() {
+            Some((p, a)) => (PathBuf::from(p), a.to_vec()),
+            None => (config.root.join("bootstrap"), Vec::new()),
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
+            .env_clear()
+            .envs(&config.env)
+            .envs(config.lambda_env(&api, number, &tmp))
+            .current_dir(&config.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = config.user {
+            cmd.uid(uid).gid(gid);
+        }
+        let memory = config.memory;
+        // SAFETY: only async-signal-safe calls (setrlimit, prctl, getppid)
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: memory as libc::rlim_t,
+                    rlim_max: memory as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The node may have died between fork and prctl.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other("the node is gone"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            ProcessError::Start(format!(
+                "cannot start `{}` in {}: {e}",
+                program.display(),
+                config.root.display()
+            ))
+        })?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let log = Arc::new(Log::default());
+        let mut pipes = [-1; 2];
+        if let Some(out) = child.stdout.take() {
+            pipes[0] = out.as_raw_fd();
+            tokio::spawn(pump(out, log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            pipes[1] = err.as_raw_fd();
+            tokio::spawn(pump(err, log.clone()));
+        }
+        Ok(Instance {
+            child,
+            pid,
+            channel,
+            work,
+            reports,
+            log,
+            pipes,
+            server,
+            tmp,
+            init: None,
+            last_used: Instant::now(),
+            ready: false,
+        })
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until the runtime asks for work (its init is over).
+    pub async fn ready(&mut self, started: Instant) -> Result<(), Ended> {
+        if self.ready {
+            return Ok(());
+        }
+        let deadline = tokio::time::sleep(INIT_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                report = self.reports.recv() => match report {
+                    Some(Report::Ready) => {
+                        self.ready = true;
+                        self.init = Some(started.elapsed());
+                        return Ok(());
+                    }
+                    Some(Report::InitError { error_type, body }) => {
+                        return Err(Ended::Error(FunctionError { error_type, body }));
+                    }
+                    Some(_) | None => {}
+                },
+                status = self.child.wait() => {
+                    return Err(Ended::Exited(exited(status, "during init")));
+                }
+                _ = &mut deadline => {
+                    self.kill().await;
+                    return Err(Ended::Exited(FunctionError::new(
+                        "Runtime.InitTimeout",
+                        &format!("the runtime did not ask for an invocation within {} s of starting", INIT_TIMEOUT.as_secs()),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Runs one invocation; its output is in [`Instance::take_log`] after.
+    pub async fn run(&mut self, work: Work, timeout: Duration) -> Ended {
+        if self.work.send(work).await.is_err() {
+            return Ended::Exited(FunctionError::new("Runtime.ExitError", "the instance stopped"));
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let ended = loop {
+            tokio::select! {
+                report = self.reports.recv() => match report {
+                    Some(Report::Response(body)) => break Ended::Response(body),
+                    Some(Report::Error { error_type, body }) | Some(Report::InitError { error_type, body }) => {
+                        break Ended::Error(FunctionError { error_type, body });
+                    }
+                    Some(Report::Ready) => {}
+                    None => break Ended::Exited(FunctionError::new("Runtime.ExitError", "the instance stopped")),
+                },
+                status = self.child.wait() => break Ended::Exited(exited(status, "during the invocation")),
+                _ = &mut deadline => {
+                    self.kill().await;
+                    break Ended::Timeout;
+                }
+            }
+        };
+        self.last_used = Instant::now();
+        ended
+    }
+
+    /// Ends the current invocation on the API side; returns what it published.
+    pub fn finish(&self) -> Vec<(String, gale_store::NewEvent)> {
+        self.channel.finish()
+    }
+
+    /// The output since the last call, once the pipes are drained (output
+    /// written just before the answer may still sit in a pipe).
+    pub async fn take_log(&self) -> String {
+        for _ in 0..50 {
+            if self.pipes.iter().all(|&fd| unread(fd) == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // The reader tasks may hold a chunk they took from the pipe.
+        tokio::task::yield_now().await;
+        self.log.take()
+    }
+
+    /// Peak resident memory of the runtime process, in bytes.
+    pub fn max_memory(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Kills the process group and waits for the runtime process.
+    pub async fn kill(&mut self) {
+        if self.pid > 0 {
+            // SAFETY: signalling our own child's process group.
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait().await;
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.pid > 0 && matches!(self.child.try_wait(), Ok(None) | Err(_)) {
+            // SAFETY: signalling our own child's process group.
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+        }
+        self.server.abort();
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Bytes waiting in a pipe.
+fn unread(fd: RawFd) -> i32 {
+    if fd < 0 {
+        return 0;
+    }
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int; the fd belongs to a pipe we hold open.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return 0;
+    }
+    n
+}
+
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, log: Arc<Log>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => log.append(&buf[..n]),
+        }
+    }
+}
+
+/// The error a caller sees when the runtime process ended.
+fn exited(status: std::io::Result<ExitStatus>, when: &str) -> FunctionError {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (_, Some(libc::SIGKILL)) => "signal: killed".into(),
+            (_, Some(libc::SIGABRT)) => "signal: aborted".into(),
+            (_, Some(sig)) => format!("signal {sig}"),
+            _ => "unknown status".into(),
+        },
+        Err(e) => e.to_string(),
+    };
+    FunctionError::new(
+        "Runtime.ExitError",
+        &format!("Runtime exited {when} with error: {how}"),
+    )
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

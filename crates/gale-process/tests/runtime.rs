@@ -1,0 +1,125 @@
+//! The process runtime against real processes: a shell `bootstrap` that
+//! speaks the Runtime API with curl, the way a custom Lambda runtime does.
+
+use gale_process::{Invocation, Pool, Runtime, Spec};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BOOTSTRAP: &str = r#"#!/bin/sh
+# A custom runtime: fetch, handle, answer; forever.
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/invocation"
+echo "init $AWS_LAMBDA_FUNCTION_NAME v$AWS_LAMBDA_FUNCTION_VERSION mem=$AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
+while true; do
+  headers=$(mktemp)
+  body=$(curl -sS -D "$headers" "$api/next")
+  id=$(grep -i '^lambda-runtime-aws-request-id:' "$headers" | tr -d '\r' | cut -d' ' -f2)
+  case "$body" in
+    fail) curl -sS -o /dev/null -X POST -H 'Lambda-Runtime-Function-Error-Type: Custom.Fail' \
+            -d '{"errorMessage":"asked to fail","errorType":"Custom.Fail"}' "$api/$id/error" ;;
+    hang) sleep 30 ;;
+    exit) echo "exiting"; exit 3 ;;
+    env)  curl -sS -o /dev/null -X POST -d "$HOME|$LAMBDA_TASK_ROOT|$HOSTNAME|$_HANDLER" "$api/$id/response" ;;
+    *)    echo "handling $id"; curl -sS -o /dev/null -X POST -d "echo:$body" "$api/$id/response" ;;
+  esac
+  rm -f "$headers"
+done
+"#;
+
+fn pool(name: &str) -> (Arc<Pool>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("gale-process-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("bootstrap"), BOOTSTRAP).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("bootstrap"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let package = gale_process::package::pack(&src).unwrap();
+    let runtime = Runtime::new(dir.join("process")).unwrap();
+    let spec = Spec {
+        function: name.into(),
+        version: 1,
+        command: vec![],
+        handler: Some("app.handler".into()),
+        env: Default::default(),
+        memory: 128 << 20,
+        user: None,
+        publish: None,
+    };
+    (Arc::new(runtime.prepare(spec, || Ok(package)).unwrap()), dir)
+}
+
+fn invocation(id: &str, payload: &str, timeout: Duration) -> Invocation {
+    Invocation {
+        request_id: id.into(),
+        payload: payload.to_string().into(),
+        timeout,
+        client_context: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_runtime_serves_reports_and_recovers() {
+    let (pool, dir) = pool("shell");
+    let second = Duration::from_secs(5);
+
+    let first = pool.invoke(invocation("r1", "hello", second), ()).await;
+    assert_eq!(first.result.as_deref().unwrap(), b"echo:hello");
+    assert!(first.cold_start && first.init.is_some());
+    assert!(first.log.contains("init shell v1 mem=128"), "{}", first.log);
+    assert!(first.log.contains("handling r1"), "{}", first.log);
+    assert!(first.log.starts_with("START RequestId: r1"), "{}", first.log);
+    assert!(
+        first.log.contains("REPORT RequestId: r1\tDuration:"),
+        "{}",
+        first.log
+    );
+
+    let warm = pool.invoke(invocation("r2", "again", second), ()).await;
+    assert_eq!(warm.result.as_deref().unwrap(), b"echo:again");
+    assert!(!warm.cold_start, "the second invocation reuses the warm instance");
+    assert_eq!(pool.warm_instances(), 1);
+
+    let env = pool.invoke(invocation("r3", "env", second), ()).await;
+    let env = String::from_utf8(env.result.unwrap().to_vec()).unwrap();
+    let fields: Vec<&str> = env.split('|').collect();
+    assert!(
+        fields[0].contains("instances"),
+        "HOME is the instance's own directory: {env}"
+    );
+    assert!(fields[1].ends_with("/functions/shell/1"), "{env}");
+    assert_eq!(fields[2], "", "no host variable leaks in: {env}");
+    assert_eq!(fields[3], "app.handler");
+
+    let failed = pool.invoke(invocation("r4", "fail", second), ()).await;
+    let error = failed.result.unwrap_err();
+    assert_eq!(error.error_type, "Custom.Fail");
+    assert_eq!(error.message(), "asked to fail");
+    assert!(!failed.cold_start, "a handled error keeps the instance");
+
+    let hung = pool
+        .invoke(invocation("r5", "hang", Duration::from_millis(300)), ())
+        .await;
+    assert_eq!(hung.result.unwrap_err().error_type, "Sandbox.Timedout");
+    assert_eq!(hung.outcome, gale_core::api::Outcome::Timeout);
+    assert_eq!(
+        pool.warm_instances(),
+        0,
+        "a timed-out instance is killed, not reused"
+    );
+
+    let after = pool.invoke(invocation("r6", "back", second), ()).await;
+    assert_eq!(after.result.as_deref().unwrap(), b"echo:back");
+    assert!(after.cold_start, "the next invocation gets a fresh instance");
+
+    let crashed = pool.invoke(invocation("r7", "exit", second), ()).await;
+    let error = crashed.result.unwrap_err();
+    assert_eq!(error.error_type, "Runtime.ExitError");
+    assert!(error.message().contains("exit status 3"), "{}", error.message());
+    assert!(crashed.log.contains("exiting"), "{}", crashed.log);
+
+    let recovered = pool.invoke(invocation("r8", "ok", second), ()).await;
+    assert_eq!(recovered.result.as_deref().unwrap(), b"echo:ok");
+    assert_eq!(pool.reap(Duration::ZERO), 1, "reaping stops the idle instance");
+    drop(pool);
+    std::fs::remove_dir_all(dir).unwrap();
+}
