@@ -96,6 +96,10 @@ impl State {
             let Some(spec) = manifest.functions.get(name) else {
                 continue;
             };
+            if spec.runtime == gale_core::manifest::RuntimeKind::Process {
+                self.check_package(name, digest, spec).await?;
+                continue;
+            }
             if spec.http.is_empty() && self.runtime.is_compiled(digest) {
                 continue;
             }
@@ -200,7 +204,7 @@ impl State {
             // so their first requests are not cold starts.
             for f in deployed.iter().filter(|d| d.changed) {
                 if let Some(live) = self.function(&f.name)
-                    && let Err(e) = live.load(&self.runtime, &self.store).await
+                    && let Err(e) = live.load(self).await
                 {
                     tracing::warn!(function = %f.name, error = %e, "preloading failed");
                 }
@@ -276,6 +280,31 @@ impl State {
 }
 
 impl State {
+    /// A process function's artifact must be a package (its directory,
+    /// packed) holding something to run.
+    async fn check_package(&self, name: &str, digest: &str, spec: &gale_core::FunctionSpec) -> Result<()> {
+        let Some(bytes) = self.store.get(digest).await? else {
+            return Err(Error::new(Code::ArtifactInvalid, format!("artifact {digest} vanished")).into());
+        };
+        let contents = tokio::task::spawn_blocking(move || gale_process::package::inspect(&bytes))
+            .await
+            .map_err(|e| NodeError::DataDir(format!("inspect task failed: {e}")))?
+            .map_err(|e| {
+                Error::new(Code::ArtifactInvalid, format!("function `{name}`: {e}"))
+                    .with_hint("`gale deploy` packs a process function's `source` directory; upload that")
+            })?;
+        if spec.command.is_empty() && contents.bootstrap != Some(true) {
+            let what = match contents.bootstrap {
+                Some(false) => "its `bootstrap` file is not executable",
+                _ => "it has no `command` and its directory holds no `bootstrap` file",
+            };
+            return Err(Error::new(Code::ManifestInvalid, format!("function `{name}`: {what}"))
+                .with_hint("give `command = [\"python3\", \"-m\", \"awslambdaric\", \"app.handler\"]`, or add an executable `bootstrap`")
+                .into());
+        }
+        Ok(())
+    }
+
     /// Routes of live functions, leaving out those `skip(name, app)` names.
     fn routes_except(&self, skip: impl Fn(&str, &str) -> bool) -> Vec<(String, Route)> {
         self.functions

@@ -15,7 +15,7 @@
 //! HTTP requests (the way Knative delivers them): a 2xx answer is success.
 
 use crate::events::{self, attribute};
-use crate::scheduler::Live;
+use crate::scheduler::{Live, Loaded};
 use crate::{State, gateway};
 use bytes::Bytes;
 use cloudevents::{AttributesReader, Event};
@@ -248,20 +248,8 @@ async fn handle(
         return (settles, handled);
     }
     if !todo.is_empty() {
-        let (results, mut outbox) = match live.prepared(&state.runtime, &state.store).await {
-            Ok((prepared, cold)) if prepared.world() == World::Events => {
-                let events: Vec<&Event> = todo.iter().map(|(_, e)| e).collect();
-                deliver_events(state, live, trigger, prepared, cold, &events).await
-            }
-            Ok(_) => {
-                let mut results = Vec::with_capacity(todo.len());
-                for (_, event) in &todo {
-                    results.push(deliver(state, live, trigger, event).await);
-                }
-                (results, Vec::new())
-            }
-            Err(e) => (vec![Err(e.to_string()); todo.len()], Vec::new()),
-        };
+        let chunk: Vec<(&Event, u32)> = todo.iter().map(|(d, e)| (e, d.attempts)).collect();
+        let (results, mut outbox) = attempt(state, live, trigger, &sub.topic, &chunk).await;
         for ((delivery, event), result) in todo.into_iter().zip(results) {
             let seq = delivery.event.seq;
             settles.push(match result {
@@ -278,6 +266,67 @@ async fn handle(
         }
     }
     (settles, handled)
+}
+
+/// One attempt of a chunk of events (with their attempt numbers) on the
+/// function, whatever its runtime: a result per event, and what the
+/// attempt published, ready to store with the first ack.
+pub(crate) async fn attempt(
+    state: &Arc<State>,
+    live: &Arc<Live>,
+    trigger: &EventTrigger,
+    topic: &str,
+    chunk: &[(&Event, u32)],
+) -> (Vec<Result<(), String>>, Vec<(String, gale_store::NewEvent)>) {
+    match live.prepared(state).await {
+        Ok((Loaded::Wasm(prepared), cold)) if prepared.world() == World::Events => {
+            let events: Vec<&Event> = chunk.iter().map(|(e, _)| *e).collect();
+            deliver_events(state, live, trigger, prepared, cold, &events).await
+        }
+        Ok((Loaded::Wasm(_), _)) => {
+            let mut results = Vec::with_capacity(chunk.len());
+            for (event, _) in chunk {
+                results.push(deliver(state, live, trigger, event).await);
+            }
+            (results, Vec::new())
+        }
+        Ok((Loaded::Process(pool), _)) => deliver_process(state, live, trigger, topic, pool, chunk).await,
+        Err(e) => (vec![Err(e.to_string()); chunk.len()], Vec::new()),
+    }
+}
+
+/// One attempt of a chunk on a process function: one invocation with the
+/// payload the trigger's format makes.
+async fn deliver_process(
+    state: &Arc<State>,
+    live: &Arc<Live>,
+    trigger: &EventTrigger,
+    topic: &str,
+    pool: Arc<gale_process::Pool>,
+    chunk: &[(&Event, u32)],
+) -> (Vec<Result<(), String>>, Vec<(String, gale_store::NewEvent)>) {
+    let timeout = trigger
+        .ack_timeout
+        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+    let Ok(permit) = live.slots.clone().acquire_owned().await else {
+        return (
+            vec![Err("the function is being replaced".into()); chunk.len()],
+            Vec::new(),
+        );
+    };
+    let payload = crate::lambda::events_payload(trigger.format, topic, &state.processes.region, chunk);
+    let ids: Vec<&str> = chunk.iter().map(|(e, _)| e.id()).collect();
+    let id = gateway::request_id();
+    let events = ids.iter().map(|s| s.to_string()).collect();
+    let c = crate::lambda::invoke(state, live, &pool, permit, payload, &id, timeout, None, events).await;
+    let results = crate::lambda::failures(trigger.format, &c.result, &ids)
+        .into_iter()
+        .map(|failed| match failed {
+            None => Ok(()),
+            Some(why) => Err(format!("{why} (request {id})")),
+        })
+        .collect();
+    (results, c.outbox)
 }
 
 /// One attempt of a chunk of events on an event handler: one invocation
@@ -539,12 +588,7 @@ pub async fn replay(
                 continue;
             }
             report.replayed += 1;
-            let (prepared, cold) = live.prepared(&state.runtime, &state.store).await?;
-            let (mut results, outbox) = if prepared.world() == World::Events {
-                deliver_events(state, &live, &trigger, prepared, cold, &[&event]).await
-            } else {
-                (vec![deliver(state, &live, &trigger, &event).await], Vec::new())
-            };
+            let (mut results, outbox) = attempt(state, &live, &trigger, topic, &[(&event, 1)]).await;
             match results.pop().unwrap_or(Err("no result".into())) {
                 Ok(()) => {
                     for (to, e) in outbox {

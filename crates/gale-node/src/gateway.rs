@@ -6,7 +6,7 @@
 
 use crate::State;
 use crate::routes::Lookup;
-use crate::scheduler::{Live, Refused};
+use crate::scheduler::{Live, Loaded, Refused};
 use bytes::Bytes;
 use gale_core::api::Outcome;
 use gale_wasm::{AbortOnDrop, BodyError, Failure, HyperOutgoingBody};
@@ -38,7 +38,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
     let open = Arc::new(());
     let gale = crate::events::gateway_router(state.clone());
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -56,12 +56,21 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
         let open = open.clone();
         tokio::spawn(async move {
             let _open = open;
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let state = state.clone();
                 let gale = gale.clone();
+                req.extensions_mut().insert(Peer(peer));
                 async move {
-                    Ok::<_, std::convert::Infallible>(if req.uri().path().starts_with("/_gale/") {
+                    let path = req.uri().path();
+                    Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
                         own_endpoint(gale, req).await
+                    } else if path.starts_with("/2015-03-31/") {
+                        let id = request_id();
+                        let mut r = crate::lambda::invoke_api(state, req, &id).await;
+                        if let Ok(v) = HeaderValue::from_str(&id) {
+                            r.headers_mut().insert(REQUEST_ID, v);
+                        }
+                        r
                     } else {
                         handle(state, req).await
                     })
@@ -87,6 +96,10 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The client's address, as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// Gale's own endpoints under `/_gale/`, answered by an axum router. Their
 /// answers are small JSON documents, read whole here.
@@ -228,8 +241,11 @@ where
 {
     let max_body = live.spec.max_body.0;
     let started_at = crate::registry::now_ms();
-    let (prepared, cold) = match live.prepared(&state.runtime, &state.store).await {
-        Ok(p) => p,
+    let (prepared, cold) = match live.prepared(state).await {
+        Ok((Loaded::Wasm(p), cold)) => (p, cold),
+        Ok((Loaded::Process(pool), _)) => {
+            return crate::lambda::serve_http(state, live, pool, permit, req, id, timeout).await;
+        }
         Err(e) => {
             tracing::error!(function = %live.name, error = %e, "loading function failed");
             return error(StatusCode::INTERNAL_SERVER_ERROR, "load_failed", &e.to_string());

@@ -13,7 +13,7 @@
 
 use crate::admin::ApiError;
 use crate::dispatch::{self, Subscriber};
-use crate::scheduler::Live;
+use crate::scheduler::{Live, Loaded};
 use crate::{NodeError, State, gateway};
 use axum::extract::{Path, Query, Request, State as Ext};
 use axum::http::{StatusCode, header};
@@ -125,7 +125,7 @@ pub async fn invoke(
 }
 
 /// Stores an asynchronous invocation; returns its record once durable.
-async fn submit(
+pub(crate) async fn submit(
     state: &Arc<State>,
     live: &Live,
     method: &str,
@@ -232,14 +232,53 @@ pub async fn attempt(
 ) -> (Settle, bool) {
     let seq = delivery.event.seq;
     let id = event.id().to_string();
-    let (result, response, mut outbox) = match live.prepared(&state.runtime, &state.store).await {
+    let (result, response, mut outbox) = match live.prepared(state).await {
         Err(e) => (Err(e.to_string()), None, Vec::new()),
-        Ok((prepared, cold)) if prepared.world() == gale_wasm::World::Events => {
+        // A process function gets the payload as it was sent.
+        Ok((Loaded::Process(pool), _)) => {
+            let payload = request_of(&event).into_body();
+            let timeout = trigger
+                .ack_timeout
+                .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+            match live.slots.clone().acquire_owned().await {
+                Err(_) => (Err("the function is being replaced".into()), None, Vec::new()),
+                Ok(permit) => {
+                    let c = crate::lambda::invoke(
+                        state,
+                        live,
+                        &pool,
+                        permit,
+                        payload,
+                        &gateway::request_id(),
+                        timeout,
+                        None,
+                        vec![id.clone()],
+                    )
+                    .await;
+                    match c.result {
+                        Ok(body) => {
+                            let response = InvocationResponse {
+                                status: 200,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            };
+                            (Ok(()), Some(response), c.outbox)
+                        }
+                        Err(e) => (
+                            Err(format!("{}: {}", e.error_type, e.message())),
+                            None,
+                            Vec::new(),
+                        ),
+                    }
+                }
+            }
+        }
+        Ok((Loaded::Wasm(prepared), cold)) if prepared.world() == gale_wasm::World::Events => {
             let (mut results, outbox) =
                 dispatch::deliver_events(state, live, trigger, prepared, cold, &[&event]).await;
             (results.pop().unwrap_or(Err("no result".into())), None, outbox)
         }
-        Ok(_) => match dispatch::send(state, live, trigger, request_of(&event), &id).await {
+        Ok((Loaded::Wasm(_), _)) => match dispatch::send(state, live, trigger, request_of(&event), &id).await
+        {
             // A 4xx is the function's answer; only a 5xx (or no answer) fails.
             Ok((status, body, request)) => {
                 let response = InvocationResponse {

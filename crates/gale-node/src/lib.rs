@@ -19,11 +19,13 @@ mod error;
 pub mod events;
 pub mod gateway;
 mod invocations;
+mod lambda;
 mod meters;
 pub mod registry;
 mod routes;
 mod schedule;
 pub mod scheduler;
+mod sigv4;
 mod tokens;
 
 pub use error::NodeError;
@@ -78,6 +80,7 @@ pub struct State {
     store: Embedded,
     registry: Registry<Embedded>,
     runtime: Runtime,
+    processes: gale_process::Runtime,
     functions: RwLock<HashMap<String, Arc<Live>>>,
     routes: RwLock<Arc<RouteTable>>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
@@ -374,6 +377,8 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
         .await
         .map_err(|e| NodeError::DataDir(e.to_string()))??;
+    let processes = gale_process::Runtime::new(options.data_dir.join("process"))
+        .map_err(|e| NodeError::DataDir(e.to_string()))?;
     let gateway_listener = bind(options.listen).await?;
     let admin_listener = bind(options.admin_listen).await?;
     let (logs_tx, logs_rx) = mpsc::channel(64 * 1024);
@@ -381,6 +386,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         registry: Registry { meta: store.clone() },
         store,
         runtime,
+        processes,
         functions: RwLock::new(HashMap::new()),
         routes: RwLock::new(Arc::new(RouteTable::empty())),
         counters: Mutex::new(HashMap::new()),

@@ -25,8 +25,11 @@ use tokio::sync::watch;
 const GRACE_MS: i64 = 2_000;
 
 /// The topic of a function's `n`th schedule.
+/// Schedule topics are `_schedule.<function>.<n>`.
+pub const TOPIC_PREFIX: &str = "_schedule.";
+
 pub fn topic(function: &str, n: usize) -> String {
-    format!("_schedule.{function}.{n}")
+    format!("{TOPIC_PREFIX}{function}.{n}")
 }
 
 /// Retention and dedup of schedule topics.

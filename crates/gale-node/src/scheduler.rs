@@ -8,12 +8,13 @@
 //! The reaper unloads the code of a function idle for the node's idle timeout,
 //! so 1,000 idle functions cost little more than their compiled code on disk.
 
-use crate::NodeError;
 use crate::registry::VersionRecord;
-use gale_core::FunctionSpec;
+use crate::{NodeError, State};
 use gale_core::api::FunctionStats;
-use gale_store::{Artifacts, Embedded};
-use gale_wasm::{Prepared, Runtime};
+use gale_core::manifest::RuntimeKind;
+use gale_core::{Code, Error, FunctionSpec};
+use gale_store::Artifacts;
+use gale_wasm::Prepared;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,12 +42,21 @@ pub struct Live {
     services: Arc<gale_wasm::events::Services>,
     /// One permit per instance that may run at once.
     pub slots: Arc<Semaphore>,
-    prepared: Mutex<Option<Arc<Prepared>>>,
+    loaded: Mutex<Option<Loaded>>,
     /// Load time of the node's clock (ms since `epoch`) of the last request.
     last_used: AtomicU64,
     epoch: Instant,
     /// Serialises cold starts so concurrent first requests load the code once.
     loading: tokio::sync::Mutex<()>,
+}
+
+/// A version's code, ready to run, in the runtime its manifest names.
+#[derive(Clone)]
+pub enum Loaded {
+    /// A compiled component; each invocation instantiates it.
+    Wasm(Arc<Prepared>),
+    /// An unpacked directory and its warm process instances.
+    Process(Arc<gale_process::Pool>),
 }
 
 /// Why admission refused a request.
@@ -88,7 +98,7 @@ impl Live {
             counters,
             services,
             slots,
-            prepared: Mutex::new(None),
+            loaded: Mutex::new(None),
             last_used: AtomicU64::new(0),
             epoch,
             loading: tokio::sync::Mutex::new(()),
@@ -118,67 +128,98 @@ impl Live {
     }
 
     /// The loaded code for a request, loading it first if the function was
-    /// scaled to zero. Returns whether this request was a cold start.
-    pub async fn prepared(
-        &self,
-        runtime: &Runtime,
-        store: &Embedded,
-    ) -> Result<(Arc<Prepared>, bool), NodeError> {
+    /// scaled to zero. Returns whether this request loaded it (a cold start
+    /// for wasm; a process function's cold starts are its instance starts).
+    pub async fn prepared(&self, state: &Arc<State>) -> Result<(Loaded, bool), NodeError> {
         // No touch here: a request in flight holds a slot, which keeps the
         // reaper away; the idle time counts from when it finishes.
         if let Some(p) = self.loaded() {
             return Ok((p, false));
         }
-        let (prepared, loaded_now) = self.load(runtime, store).await?;
-        if loaded_now {
+        let (loaded, loaded_now) = self.load(state).await?;
+        if loaded_now && matches!(loaded, Loaded::Wasm(_)) {
             self.counters.cold_starts.fetch_add(1, Relaxed);
         }
-        Ok((prepared, loaded_now))
+        Ok((loaded, loaded_now))
     }
 
-    fn loaded(&self) -> Option<Arc<Prepared>> {
-        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn loaded(&self) -> Option<Loaded> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Loads the code (once, however many callers wait); true if this call
     /// did the loading. Code missing from the compiled cache (a new node
-    /// version, a cleared cache) is compiled again from the stored artifact.
-    pub async fn load(
-        &self,
-        runtime: &Runtime,
-        store: &Embedded,
-    ) -> Result<(Arc<Prepared>, bool), NodeError> {
+    /// version, a cleared cache) is compiled again from the stored artifact;
+    /// a process function's package is unpacked on its first load.
+    pub async fn load(&self, state: &Arc<State>) -> Result<(Loaded, bool), NodeError> {
         let _loading = self.loading.lock().await;
         if let Some(p) = self.loaded() {
             return Ok((p, false));
         }
+        let loaded = match self.spec.runtime {
+            RuntimeKind::Wasm => Loaded::Wasm(Arc::new(self.load_wasm(state).await?)),
+            RuntimeKind::Process => Loaded::Process(Arc::new(self.load_process(state).await?)),
+        };
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
+        self.touch();
+        Ok((loaded, true))
+    }
+
+    async fn artifact(&self, state: &State) -> Result<Vec<u8>, NodeError> {
+        state
+            .store
+            .get(&self.artifact)
+            .await?
+            .ok_or_else(|| NodeError::DataDir(format!("artifact {} is missing", self.artifact)))
+    }
+
+    async fn load_wasm(&self, state: &State) -> Result<Prepared, NodeError> {
+        let runtime = state.runtime.clone();
         let wasm = if runtime.is_compiled(&self.artifact) {
             None
         } else {
             tracing::info!(function = %self.name, "compiled code missing from the cache; compiling again");
-            Some(
-                store
-                    .get(&self.artifact)
-                    .await?
-                    .ok_or_else(|| NodeError::DataDir(format!("artifact {} is missing", self.artifact)))?,
-            )
+            Some(self.artifact(state).await?)
         };
-        let runtime = runtime.clone();
         let artifact = self.artifact.clone();
         let spec = self.spec.clone();
         let services = self.services.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             if let Some(wasm) = wasm {
                 runtime.compile(&artifact, &wasm)?;
             }
             runtime.load(&artifact, spec, Some(services))
         })
         .await
-        .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))??;
-        let prepared = Arc::new(prepared);
-        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(prepared.clone());
-        self.touch();
-        Ok((prepared, true))
+        .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))?
+        .map_err(NodeError::from)
+    }
+
+    async fn load_process(&self, state: &Arc<State>) -> Result<gale_process::Pool, NodeError> {
+        let processes = state.processes.clone();
+        let package = if processes.root(&self.name, self.version).is_dir() {
+            None
+        } else {
+            Some(self.artifact(state).await?)
+        };
+        let spec = gale_process::Spec {
+            function: self.name.clone(),
+            version: self.version,
+            command: self.spec.command.clone(),
+            handler: self.spec.handler.clone(),
+            env: self.spec.env.clone(),
+            memory: self.spec.memory.0,
+            user: state.process_user(&self.name).await?,
+            publish: Some(state.publish_hook()),
+        };
+        tokio::task::spawn_blocking(move || {
+            processes.prepare(spec, || {
+                package.ok_or_else(|| gale_process::ProcessError::Package("the package vanished".into()))
+            })
+        })
+        .await
+        .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))?
+        .map_err(|e| Error::new(Code::ArtifactInvalid, e.to_string()).into())
     }
 
     pub fn touch(&self) {
@@ -193,16 +234,23 @@ impl Live {
     /// Unloads the code if the function has been idle for `idle`.
     /// Returns whether it did.
     pub fn reap(&self, idle: Duration) -> bool {
+        // Process instances idle that long stop one by one, even while
+        // others of the function keep working.
+        if let Some(Loaded::Process(pool)) = self.loaded() {
+            pool.reap(idle);
+        }
         let now = self.epoch.elapsed().as_millis() as u64;
         if now.saturating_sub(self.last_used.load(Relaxed)) < idle.as_millis() as u64 || self.active() > 0 {
             return false;
         }
-        let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
-        match prepared.take() {
-            Some(p) => {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        match loaded.take() {
+            Some(Loaded::Wasm(p)) => {
                 p.drop_idle();
                 true
             }
+            // Dropping the pool stops its idle instances.
+            Some(Loaded::Process(_)) => true,
             None => false,
         }
     }

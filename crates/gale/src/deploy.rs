@@ -59,6 +59,20 @@ pub async fn deploy(connect: impl FnOnce() -> Result<Client>, file: &Path, forma
     let mut sources = Vec::new();
     for (name, f) in &manifest.functions {
         let path = dir.join(&f.source);
+        if f.runtime == gale_core::manifest::RuntimeKind::Process {
+            let packed = gale_process::package::pack(&path).map_err(|e| {
+                anyhow!(
+                    Error::new(
+                        Code::ManifestInvalid,
+                        format!("{}: `functions.{name}.source`: {e}", file.display())
+                    )
+                    .with_hint("a process function's source is its directory (holding its code and, without `command`, a `bootstrap`), relative to the manifest")
+                    .render()
+                )
+            })?;
+            sources.push((name.clone(), packed));
+            continue;
+        }
         let data = std::fs::read(&path).map_err(|e| {
             anyhow!(
                 Error::new(

@@ -113,7 +113,11 @@ impl TestNode {
         let manifest = Manifest::from_toml(manifest, "gale.toml")?;
         let mut artifacts = std::collections::BTreeMap::new();
         for (name, f) in &manifest.functions {
-            let data = std::fs::read(dir.join(&f.source)).unwrap();
+            let data = if f.runtime == gale_core::manifest::RuntimeKind::Process {
+                gale_process::package::pack(&dir.join(&f.source)).unwrap()
+            } else {
+                std::fs::read(dir.join(&f.source)).unwrap()
+            };
             let digest = gale_store::digest_of(&data);
             let r = self
                 .http

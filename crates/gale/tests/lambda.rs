@@ -1,0 +1,449 @@
+//! The process runtime with the real Lambda clients: Python handlers under
+//! `awslambdaric`, invoked over HTTP routes, events, boto3 and the AWS CLI.
+
+mod common;
+
+use common::{TestNode, root};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// `tests/lambda/python` with awslambdaric vendored next to the handlers,
+/// as a Lambda deployment package holds its dependencies. pip runs once.
+fn python_package() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("target/lambda-fixtures/python");
+        if !dir.join("awslambdaric").is_dir() {
+            let status = std::process::Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(&dir)
+                .arg("awslambdaric==4.2.2")
+                .status()
+                .expect("python3 -m pip runs");
+            assert!(status.success(), "installing awslambdaric from PyPI failed");
+        }
+        for file in ["app.py", "broken.py"] {
+            std::fs::copy(root().join("tests/lambda/python").join(file), dir.join(file)).unwrap();
+        }
+        dir
+    })
+}
+
+fn python_function(name: &str, handler: &str, extra: &str) -> String {
+    format!(
+        "[functions.{name}]\nruntime = \"process\"\nsource = \"{}\"\n\
+         command = [\"python3\", \"-m\", \"awslambdaric\", \"{handler}\"]\n{extra}\n",
+        python_package().display()
+    )
+}
+
+async fn invoke(
+    node: &TestNode,
+    function: &str,
+    payload: Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut r = node
+        .http
+        .post(node.url(&format!("/2015-03-31/functions/{function}/invocations")))
+        .bearer_auth(&node.token)
+        .json(&payload);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_handler_serves_an_http_route_through_api_gateway_events() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"py\"\n{}[[functions.web.http]]\nroute = \"POST /orders/{{id}}\"\n",
+        python_function("web", "app.web", "[[functions.web.http]]\nroute = \"GET /hello\"")
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+
+    let r = node
+        .http
+        .get(node.url("/hello?name=gale"))
+        .header("cookie", "a=1; b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-handler"], "web");
+    assert_eq!(r.headers()["set-cookie"], "seen=1; Path=/");
+    let request_id = r.headers()["x-gale-request-id"].to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["route"], "GET /hello");
+    assert_eq!(body["name"], "gale");
+    assert_eq!(body["cookies"], json!(["a=1", "b=2"]));
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert_eq!(body["function"], "web");
+    assert_eq!(body["memory"], "128");
+    assert!(body["remaining_ms"].as_u64().unwrap() > 20_000, "{body}");
+
+    let r = node
+        .http
+        .post(node.url("/orders/42"))
+        .json(&json!({"sku": "apple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], "42");
+    assert_eq!(body["base64"], false);
+    assert_eq!(
+        serde_json::from_str::<Value>(body["body"].as_str().unwrap()).unwrap()["sku"],
+        "apple"
+    );
+
+    // One instance served both: one cold start; the log has Lambda's records.
+    assert_eq!(node.describe("web").await.stats.cold_starts, 1);
+    let logs = node.logs("web", 2).await;
+    let first = logs.iter().find(|l| l.request_id == request_id).unwrap();
+    assert!(
+        first.stdout.contains(&format!("START RequestId: {request_id}")),
+        "{}",
+        first.stdout
+    );
+    assert!(first.stdout.contains("web handled /hello"), "{}", first.stdout);
+    assert!(first.stdout.contains("REPORT RequestId:"), "{}", first.stdout);
+    assert!(first.stdout.contains("Max Memory Used:"), "{}", first.stdout);
+}
+
+/// Runs a Python script with boto3 against the node; returns what it prints.
+fn python(script: &str, node: &TestNode) -> Value {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("GATEWAY", &node.gateway)
+        .env("TOKEN", &node.token)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_and_the_aws_cli_invoke_functions() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"py\"\n{}{}",
+        python_function("echo", "app.echo", ""),
+        python_function("fail", "app.fail", "")
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+
+    let out = python(
+        r#"
+import base64, json, os, boto3, botocore
+def client(secret):
+    return boto3.client("lambda", endpoint_url=os.environ["GATEWAY"], region_name="local",
+                        aws_access_key_id="gale", aws_secret_access_key=secret)
+c = client(os.environ["TOKEN"])
+out = {}
+r = c.invoke(FunctionName="echo", Payload=json.dumps({"n": 1}), LogType="Tail",
+             ClientContext=base64.b64encode(json.dumps({"custom": {"k": "v"}}).encode()).decode())
+out["sync"] = {"status": r["StatusCode"], "payload": json.load(r["Payload"]),
+               "version": r.get("ExecutedVersion"), "log": base64.b64decode(r["LogResult"]).decode(),
+               "error": r.get("FunctionError")}
+r = c.invoke(FunctionName="fail", Payload=b'{"x": 2}')
+out["fail"] = {"status": r["StatusCode"], "error": r.get("FunctionError"), "payload": json.load(r["Payload"])}
+r = c.invoke(FunctionName="echo", InvocationType="Event", Payload=b'{"async": true}')
+out["event"] = r["StatusCode"]
+r = c.invoke(FunctionName="echo", InvocationType="DryRun")
+out["dry"] = r["StatusCode"]
+try:
+    c.invoke(FunctionName="nope", Payload=b"{}")
+except botocore.exceptions.ClientError as e:
+    out["missing"] = e.response["Error"]["Code"]
+try:
+    client("wrong-secret").invoke(FunctionName="echo", Payload=b"{}")
+except botocore.exceptions.ClientError as e:
+    out["denied"] = e.response["Error"]["Code"]
+print(json.dumps(out))
+"#,
+        &node,
+    );
+    let sync = &out["sync"];
+    assert_eq!(sync["status"], 200);
+    assert_eq!(sync["payload"]["echo"], json!({"n": 1}));
+    assert_eq!(sync["payload"]["client_context"], json!({"k": "v"}));
+    assert_eq!(sync["version"], "1");
+    assert!(sync["error"].is_null());
+    assert!(sync["log"].as_str().unwrap().contains("echo handling"), "{sync}");
+    assert!(
+        sync["log"].as_str().unwrap().contains("REPORT RequestId"),
+        "{sync}"
+    );
+    assert_eq!(out["fail"]["status"], 200);
+    assert_eq!(out["fail"]["error"], "Unhandled");
+    assert_eq!(out["fail"]["payload"]["errorType"], "ValueError");
+    assert!(
+        out["fail"]["payload"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("bad input")
+    );
+    assert_eq!(out["event"], 202);
+    assert_eq!(out["dry"], 204);
+    assert_eq!(out["missing"], "ResourceNotFoundException");
+    assert_eq!(out["denied"], "AccessDeniedException");
+
+    // The asynchronous invocation ran in the background.
+    let logs = node.logs("echo", 2).await;
+    assert!(logs.iter().any(|l| l.stdout.contains("echo handling")));
+
+    // The AWS CLI writes the function's answer to its outfile.
+    let outfile = node.dir.path().join("answer.json");
+    let cli = std::process::Command::new("aws")
+        .args([
+            "lambda",
+            "invoke",
+            "--endpoint-url",
+            &node.gateway,
+            "--function-name",
+            "echo",
+        ])
+        .args(["--payload", r#"{"from": "cli"}"#])
+        .arg(&outfile)
+        .env("AWS_ACCESS_KEY_ID", "gale")
+        .env("AWS_SECRET_ACCESS_KEY", &node.token)
+        .env("AWS_DEFAULT_REGION", "local")
+        .output()
+        .expect("the aws CLI runs");
+    assert!(
+        cli.status.success(),
+        "aws: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(printed["StatusCode"], 200);
+    let answer: Value = serde_json::from_slice(&std::fs::read(&outfile).unwrap()).unwrap();
+    assert_eq!(answer["echo"], json!({"from": "cli"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_handlers_get_the_right_errors_and_the_node_keeps_serving() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"faults\"\n{}{}{}{}{}{}",
+        python_function("echo", "app.echo", ""),
+        python_function("crash", "app.crash", ""),
+        python_function(
+            "hang",
+            "app.hang",
+            "timeout = \"1s\"\n[[functions.hang.http]]\nroute = \"GET /hang\""
+        ),
+        python_function("hog", "app.hog", "memory = \"256MiB\""),
+        python_function("broken", "broken.handler", ""),
+        python_function("fail", "app.fail", ""),
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+
+    // A healthy function under load the whole time.
+    let load = {
+        let (http, url, token) = (
+            node.http.clone(),
+            node.url("/2015-03-31/functions/echo/invocations"),
+            node.token.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ok = 0;
+            let until = tokio::time::Instant::now() + Duration::from_secs(4);
+            while tokio::time::Instant::now() < until {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                assert!(r.headers().get("x-amz-function-error").is_none());
+                ok += 1;
+            }
+            ok
+        })
+    };
+
+    let error_of = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-amz-function-error"], "Unhandled");
+        r.json::<Value>().await.unwrap()
+    };
+    let raised = error_of(invoke(&node, "fail", json!({}), &[]).await).await;
+    assert_eq!(raised["errorType"], "ValueError");
+
+    let crashed = error_of(invoke(&node, "crash", json!({}), &[]).await).await;
+    assert_eq!(crashed["errorType"], "Runtime.ExitError");
+    assert!(
+        crashed["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("exit status 7"),
+        "{crashed}"
+    );
+
+    let started = std::time::Instant::now();
+    let hung = error_of(invoke(&node, "hang", json!({}), &[]).await).await;
+    assert_eq!(hung["errorType"], "Sandbox.Timedout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut at its 1 s timeout"
+    );
+    let (status, _, _) = node.get("/hang").await;
+    assert_eq!(status, 504, "over HTTP a timeout is a 504");
+
+    let oom = error_of(invoke(&node, "hog", json!({}), &[]).await).await;
+    assert_eq!(oom["errorType"], "Runtime.OutOfMemory", "{oom}");
+
+    let init = error_of(invoke(&node, "broken", json!({}), &[]).await).await;
+    // The runtime's own report of the failed import, passed on as Lambda does.
+    assert_eq!(init["errorType"], "RuntimeError", "{init}");
+    assert!(
+        init["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("init failed on purpose"),
+        "{init}"
+    );
+
+    // Each faulty function recovers with a fresh instance.
+    let again = error_of(invoke(&node, "crash", json!({}), &[]).await).await;
+    assert_eq!(again["errorType"], "Runtime.ExitError");
+    assert!(load.await.unwrap() > 10, "the healthy function kept serving");
+    let logs = node.logs("hang", 2).await;
+    assert!(logs.iter().any(|l| l.outcome == gale_core::api::Outcome::Timeout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_process_functions_with_outbox_and_sqs_partial_failures() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"ev\"\n[topics.in]\n[topics.out]\n[topics.jobs]\n{}[[functions.publisher.events]]\ntopic = \"in\"\nmax_attempts = 1\n\
+         {}[[functions.worker.events]]\ntopic = \"jobs\"\nformat = \"sqs\"\nbatch_size = 10\nbatch_window = \"300ms\"\n\
+         max_attempts = 2\nbackoff = {{ initial = \"50ms\", max = \"100ms\" }}\ndead_letter = \"jobs-dlq\"\n",
+        python_function("publisher", "app.publish", ""),
+        python_function("worker", "app.sqs", ""),
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+    let publish = |topic: &str, id: &str, data: Value| {
+        let r = node
+            .http
+            .post(node.url(&format!("/_gale/topics/{topic}/events")))
+            .bearer_auth(&node.token)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/tests")
+            .header("ce-type", "t")
+            .json(&data)
+            .send();
+        async move { assert_eq!(r.await.unwrap().status(), 202) }
+    };
+    publish("in", "good", json!({"n": 1})).await;
+    publish("in", "bad", json!({"n": 2, "fail": true})).await;
+    for (id, body) in [("j1", "fine"), ("j2", "bad one"), ("j3", "fine too")] {
+        publish("jobs", id, json!(body)).await;
+    }
+
+    // Only the successful invocation's event was committed.
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        out = node
+            .admin_get::<Vec<gale_core::api::StoredEventInfo>>("/v1/topics/out/events")
+            .await;
+        let logs: Vec<gale_core::api::InvocationLog> =
+            node.admin_get("/v1/functions/publisher/logs?limit=10").await;
+        if logs.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = out
+        .iter()
+        .map(|e| e.event["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["out-good".to_string()],
+        "a failed attempt publishes nothing"
+    );
+
+    // The SQS batch retried only the item the handler named, then parked it.
+    let mut dlq = Vec::new();
+    for _ in 0..100 {
+        dlq = node
+            .admin_get::<Vec<gale_core::api::StoredEventInfo>>("/v1/topics/jobs-dlq/events")
+            .await;
+        if !dlq.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].event["id"], "j2");
+    assert_eq!(dlq[0].event["galeattempts"], 2);
+    let logs = node.logs("worker", 2).await;
+    let handled: Vec<&String> = logs.iter().flat_map(|l| &l.events).collect();
+    assert_eq!(handled.iter().filter(|id| **id == "j1").count(), 1, "{handled:?}");
+    assert_eq!(handled.iter().filter(|id| **id == "j2").count(), 2, "{handled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_isolated_from_the_host_and_each_other() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"iso\"\n{}{}",
+        python_function("alice", "app.whoami", "env = { GREETING = \"hi\" }"),
+        python_function("bob", "app.whoami", ""),
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+    let bob: Value = invoke(&node, "bob", json!({}), &[]).await.json().await.unwrap();
+    let other = Path::new(bob["task_root"].as_str().unwrap()).join("app.py");
+    let alice: Value = invoke(&node, "alice", json!({"other": other}), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let env: Vec<&str> = alice["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"GREETING") && env.contains(&"AWS_LAMBDA_RUNTIME_API"),
+        "{env:?}"
+    );
+    assert!(
+        !env.contains(&"CARGO") && !env.contains(&"USER"),
+        "no host variable leaks in: {env:?}"
+    );
+    assert_eq!(alice["cwd"], alice["task_root"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_ne!(
+            alice["uid"], 0,
+            "a root node runs functions as unprivileged users"
+        );
+        assert_ne!(alice["uid"], bob["uid"], "each function has its own user");
+        assert_eq!(alice["other_readable"], false, "alice cannot read bob's code");
+    }
+}
