@@ -283,7 +283,18 @@ async fn invoke(
         .body(http_body_util::Full::new(body))
         .map_err(|e| Error::new(Code::BadRequest, format!("cannot build the request: {e}")))?;
     let id = gateway::request_id();
-    let response = gateway::invoke(&state, live, request, &id).await;
+    // A process function takes the body as its payload, as `aws lambda invoke` does.
+    let response = if live.spec.runtime == gale_core::manifest::RuntimeKind::Process {
+        crate::lambda::invoke_payload(
+            &state,
+            live,
+            request.into_body().into_inner().unwrap_or_default(),
+            &id,
+        )
+        .await
+    } else {
+        gateway::invoke(&state, live, request, &id).await
+    };
     let (parts, body) = response.into_parts();
     let bytes = body
         .collect()

@@ -92,6 +92,13 @@ pub async fn invoke(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     match q.mode.as_deref().unwrap_or("sync") {
+        // A process function takes the body as its payload, as Lambda's Invoke does.
+        "sync" if live.spec.runtime == gale_core::manifest::RuntimeKind::Process => {
+            let id = gateway::request_id();
+            Ok(crate::lambda::invoke_payload(&state, live, body, &id)
+                .await
+                .map(axum::body::Body::new))
+        }
         "sync" => {
             let mut builder = http::Request::builder()
                 .method(parts.method)

@@ -760,6 +760,39 @@ pub(crate) async fn invoke_api(
     response
 }
 
+/// `POST /_gale/functions/{name}/invocations` on a process function: the
+/// body is the payload; the answer is the function's, or its error
+/// document with status 500 (504 for a timeout) and `x-amz-function-error`.
+pub(crate) async fn invoke_payload(
+    state: &Arc<State>,
+    live: Arc<Live>,
+    payload: Bytes,
+    id: &str,
+) -> Response<gateway::Body> {
+    match sync_invoke(state, live, payload, id, None).await {
+        Err(r) => r,
+        Ok((Ok(body), _)) => {
+            let mut r = Response::new(full(body));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Ok((Err(e), _)) => {
+            let status = if e.error_type == "Sandbox.Timedout" {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            let mut r = Response::new(full(e.body));
+            *r.status_mut() = status;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+            r
+        }
+    }
+}
+
 /// A synchronous invoke of any function: the answer (or function error)
 /// and the invocation's log.
 async fn sync_invoke(

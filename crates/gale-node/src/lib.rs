@@ -325,6 +325,15 @@ impl NodeHandle {
         for task in self.tasks {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
+        for live in self
+            .state
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            live.stop_instances();
+        }
         let (flush, writer) = self.log_writer;
         let _ = flush.send(true);
         let _ = tokio::time::timeout_at(deadline, writer).await;

@@ -255,6 +255,14 @@ impl Live {
         }
     }
 
+    /// Stops a process function's idle instances now (the node is stopping).
+    pub fn stop_instances(&self) {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*loaded, Some(Loaded::Process(_))) {
+            *loaded = None;
+        }
+    }
+
     pub fn stats(&self) -> FunctionStats {
         let c = &self.counters;
         FunctionStats {

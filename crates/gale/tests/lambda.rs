@@ -447,3 +447,37 @@ async fn instances_are_isolated_from_the_host_and_each_other() {
         assert_eq!(alice["other_readable"], false, "alice cannot read bob's code");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_deliver_eventbridge_events_and_gale_invoke_passes_payloads() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"tick\"\n{}[[functions.tick.schedule]]\ncron = \"* * * * * *\"\n",
+        python_function("tick", "app.echo", ""),
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+    let r = node
+        .http
+        .post(node.url("/_gale/functions/tick/invocations"))
+        .bearer_auth(&node.token)
+        .body(r#"{"direct": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["echo"], json!({"direct": true}));
+    let mut fired = false;
+    for _ in 0..60 {
+        let logs: Vec<gale_core::api::InvocationLog> =
+            node.admin_get("/v1/functions/tick/logs?limit=50").await;
+        if logs.iter().any(|l| l.stdout.contains("Scheduled Event")) {
+            fired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fired,
+        "a firing reached the handler as an EventBridge scheduled event"
+    );
+}

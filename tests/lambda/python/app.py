@@ -33,7 +33,8 @@ def web(event, context):
 
 
 def echo(event, context):
-    print("echo handling", context.aws_request_id)
+    kind = event.get("detail-type", "") if isinstance(event, dict) else ""
+    print("echo handling", context.aws_request_id, kind)
     return {"echo": event, "client_context": getattr(context.client_context, "custom", None)}
 
 
