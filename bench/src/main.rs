@@ -3,7 +3,7 @@
 //! are shared and noisy, absolute figures drift, ratios much less.
 //!
 //! Run with `bench/run.sh` (builds release binaries, then runs every scenario),
-//! or one scenario: `target/release/gale-bench http|cold-start|spike|idle|events`.
+//! or one scenario: `target/release/gale-bench http|cold-start|spike|idle|events|lambda`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod events;
+mod lambda;
 
 #[derive(Parser)]
 #[command(about = "Gale whole-system benchmarks")]
@@ -65,6 +66,17 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// The process runtime: warm invocation overhead of a Rust
+    /// `lambda_runtime` echo handler, cold starts (Rust and Python) against
+    /// starting the same process directly, throughput with 1, 2, 8 instances.
+    Lambda {
+        /// Sequential invocations of the warm-overhead measurement.
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// A plain axum hello server: the ceiling for `http`.
     AxumHello {
         #[arg(long)]
@@ -90,6 +102,7 @@ fn main() -> Result<()> {
             rate,
             seconds,
         } => rt.block_on(events::run(events, publishers, rate, seconds)),
+        Scenario::Lambda { iterations, seconds } => rt.block_on(lambda::run(iterations, seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
             let listener = tokio::net::TcpListener::bind(&listen).await?;

@@ -116,9 +116,14 @@ pub(crate) async fn invoke(
             .cold_starts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let status = match c.outcome {
-        Outcome::Ok => 200,
-        Outcome::Timeout => 504,
+    let status = match (&c.result, c.outcome) {
+        // An API Gateway answer names its status.
+        (Ok(answer), _) => serde_json::from_slice::<Value>(answer)
+            .ok()
+            .and_then(|v| v.get("statusCode").and_then(|s| s.as_u64()))
+            .filter(|s| (100..600).contains(s))
+            .map_or(200, |s| s as u16),
+        (_, Outcome::Timeout) => 504,
         _ => 500,
     };
     let started = crate::Started {

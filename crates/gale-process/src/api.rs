@@ -270,20 +270,22 @@ fn accepted() -> Response {
         .into_response()
 }
 
-/// The error type a runtime reported (header first, then the body's
-/// `errorType`), and the body as the caller will see it: the runtime's own
+/// The error type a runtime reported (the body's `errorType`, else the
+/// header), and the body as the caller will see it: the runtime's own
 /// JSON when it sent JSON, else the text wrapped as an error document.
 fn runtime_error(headers: &HeaderMap, body: Bytes) -> (String, Bytes) {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    let error_type = headers
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
+    // The document's own type first: runtimes send a generic header (Rust's
+    // `lambda_runtime` says "unhandled") next to the specific type.
+    let error_type = parsed
+        .as_ref()
+        .and_then(|v| v.get("errorType"))
+        .and_then(|v| v.as_str())
         .map(str::to_string)
         .or_else(|| {
-            parsed
-                .as_ref()
-                .and_then(|v| v.get("errorType"))
-                .and_then(|v| v.as_str())
+            headers
+                .get("lambda-runtime-function-error-type")
+                .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "Unhandled".into());

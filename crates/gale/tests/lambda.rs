@@ -481,3 +481,98 @@ async fn schedules_deliver_eventbridge_events_and_gale_invoke_passes_payloads() 
         "a firing reached the handler as an EventBridge scheduled event"
     );
 }
+
+/// Runs an example's `build` the way `gale deploy` would; returns its manifest.
+fn build_example(name: &str) -> (String, PathBuf) {
+    let dir = root().join("examples").join(name);
+    let text = std::fs::read_to_string(dir.join("gale.toml")).unwrap();
+    let manifest = gale_core::Manifest::from_toml(&text, "gale.toml").unwrap();
+    for f in manifest.functions.values() {
+        if let Some(build) = &f.build {
+            let status = std::process::Command::new("sh")
+                .args(["-c", build])
+                .current_dir(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "building examples/{name}: {build}");
+        }
+    }
+    (text, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_examples_run_unmodified() {
+    let node = TestNode::start().await;
+
+    // A Rust lambda_runtime handler, on a route and an event trigger.
+    let (manifest, dir) = build_example("lambda-rust");
+    node.deploy_from(&manifest, &dir).await.unwrap();
+    let r = node
+        .http
+        .post(node.url("/echo"))
+        .body(r#"{"hello":"lambda"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["function"], "echo");
+    assert_eq!(
+        body["echo"]["body"], r#"{"hello":"lambda"}"#,
+        "it got an API Gateway event: {body}"
+    );
+    for (id, ty) in [("ok-1", "order_placed"), ("bad-1", "fail")] {
+        let r = node
+            .http
+            .post(node.url("/_gale/topics/orders/events"))
+            .bearer_auth(&node.token)
+            .header("content-type", "application/cloudevents+json")
+            .body(
+                json!({"specversion": "1.0", "id": id, "source": "/tests", "type": ty, "data": {"n": 1}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut dlq = Vec::new();
+    for _ in 0..100 {
+        dlq = node
+            .admin_get::<Vec<gale_core::api::StoredEventInfo>>("/v1/topics/orders-dlq/events")
+            .await;
+        if !dlq.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dlq.len(), 1, "the failing event was parked");
+    assert_eq!(dlq[0].event["id"], "bad-1");
+    assert!(
+        dlq[0].event["galeerror"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{}",
+        dlq[0].event
+    );
+    let logs = node.logs("echo", 4).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.events == ["ok-1"] && l.outcome == gale_core::api::Outcome::Ok)
+    );
+
+    // A shell custom runtime.
+    let (manifest, dir) = build_example("lambda-shell");
+    node.deploy_from(&manifest, &dir).await.unwrap();
+    let (status, _, body) = node.get("/sh").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("hello from sh"), "{body}");
+
+    // A Python awslambdaric handler.
+    let (manifest, dir) = build_example("lambda-python");
+    node.deploy_from(&manifest, &dir).await.unwrap();
+    let (status, _, body) = node.get("/hello?name=gale").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["hello"], "gale");
+}
