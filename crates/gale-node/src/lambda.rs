@@ -632,30 +632,49 @@ pub(crate) async fn invoke_api(
     if let Err(why) = crate::sigv4::authorize(&state, &parts, &payload) {
         return aws_error(StatusCode::FORBIDDEN, "AccessDeniedException", &why);
     }
-    let Some(live) = state.function(&name) else {
-        return aws_error(
+    let not_found = |what: String| {
+        aws_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
             &format!(
-                "Function not found: arn:aws:lambda:{}:{ACCOUNT}:function:{name}",
+                "Function not found: arn:aws:lambda:{}:{ACCOUNT}:function:{what}",
                 state.processes.region
             ),
-        );
+        )
+    };
+    let Some(serving) = state.function(&name) else {
+        return not_found(name);
     };
     let query: Vec<(String, String)> = form_urlencoded(parts.uri.query().unwrap_or("")).collect();
-    if let Some((_, q)) = query.iter().find(|(k, _)| k == "Qualifier")
-        && q != "$LATEST"
-        && q.parse::<u64>().ok() != Some(live.version)
+    let live = match query
+        .iter()
+        .find(|(k, _)| k == "Qualifier")
+        .map(|(_, q)| q.as_str())
     {
-        return aws_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            &format!(
-                "function `{name}` serves version {}; Qualifier {q} is not it (`gale rollback {name} {q}` makes it serve)",
-                live.version
-            ),
-        );
-    }
+        None | Some("$LATEST") => serving,
+        Some(q) => match q.parse::<u64>() {
+            Err(_) => {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameterValueException",
+                    &format!(
+                        "Qualifier {q:?} is neither $LATEST nor a version number (`gale versions {name}` lists them)"
+                    ),
+                );
+            }
+            Ok(v) => match state.function_at(&name, v).await {
+                Ok(Some(live)) => live,
+                Ok(None) => return not_found(format!("{name}:{q}")),
+                Err(e) => {
+                    return aws_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ServiceException",
+                        &e.to_string(),
+                    );
+                }
+            },
+        },
+    };
     let get = |n: &str| {
         parts
             .headers

@@ -82,6 +82,9 @@ pub struct State {
     runtime: Runtime,
     processes: gale_process::Runtime,
     functions: RwLock<HashMap<String, Arc<Live>>>,
+    /// Versions other than the serving one, loaded for an invocation that
+    /// named them (the Invoke API's `Qualifier`); scaled to zero like the rest.
+    pinned: Mutex<HashMap<(String, u64), Arc<Live>>>,
     routes: RwLock<Arc<RouteTable>>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
     logs: mpsc::Sender<InvocationLog>,
@@ -209,6 +212,41 @@ impl State {
         *self.functions.write().unwrap_or_else(|p| p.into_inner()) = next;
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.subscribe(wanted).await
+    }
+
+    /// `function` at `version`: the serving entry if it is that version,
+    /// else one made (and kept while warm) for invocations that name it.
+    async fn function_at(
+        self: &Arc<Self>,
+        function: &str,
+        version: u64,
+    ) -> Result<Option<Arc<Live>>, NodeError> {
+        let Some(serving) = self.function(function) else {
+            return Ok(None);
+        };
+        if serving.version == version {
+            return Ok(Some(serving));
+        }
+        if let Some(live) = lock(&self.pinned).get(&(function.to_string(), version)) {
+            return Ok(Some(live.clone()));
+        }
+        let Some(record) = self.registry.version(function, version).await? else {
+            return Ok(None);
+        };
+        let services = self.services(function, &serving.app);
+        let live = Arc::new(Live::new(
+            record,
+            serving.counters.clone(),
+            services,
+            None,
+            self.epoch,
+        ));
+        Ok(Some(
+            lock(&self.pinned)
+                .entry((function.to_string(), version))
+                .or_insert(live)
+                .clone(),
+        ))
     }
 
     /// What a function's instances may reach: publishing (to topics that
@@ -397,6 +435,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         runtime,
         processes,
         functions: RwLock::new(HashMap::new()),
+        pinned: Mutex::new(HashMap::new()),
         routes: RwLock::new(Arc::new(RouteTable::empty())),
         counters: Mutex::new(HashMap::new()),
         logs: logs_tx,
@@ -515,6 +554,11 @@ async fn housekeeping(state: Arc<State>, options: Options, mut shutdown: watch::
                 tracing::debug!(function = %live.name, "scaled to zero");
             }
         }
+        // Pinned versions go once idle (or once their function is gone).
+        lock(&state.pinned).retain(|(name, _), live| {
+            let idle = live.reap(options.idle_timeout) || !live.stats().warm;
+            !idle && state.function(name).is_some()
+        });
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();
             let retention = options.log_retention.as_millis() as u64;

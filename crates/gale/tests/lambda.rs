@@ -576,3 +576,51 @@ async fn the_lambda_examples_run_unmodified() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["hello"], "gale");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invoke_api_runs_the_version_a_qualifier_names() {
+    let node = TestNode::start().await;
+    for greeting in ["one", "two"] {
+        let manifest = format!(
+            "[app]\nname = \"q\"\n{}",
+            python_function(
+                "who",
+                "app.whoami",
+                &format!("env = {{ GREETING = \"{greeting}\" }}")
+            )
+        );
+        node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+    }
+    let call = |qualifier: &str| {
+        let url = node.url(&format!("/2015-03-31/functions/who/invocations{qualifier}"));
+        let r = node.http.post(url).bearer_auth(&node.token).body("{}").send();
+        async move {
+            let r = r.await.unwrap();
+            let status = r.status().as_u16();
+            let version = r
+                .headers()
+                .get("x-amz-executed-version")
+                .map(|v| v.to_str().unwrap().to_string());
+            let error = r
+                .headers()
+                .get("x-amzn-errortype")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, version, error)
+        }
+    };
+    assert_eq!(call("").await, (200, Some("2".into()), None));
+    assert_eq!(call("?Qualifier=%24LATEST").await, (200, Some("2".into()), None));
+    assert_eq!(
+        call("?Qualifier=1").await,
+        (200, Some("1".into()), None),
+        "the older version runs"
+    );
+    assert_eq!(
+        call("?Qualifier=9").await,
+        (404, None, Some("ResourceNotFoundException".into()))
+    );
+    assert_eq!(
+        call("?Qualifier=prod").await,
+        (400, None, Some("InvalidParameterValueException".into()))
+    );
+}
