@@ -117,17 +117,12 @@ impl Runtime {
         if let Some((_, gid)) = spec.user {
             // Readable by the function's group only; nobody may write it.
             use std::os::unix::fs::PermissionsExt;
-            let dir_err = |source| ProcessError::Dir {
-                path: root.clone(),
-                source,
-            };
-            std::os::unix::fs::chown(&root, Some(0), Some(gid)).map_err(dir_err)?;
-            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).map_err(|source| {
-                ProcessError::Dir {
+            std::os::unix::fs::chown(&root, Some(0), Some(gid))
+                .and_then(|()| std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)))
+                .map_err(|source| ProcessError::Dir {
                     path: root.clone(),
                     source,
-                }
-            })?;
+                })?;
         }
         let config = FunctionConfig {
             name: spec.function,

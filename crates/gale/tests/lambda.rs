@@ -305,8 +305,8 @@ async fn faulty_handlers_get_the_right_errors_and_the_node_keeps_serving() {
     let hung = error_of(invoke(&node, "hang", json!({}), &[]).await).await;
     assert_eq!(hung["errorType"], "Sandbox.Timedout");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "cut at its 1 s timeout"
+        started.elapsed() < Duration::from_secs(10),
+        "cut at its 1 s timeout, not after its 60 s sleep"
     );
     let (status, _, _) = node.get("/hang").await;
     assert_eq!(status, 504, "over HTTP a timeout is a 504");
