@@ -613,8 +613,15 @@ pub(crate) async fn invoke_api(
             "only Invoke is served: POST /2015-03-31/functions/{name}/invocations",
         );
     };
-    // A function may be named by its ARN.
-    let name = name.rsplit(':').next().unwrap_or(&name).to_string();
+    // A function may be named by its ARN or as `name:qualifier`.
+    let name = match name.split_once(":function:") {
+        Some((_, rest)) => rest.to_string(),
+        None => name,
+    };
+    let (name, named_qualifier) = match name.split_once(':') {
+        Some((n, q)) => (n.to_string(), Some(q.to_string())),
+        None => (name, None),
+    };
     let (parts, body) = req.into_parts();
     let payload = match http_body_util::Limited::new(body, MAX_SYNC_PAYLOAD)
         .collect()
@@ -646,11 +653,12 @@ pub(crate) async fn invoke_api(
         return not_found(name);
     };
     let query: Vec<(String, String)> = form_urlencoded(parts.uri.query().unwrap_or("")).collect();
-    let live = match query
+    let qualifier = query
         .iter()
         .find(|(k, _)| k == "Qualifier")
-        .map(|(_, q)| q.as_str())
-    {
+        .map(|(_, q)| q.clone())
+        .or(named_qualifier);
+    let live = match qualifier.as_deref() {
         None | Some("$LATEST") => serving,
         Some(q) => match q.parse::<u64>() {
             Err(_) => {
