@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 /// Idle time after which the node stops an instance (so the next
 /// invocation is a cold start).
@@ -116,6 +115,8 @@ pub async fn run(iterations: u32, seconds: u32) -> Result<()> {
             overhead.push(us - handler_us);
         }
     }
+    let bare =
+        sorted(bare_turnaround(&rust, &[rust.join("bootstrap").display().to_string()], iterations).await?);
     let (rtt, overhead, floor) = (sorted(rtt), sorted(overhead), sorted(floor));
     println!("lambda warm invocation, Rust lambda_runtime echo, {iterations} sequential invokes:");
     println!(
@@ -128,10 +129,13 @@ pub async fn run(iterations: u32, seconds: u32) -> Result<()> {
         percentile(&overhead, 0.5),
         percentile(&overhead, 0.99)
     );
+    let (f, b) = (percentile(&floor, 0.5), percentile(&bare, 0.5));
+    println!("  references, same run (p50): a loopback HTTP echo round trip {f:5.0} µs; the same runtime");
+    println!("    under a bare Runtime API (its client library, two HTTP exchanges, the handler) {b:5.0} µs");
     println!(
-        "  reference: loopback HTTP echo round trip p50 {:5.0} µs; overhead / reference = {:.2}×",
-        percentile(&floor, 0.5),
-        percentile(&overhead, 0.5) / percentile(&floor, 0.5)
+        "  Gale's own share: round trip − echo − bare runtime = {:5.0} µs; round trip / (echo + bare) = {:.2}×",
+        percentile(&rtt, 0.5) - f - b,
+        percentile(&rtt, 0.5) / (f + b)
     );
 
     // Cold starts.
@@ -237,77 +241,126 @@ async fn echo_floor(client: &reqwest::Client, iterations: u32) -> Result<Vec<f64
     Ok(times)
 }
 
-/// Starts `command` in `dir` under a bare Runtime API that hands it one
-/// event; returns seconds from spawn until its answer arrived.
-async fn direct_start(dir: &Path, command: &[String]) -> Result<f64> {
-    #[derive(Clone)]
-    struct Api {
-        answered: Arc<Notify>,
-        served: Arc<std::sync::atomic::AtomicBool>,
-    }
-    async fn next(State(api): State<Api>) -> axum::response::Response {
-        use axum::response::IntoResponse;
-        if api.served.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            // One event only: later polls wait until the process is killed.
-            std::future::pending::<()>().await;
+/// A bare Runtime API served by the benchmark: hands out the events it is
+/// given, one at a time, and reports each answer. What any host of a
+/// Lambda runtime must do at the least.
+struct BareApi {
+    events: tokio::sync::mpsc::Sender<()>,
+    answers: tokio::sync::mpsc::Receiver<()>,
+    child: tokio::process::Child,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl BareApi {
+    /// Starts `command` in `dir` under a bare Runtime API.
+    async fn start(dir: &Path, command: &[String]) -> Result<BareApi> {
+        type Shared = (
+            Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>>,
+            tokio::sync::mpsc::Sender<()>,
+        );
+        async fn next(State((events, _)): State<Shared>) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            if events.lock().await.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+            let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                .to_string();
+            (
+                [
+                    ("lambda-runtime-aws-request-id", "bare".to_string()),
+                    ("lambda-runtime-deadline-ms", deadline),
+                    (
+                        "lambda-runtime-invoked-function-arn",
+                        "arn:aws:lambda:local:000000000000:function:bare".into(),
+                    ),
+                    ("lambda-runtime-trace-id", "Root=1-0-0".into()),
+                    ("content-type", "application/json".into()),
+                ],
+                r#"{"type":"bench","data":{"n":1}}"#,
+            )
+                .into_response()
         }
-        let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            .to_string();
-        (
-            [
-                ("lambda-runtime-aws-request-id", "direct-1".to_string()),
-                ("lambda-runtime-deadline-ms", deadline),
-                (
-                    "lambda-runtime-invoked-function-arn",
-                    "arn:aws:lambda:local:000000000000:function:direct".into(),
-                ),
-                ("lambda-runtime-trace-id", "Root=1-0-0".into()),
-                ("content-type", "application/json".into()),
-            ],
-            r#"{"type":"bench","data":{"n":1}}"#,
-        )
-            .into_response()
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(1);
+        let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(1);
+        let shared: Shared = (Arc::new(tokio::sync::Mutex::new(events_rx)), answers_tx);
+        let app = axum::Router::new()
+            .route("/2018-06-01/runtime/invocation/next", axum::routing::get(next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                axum::routing::post(|State((_, answers)): State<Shared>| async move {
+                    let _ = answers.send(()).await;
+                    axum::http::StatusCode::ACCEPTED
+                }),
+            )
+            .with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let child = tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "bare")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("LAMBDA_TASK_ROOT", dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(BareApi {
+            events: events_tx,
+            answers: answers_rx,
+            child,
+            server,
+        })
     }
-    let api = Api {
-        answered: Arc::new(Notify::new()),
-        served: Arc::default(),
-    };
-    let app = axum::Router::new()
-        .route("/2018-06-01/runtime/invocation/next", axum::routing::get(next))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            axum::routing::post(|State(api): State<Api>| async move {
-                api.answered.notify_one();
-                axum::http::StatusCode::ACCEPTED
-            }),
-        )
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    /// Hands out one event and waits for its answer.
+    async fn invoke(&mut self) -> Result<()> {
+        self.events.send(()).await?;
+        tokio::time::timeout(Duration::from_secs(20), self.answers.recv())
+            .await
+            .context("the runtime never answered")?
+            .context("the bare API stopped")
+    }
+}
+
+impl Drop for BareApi {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        self.server.abort();
+    }
+}
+
+/// Seconds from starting `command` (under a bare Runtime API) until its
+/// answer to a first event arrived.
+async fn direct_start(dir: &Path, command: &[String]) -> Result<f64> {
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "direct")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("LAMBDA_TASK_ROOT", dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    tokio::time::timeout(Duration::from_secs(20), api.answered.notified())
-        .await
-        .context("the directly started runtime never answered")?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let _ = child.kill().await;
-    server.abort();
-    Ok(elapsed)
+    let mut api = BareApi::start(dir, command).await?;
+    api.invoke().await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Microseconds per warm invocation under the bare Runtime API: the
+/// runtime's own turnaround (its client library, its two HTTP exchanges,
+/// the handler).
+async fn bare_turnaround(dir: &Path, command: &[String], iterations: u32) -> Result<Vec<f64>> {
+    let mut api = BareApi::start(dir, command).await?;
+    let mut times = Vec::new();
+    for i in 0..iterations + 200 {
+        let started = Instant::now();
+        api.invoke().await?;
+        if i >= 200 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    Ok(times)
 }

@@ -234,10 +234,10 @@ impl Live {
     /// Unloads the code if the function has been idle for `idle`.
     /// Returns whether it did.
     pub fn reap(&self, idle: Duration) -> bool {
-        // Process instances idle that long stop one by one, even while
-        // others of the function keep working.
+        // A process function's pool is only its configuration; its
+        // instances are what scale to zero, one by one as each idles out.
         if let Some(Loaded::Process(pool)) = self.loaded() {
-            pool.reap(idle);
+            return pool.reap(idle) > 0 && pool.warm_instances() == 0;
         }
         let now = self.epoch.elapsed().as_millis() as u64;
         if now.saturating_sub(self.last_used.load(Relaxed)) < idle.as_millis() as u64 || self.active() > 0 {
@@ -249,9 +249,7 @@ impl Live {
                 p.drop_idle();
                 true
             }
-            // Dropping the pool stops its idle instances.
-            Some(Loaded::Process(_)) => true,
-            None => false,
+            Some(Loaded::Process(_)) | None => false,
         }
     }
 
@@ -272,7 +270,10 @@ impl Live {
             active: self.active(),
             queued: c.queued.load(Relaxed),
             throttled: c.throttled.load(Relaxed),
-            warm: self.loaded().is_some(),
+            warm: match self.loaded() {
+                Some(Loaded::Process(pool)) => pool.warm_instances() > 0,
+                loaded => loaded.is_some(),
+            },
         }
     }
 }

@@ -9,15 +9,15 @@
 //! no orphans behind.
 
 use crate::api::{self, Channel, Report, Work};
+use crate::spawn;
 use crate::{FunctionConfig, FunctionError, ProcessError};
 use bytes::Bytes;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 /// Time a runtime has from its start to its first `/next`.
@@ -36,8 +36,7 @@ pub(crate) enum Ended {
 }
 
 pub(crate) struct Instance {
-    child: Child,
-    pid: i32,
+    child: spawn::Process,
     channel: Arc<Channel>,
     work: mpsc::Sender<Work>,
     reports: mpsc::UnboundedReceiver<Report>,
@@ -108,63 +107,41 @@ impl Instance {
             Some((p, a)) => (PathBuf::from(p), a.to_vec()),
             None => (config.root.join("bootstrap"), Vec::new()),
         };
-        let mut cmd = Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(&config.env)
-            .envs(config.lambda_env(&api, number, &tmp))
-            .current_dir(&config.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some((uid, gid)) = config.user {
-            cmd.uid(uid).gid(gid);
-        }
-        let memory = config.memory;
-        // SAFETY: only async-signal-safe calls (setrlimit, prctl, getppid)
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: memory as libc::rlim_t,
-                    rlim_max: memory as libc::rlim_t,
-                };
-                if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The node may have died between fork and prctl.
-                if libc::getppid() == 1 {
-                    return Err(std::io::Error::other("the node is gone"));
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| {
+        // Later entries win: the manifest's env may move the bytecode cache,
+        // but not change what the runtime is told about itself.
+        let mut env = std::collections::BTreeMap::new();
+        env.insert(
+            "PYTHONPYCACHEPREFIX".to_string(),
+            config.cache.display().to_string(),
+        );
+        env.extend(config.env.clone());
+        env.extend(config.lambda_env(&api, number, &tmp));
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let spawned = spawn::spawn(&spawn::Spec {
+            program: &program,
+            args: &args,
+            env: &env,
+            cwd: &config.root,
+            user: config.user,
+            memory: config.memory,
+        })
+        .map_err(|e| {
             ProcessError::Start(format!(
                 "cannot start `{}` in {}: {e}",
                 program.display(),
                 config.root.display()
             ))
         })?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let child = spawn::Process::new(spawned.pid).map_err(|e| io("cannot watch the process", e))?;
         let log = Arc::new(Log::default());
-        let mut pipes = [-1; 2];
-        if let Some(out) = child.stdout.take() {
-            pipes[0] = out.as_raw_fd();
-            tokio::spawn(pump(out, log.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            pipes[1] = err.as_raw_fd();
-            tokio::spawn(pump(err, log.clone()));
+        let pipes = [spawned.stdout.as_raw_fd(), spawned.stderr.as_raw_fd()];
+        for fd in [spawned.stdout, spawned.stderr] {
+            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| io("cannot read its output", e))?;
+            tokio::spawn(pump(pipe, log.clone()));
         }
         Ok(Instance {
             child,
-            pid,
             channel,
             work,
             reports,
@@ -266,7 +243,7 @@ impl Instance {
 
     /// Peak resident memory of the runtime process, in bytes.
     pub fn max_memory(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.pid()))
             .ok()
             .and_then(|s| {
                 s.lines()
@@ -278,24 +255,14 @@ impl Instance {
 
     /// Kills the process group and waits for the runtime process.
     pub async fn kill(&mut self) {
-        if self.pid > 0 {
-            // SAFETY: signalling our own child's process group.
-            unsafe {
-                libc::kill(-self.pid, libc::SIGKILL);
-            }
-        }
+        self.child.kill();
         let _ = self.child.wait().await;
     }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if self.pid > 0 && matches!(self.child.try_wait(), Ok(None) | Err(_)) {
-            // SAFETY: signalling our own child's process group.
-            unsafe {
-                libc::kill(-self.pid, libc::SIGKILL);
-            }
-        }
+        // The process group is killed as `child` drops.
         self.server.abort();
         let _ = std::fs::remove_dir_all(&self.tmp);
     }

@@ -16,6 +16,7 @@
 mod api;
 mod instance;
 pub mod package;
+mod spawn;
 
 use bytes::Bytes;
 use gale_core::api::Outcome;
@@ -73,14 +74,14 @@ impl Runtime {
         let dir = dir.into();
         let instances = dir.join("instances");
         let _ = std::fs::remove_dir_all(&instances);
-        for d in [dir.join("functions"), instances.clone()] {
+        for d in [dir.join("functions"), dir.join("cache"), instances.clone()] {
             std::fs::create_dir_all(&d).map_err(|source| ProcessError::Dir {
                 path: d.clone(),
                 source,
             })?;
         }
         // Instances of other users reach their own directories through these.
-        for d in [&dir, &instances] {
+        for d in [&dir, &instances, &dir.join("cache")] {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711));
         }
@@ -114,6 +115,23 @@ impl Runtime {
             })?;
             package::unpack(&package()?, &root)?;
         }
+        // A cache that outlives instances (Python's bytecode goes there:
+        // the task root is read-only, and compiling every module again
+        // would add tens of milliseconds to each cold start).
+        let cache = self.dir.join("cache").join(&spec.function);
+        std::fs::create_dir_all(&cache).map_err(|source| ProcessError::Dir {
+            path: cache.clone(),
+            source,
+        })?;
+        if let Some((uid, gid)) = spec.user {
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(&cache, Some(uid), Some(gid))
+                .and_then(|()| std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)))
+                .map_err(|source| ProcessError::Dir {
+                    path: cache.clone(),
+                    source,
+                })?;
+        }
         if let Some((_, gid)) = spec.user {
             // Readable by the function's group only; nobody may write it.
             use std::os::unix::fs::PermissionsExt;
@@ -128,6 +146,7 @@ impl Runtime {
             name: spec.function,
             version: spec.version,
             root,
+            cache,
             instances_dir: self.dir.join("instances"),
             command: spec.command,
             handler: spec.handler,
@@ -145,7 +164,8 @@ impl Runtime {
         })
     }
 
-    /// Removes unpacked versions of `function` other than `keep`.
+    /// Removes unpacked versions of `function` other than `keep` (and its
+    /// cache, if none is kept).
     pub fn forget(&self, function: &str, keep: &[u64]) {
         let dir = self.dir.join("functions").join(function);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -160,6 +180,7 @@ impl Runtime {
         }
         if keep.is_empty() {
             let _ = std::fs::remove_dir(&dir);
+            let _ = std::fs::remove_dir_all(self.dir.join("cache").join(function));
         }
     }
 }
@@ -183,6 +204,7 @@ pub(crate) struct FunctionConfig {
     pub name: String,
     pub version: u64,
     pub root: PathBuf,
+    pub cache: PathBuf,
     pub instances_dir: PathBuf,
     pub command: Vec<String>,
     pub handler: Option<String>,

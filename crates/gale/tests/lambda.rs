@@ -400,10 +400,18 @@ async fn events_reach_process_functions_with_outbox_and_sqs_partial_failures() {
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].event["id"], "j2");
     assert_eq!(dlq[0].event["galeattempts"], 2);
-    let logs = node.logs("worker", 2).await;
-    let handled: Vec<&String> = logs.iter().flat_map(|l| &l.events).collect();
-    assert_eq!(handled.iter().filter(|id| **id == "j1").count(), 1, "{handled:?}");
-    assert_eq!(handled.iter().filter(|id| **id == "j2").count(), 2, "{handled:?}");
+    // Logs are written in the background: wait for the second attempt's.
+    let mut handled = Vec::new();
+    for _ in 0..50 {
+        let logs = node.logs("worker", 2).await;
+        handled = logs.into_iter().flat_map(|l| l.events).collect::<Vec<String>>();
+        if handled.iter().filter(|id| *id == "j2").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(handled.iter().filter(|id| *id == "j1").count(), 1, "{handled:?}");
+    assert_eq!(handled.iter().filter(|id| *id == "j2").count(), 2, "{handled:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
