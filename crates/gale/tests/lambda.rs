@@ -632,3 +632,43 @@ async fn the_invoke_api_runs_the_version_a_qualifier_names() {
         (400, None, Some("InvalidParameterValueException".into()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_function_is_throttled_the_way_lambda_clients_expect() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"busy\"\n{}",
+        python_function(
+            "slow",
+            "app.hang",
+            "timeout = \"2s\"\nmax_instances = 1\nqueue = 0"
+        )
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+    let first = {
+        let (http, url, token) = (
+            node.http.clone(),
+            node.url("/2015-03-31/functions/slow/invocations"),
+            node.token.clone(),
+        );
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = invoke(&node, "slow", json!({}), &[]).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-amzn-errortype"], "TooManyRequestsException");
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        first.await.unwrap(),
+        200,
+        "the running invocation ends with its timeout error"
+    );
+}
