@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe::Receiver;
 use tokio::sync::mpsc;
 
 /// Time a runtime has from its start to its first `/next`.
@@ -41,7 +41,9 @@ pub(crate) struct Instance {
     work: mpsc::Sender<Work>,
     reports: mpsc::UnboundedReceiver<Report>,
     log: Arc<Log>,
-    pipes: [RawFd; 2],
+    /// Its stdout and stderr, read by tasks of their own; held here so
+    /// the fds stay valid for [`Instance::take_log`]'s check.
+    pipes: [Arc<Receiver>; 2],
     server: tokio::task::JoinHandle<()>,
     tmp: PathBuf,
     /// Time from spawn to the first `/next`, until an invocation reports it.
@@ -134,11 +136,14 @@ impl Instance {
         })?;
         let child = spawn::Process::new(spawned.pid).map_err(|e| io("cannot watch the process", e))?;
         let log = Arc::new(Log::default());
-        let pipes = [spawned.stdout.as_raw_fd(), spawned.stderr.as_raw_fd()];
-        for fd in [spawned.stdout, spawned.stderr] {
-            let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map_err(|e| io("cannot read its output", e))?;
-            tokio::spawn(pump(pipe, log.clone()));
+        let receiver = |fd| {
+            Receiver::from_owned_fd(fd)
+                .map(Arc::new)
+                .map_err(|e| io("cannot read its output", e))
+        };
+        let pipes = [receiver(spawned.stdout)?, receiver(spawned.stderr)?];
+        for pipe in &pipes {
+            tokio::spawn(pump(pipe.clone(), log.clone()));
         }
         Ok(Instance {
             child,
@@ -231,7 +236,7 @@ impl Instance {
     /// written just before the answer may still sit in a pipe).
     pub async fn take_log(&self) -> String {
         for _ in 0..50 {
-            if self.pipes.iter().all(|&fd| unread(fd) == 0) {
+            if self.pipes.iter().all(|p| unread(p.as_raw_fd()) == 0) {
                 break;
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -281,12 +286,17 @@ fn unread(fd: RawFd) -> i32 {
     n
 }
 
-async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, log: Arc<Log>) {
+async fn pump(pipe: Arc<Receiver>, log: Arc<Log>) {
     let mut buf = vec![0u8; 8192];
     loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+        if pipe.readable().await.is_err() {
+            return;
+        }
+        match pipe.try_read(&mut buf) {
+            Ok(0) => return,
             Ok(n) => log.append(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
