@@ -198,7 +198,7 @@ impl State {
             self.registry.write(&key, &record, expect).await?;
             for name in &removed {
                 self.registry.forget_function(name).await?;
-                self.processes.forget(name, &[]);
+                self.processes.forget(name);
             }
             self.sync().await?;
             // A deploy is a sign traffic is coming: load the new versions now,
@@ -276,7 +276,7 @@ impl State {
             }
         }
         self.registry.forget_function(function).await?;
-        self.processes.forget(function, &[]);
+        self.processes.forget(function);
         self.sync().await
     }
 }

@@ -27,9 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use api::MAX_RESPONSE;
-pub use instance::{INIT_TIMEOUT, LOG_LIMIT};
-
 /// Everything that can go wrong in the process runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -164,24 +161,10 @@ impl Runtime {
         })
     }
 
-    /// Removes unpacked versions of `function` other than `keep` (and its
-    /// cache, if none is kept).
-    pub fn forget(&self, function: &str, keep: &[u64]) {
-        let dir = self.dir.join("functions").join(function);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let version = name.to_str().and_then(|n| n.parse::<u64>().ok());
-            if version.is_none_or(|v| !keep.contains(&v)) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-        if keep.is_empty() {
-            let _ = std::fs::remove_dir(&dir);
-            let _ = std::fs::remove_dir_all(self.dir.join("cache").join(function));
-        }
+    /// Removes everything kept for `function` (it was removed).
+    pub fn forget(&self, function: &str) {
+        let _ = std::fs::remove_dir_all(self.dir.join("functions").join(function));
+        let _ = std::fs::remove_dir_all(self.dir.join("cache").join(function));
     }
 }
 
