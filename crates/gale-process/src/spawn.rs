@@ -127,16 +127,26 @@ pub(crate) fn spawn(spec: &Spec) -> io::Result<Spawned> {
     // SAFETY: CLONE_VM | CLONE_VFORK suspends this thread until the child
     // has exec'd or exited, so `child` and `stack` outlive its use of them;
     // the child only makes async-signal-safe calls on prepared data.
-    let pid = unsafe {
-        libc::clone(
+    // Every signal stays blocked across the clone, so no handler of the
+    // node runs in the child (on the node's memory) before it has reset
+    // them; the child unblocks once its handlers are the defaults.
+    let (pid, clone_error) = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        let pid = libc::clone(
             run_child,
             top,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&mut child as *mut Child).cast(),
-        )
+        );
+        let error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        (pid, error)
     };
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(clone_error);
     }
     if child.error != 0 {
         // The child exited before exec: reap it.
@@ -166,11 +176,23 @@ extern "C" fn run_child(arg: *mut libc::c_void) -> libc::c_int {
             }
             libc::_exit(127)
         };
-        // Rust ignores SIGPIPE; a runtime's own pipes need the default back.
+        // Handlers the node installed are the node's code: back to the
+        // defaults (as posix_spawn does). Rust ignores SIGPIPE; a runtime's
+        // own pipes need the default back too. Then unblock everything.
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=libc::SIGRTMAX() {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut current) == 0
+                && (current.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+                && current.sa_sigaction != libc::SIG_DFL
+            {
+                libc::sigaction(sig, &default, std::ptr::null_mut());
+            }
+        }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if libc::setpgid(0, 0) != 0
             || libc::dup2(child.stdin, 0) < 0
             || libc::dup2(child.stdout, 1) < 0
