@@ -131,7 +131,7 @@ pub async fn run(state: Arc<State>, sub: Subscriber, mut stop: watch::Receiver<b
         };
         let batch = trigger.batch_size as usize;
         let max = ((1 + slots.available_permits()) * batch).min(1000);
-        let deadline = trigger.ack_timeout.unwrap_or(live.spec.timeout).0;
+        let deadline = attempt_timeout(&live, &trigger);
         let lease = (deadline + LEASE_MARGIN).as_millis() as u64;
         let fetched = tokio::select! {
             r = state.store.fetch(&sub.topic, &sub.subscription, max, lease, POLL) => r,
@@ -305,9 +305,7 @@ async fn deliver_process(
     pool: Arc<gale_process::Pool>,
     chunk: &[(&Event, u32)],
 ) -> (Vec<Result<(), String>>, Vec<(String, gale_store::NewEvent)>) {
-    let timeout = trigger
-        .ack_timeout
-        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+    let timeout = attempt_timeout(live, trigger);
     let Ok(permit) = live.slots.clone().acquire_owned().await else {
         return (
             vec![Err("the function is being replaced".into()); chunk.len()],
@@ -341,9 +339,7 @@ pub(crate) async fn deliver_events(
     events: &[&Event],
 ) -> (Vec<Result<(), String>>, Vec<(String, gale_store::NewEvent)>) {
     let n = events.len();
-    let timeout = trigger
-        .ack_timeout
-        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+    let timeout = attempt_timeout(live, trigger);
     let Ok(permit) = live.slots.clone().acquire_owned().await else {
         return (vec![Err("the function is being replaced".into()); n], Vec::new());
     };
@@ -395,6 +391,14 @@ pub(crate) async fn deliver_events(
         }
     }
     (results, outbox)
+}
+
+/// How long one attempt may run: the trigger's ack timeout, but never
+/// longer than the function's own timeout.
+pub(crate) fn attempt_timeout(live: &Live, trigger: &EventTrigger) -> Duration {
+    trigger
+        .ack_timeout
+        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0))
 }
 
 /// What becomes of an event whose attempt failed.
@@ -485,9 +489,7 @@ pub(crate) async fn send(
     request: http::Request<Bytes>,
     event_id: &str,
 ) -> Result<(http::StatusCode, Bytes, String), String> {
-    let timeout = trigger
-        .ack_timeout
-        .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+    let timeout = attempt_timeout(live, trigger);
     let permit = live
         .slots
         .clone()

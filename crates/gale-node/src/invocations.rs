@@ -205,15 +205,20 @@ pub async fn show(
         .map_err(|e| NodeError::DataDir(format!("invocation record {id}: {e}")).into())
 }
 
-/// The request an invocation event stands for.
-fn request_of(event: &Event) -> http::Request<Bytes> {
-    let ext = |name: &str| event.extension(name).map(|v| v.to_string());
-    let body = match event.data() {
+/// The body an invocation event carries (a process function's payload).
+fn body_of(event: &Event) -> Bytes {
+    match event.data() {
         Some(Data::Binary(b)) => Bytes::from(b.clone()),
         Some(Data::String(s)) => Bytes::from(s.clone()),
         Some(Data::Json(v)) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
         None => Bytes::new(),
-    };
+    }
+}
+
+/// The request an invocation event stands for.
+fn request_of(event: &Event) -> http::Request<Bytes> {
+    let ext = |name: &str| event.extension(name).map(|v| v.to_string());
+    let body = body_of(event);
     let mut builder = http::Request::builder()
         .method(ext("galemethod").as_deref().unwrap_or("POST"))
         .uri(ext("galepath").as_deref().unwrap_or("/"))
@@ -243,10 +248,8 @@ pub async fn attempt(
         Err(e) => (Err(e.to_string()), None, Vec::new()),
         // A process function gets the payload as it was sent.
         Ok((Loaded::Process(pool), _)) => {
-            let payload = request_of(&event).into_body();
-            let timeout = trigger
-                .ack_timeout
-                .map_or(live.spec.timeout.0, |t| t.0.min(live.spec.timeout.0));
+            let payload = body_of(&event);
+            let timeout = dispatch::attempt_timeout(live, trigger);
             match live.slots.clone().acquire_owned().await {
                 Err(_) => (Err("the function is being replaced".into()), None, Vec::new()),
                 Ok(permit) => {
