@@ -131,11 +131,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Builds a guest crate of the repository and returns its component.
+/// Builds a guest crate of the repository (with the rest of its workspace)
+/// and returns its component `name`.
 fn guest(crate_dir: &str, name: &str) -> Result<PathBuf> {
     let dir = root().join(crate_dir);
     let ok = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet", "--workspace"])
         .current_dir(&dir)
         .status()?
         .success();
