@@ -2,7 +2,7 @@
 //! wasm handlers, measured against the embedded engine's raw durable-append
 //! rate in the same run (the ceiling: no HTTP, no dispatch, no wasm).
 
-use crate::{Node, guest};
+use crate::{JSON, Node, RawClient, guest};
 use anyhow::{Context, Result, bail};
 use gale_store::{Embedded, NewEvent, TopicConfig, Topics};
 use std::sync::Arc;
@@ -221,55 +221,53 @@ impl Bench {
         ty: &str,
     ) -> Result<f64> {
         let next = Arc::new(AtomicU32::new(0));
-        let url = format!("{}/_gale/topics/{topic}/events", self.gateway);
+        let path = format!("/_gale/topics/{topic}/events");
+        let addr = self.gateway.trim_start_matches("http://").to_string();
         let started = Instant::now();
-        let tasks: Vec<_> = (0..publishers)
+        // Blocking publishers on threads of their own, each on one kept-alive
+        // connection: a lean client leaves the two cores to the node.
+        let threads: Vec<_> = (0..publishers)
             .map(|_| {
-                let (http, token, url, next, ty) = (
-                    self.http.clone(),
-                    self.token.clone(),
-                    url.clone(),
+                let (auth, path, next, ty) = (
+                    format!("Authorization: Bearer {}\r\n", self.token),
+                    path.clone(),
                     next.clone(),
                     ty.to_string(),
                 );
-                let topic = topic.to_string();
-                tokio::spawn(async move {
+                let (mut client, topic) = (RawClient::connect(&addr), topic.to_string());
+                std::thread::spawn(move || -> Result<()> {
+                    let client = client.as_mut().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                     loop {
                         let first = next.fetch_add(per_request, Relaxed);
                         if first >= events {
-                            return Ok::<_, anyhow::Error>(());
+                            return Ok(());
                         }
                         let last = (first + per_request).min(events);
-                        let request = if per_request == 1 {
-                            http.post(&url)
-                                .header("ce-specversion", "1.0")
-                                .header("ce-id", format!("{topic}-{first}"))
-                                .header("ce-source", "/bench")
-                                .header("ce-type", &ty)
-                                .header("content-type", "application/json")
-                                .body(format!("{{\"order\":{first},\"qty\":1}}"))
+                        if per_request == 1 {
+                            let headers = format!(
+                                "{auth}ce-specversion: 1.0\r\nce-id: {topic}-{first}\r\n\
+                                 ce-source: /bench\r\nce-type: {ty}\r\n{JSON}"
+                            );
+                            client.post(
+                                &path,
+                                &headers,
+                                format!("{{\"order\":{first},\"qty\":1}}").as_bytes(),
+                            )?;
                         } else {
                             let batch: Vec<_> = (first..last)
                                 .map(|i| event_json(&format!("{topic}-{i}"), &ty))
                                 .collect();
-                            http.post(&url)
-                                .header("content-type", "application/cloudevents-batch+json")
-                                .body(serde_json::to_vec(&batch)?)
-                        };
-                        let r = request.bearer_auth(&token).send().await?;
-                        if r.status() != 202 {
-                            bail!(
-                                "publish answered {}: {}",
-                                r.status(),
-                                r.text().await.unwrap_or_default()
-                            );
+                            let headers =
+                                format!("{auth}Content-Type: application/cloudevents-batch+json\r\n");
+                            client.post(&path, &headers, &serde_json::to_vec(&batch)?)?;
                         }
                     }
                 })
             })
             .collect();
-        for t in tasks {
-            t.await??;
+        for t in threads {
+            tokio::task::block_in_place(|| t.join())
+                .map_err(|_| anyhow::anyhow!("a publisher panicked"))??;
         }
         self.wait_handled(topic, subs, events as u64, Duration::from_secs(300))
             .await?;

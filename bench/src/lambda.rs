@@ -9,7 +9,7 @@
 //!   directly under a bare Runtime API served by this benchmark;
 //! - throughput with N = 1, 2, 8 warm instances.
 
-use crate::{Node, root};
+use crate::{JSON, Node, RawClient, root};
 use anyhow::{Context, Result, bail};
 use axum::extract::State;
 use std::path::{Path, PathBuf};
@@ -104,7 +104,7 @@ pub async fn run(iterations: u32, seconds: u32) -> Result<()> {
     let gateway = node.gateway.trim_start_matches("http://").to_string();
     let mut gale_client = RawClient::connect(&gateway)?;
     let mut echo_client = RawClient::connect(&echo_server.addr.to_string())?;
-    let auth = format!("Authorization: Bearer {token}\r\n");
+    let auth = format!("Authorization: Bearer {token}\r\n{JSON}");
     let payload = r#"{"type":"bench","data":{"n":1}}"#;
     let mut bare_api = BareApi::start(&rust, &[rust.join("bootstrap").display().to_string()]).await?;
     let (mut rtt, mut overhead, mut floor, mut bare) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -114,7 +114,11 @@ pub async fn run(iterations: u32, seconds: u32) -> Result<()> {
         for _ in 0..block {
             let started = Instant::now();
             let answer = tokio::task::block_in_place(|| {
-                gale_client.post("/2015-03-31/functions/rust-1/invocations", &auth, payload)
+                gale_client.post(
+                    "/2015-03-31/functions/rust-1/invocations",
+                    &auth,
+                    payload.as_bytes(),
+                )
             })?;
             let us = started.elapsed().as_secs_f64() * 1e6;
             let body: serde_json::Value = serde_json::from_slice(&answer)?;
@@ -128,7 +132,7 @@ pub async fn run(iterations: u32, seconds: u32) -> Result<()> {
         }
         for _ in 0..block {
             let started = Instant::now();
-            tokio::task::block_in_place(|| echo_client.post("/echo", "", payload))?;
+            tokio::task::block_in_place(|| echo_client.post("/echo", JSON, payload.as_bytes()))?;
             if !warmup {
                 floor.push(started.elapsed().as_secs_f64() * 1e6);
             }
@@ -272,57 +276,6 @@ impl EchoServer {
 impl Drop for EchoServer {
     fn drop(&mut self) {
         self.server.abort();
-    }
-}
-
-/// A minimal blocking HTTP/1.1 client on one kept-alive connection: the
-/// warm-overhead figures should be the server's, not a client library's.
-struct RawClient {
-    stream: std::io::BufReader<std::net::TcpStream>,
-    host: String,
-}
-
-impl RawClient {
-    fn connect(addr: &str) -> Result<RawClient> {
-        let stream = std::net::TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        Ok(RawClient {
-            stream: std::io::BufReader::new(stream),
-            host: addr.to_string(),
-        })
-    }
-
-    /// POSTs `body` (`headers`: complete lines) and returns the answer's body.
-    fn post(&mut self, path: &str, headers: &str, body: &str) -> Result<Vec<u8>> {
-        use std::io::{BufRead, Read, Write};
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.stream.get_mut().write_all(request.as_bytes())?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line)?;
-        if !line.starts_with("HTTP/1.1 2") {
-            bail!("POST {path}: {}", line.trim());
-        }
-        let mut length = None;
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line)?;
-            let header = line.trim();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = Some(value.trim().parse::<usize>()?);
-            }
-        }
-        let mut body = vec![0; length.context("the answer has no Content-Length")?];
-        self.stream.read_exact(&mut body)?;
-        Ok(body)
     }
 }
 
