@@ -137,8 +137,12 @@ impl EventThread {
                     }
                     let durable = group.iter().any(|j| j.durable);
                     if durable != full {
-                        let mode = if durable { "FULL" } else { "NORMAL" };
-                        if conn.execute_batch(&format!("PRAGMA synchronous={mode}")).is_ok() {
+                        let mode = if durable {
+                            "PRAGMA synchronous=FULL"
+                        } else {
+                            "PRAGMA synchronous=NORMAL"
+                        };
+                        if run_cached(&conn, mode).is_ok() {
                             full = durable;
                         }
                     }
@@ -209,8 +213,15 @@ impl Drop for EventThread {
     }
 }
 
+/// Runs a statement without parameters from the connection's cache: the
+/// writer's fixed statements run once or more per group, and parsing them
+/// each time showed in its profile.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.raw_execute().map(drop)
+}
+
 fn commit_group(conn: &mut Connection, group: Vec<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         let msg = e.to_string();
         for job in group {
             // Nothing ran: answer every job with the failure to begin.
@@ -220,17 +231,16 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>) {
         return;
     }
     let mut replies = Vec::with_capacity(group.len());
-    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
     for job in group {
-        let _ = exec("SAVEPOINT job");
+        let _ = run_cached(conn, "SAVEPOINT job");
         let (ok, reply) = (job.run)(conn);
         if !ok {
-            let _ = exec("ROLLBACK TO job");
+            let _ = run_cached(conn, "ROLLBACK TO job");
         }
-        let _ = exec("RELEASE job");
+        let _ = run_cached(conn, "RELEASE job");
         replies.push(reply);
     }
-    let error = conn.execute_batch("COMMIT").err().map(|e| {
+    let error = run_cached(conn, "COMMIT").err().map(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         e.to_string()
     });
