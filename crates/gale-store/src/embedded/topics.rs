@@ -439,17 +439,21 @@ pub(super) fn fetch(
         .prepare_cached("SELECT published_at, body FROM events WHERE topic = ?1 AND seq = ?2")
         .map_err(engine_err)?;
 
-    // Retries (and expired leases) that are due.
+    // Retries (and expired leases) that are due. No `LIMIT ?`: SQLite
+    // prepares a statement again whenever a bound LIMIT changes, which cost
+    // the writer a parse per fetch; rows are read in index order and the
+    // reading stops after `max`.
     let due: Vec<(i64, u32, Option<String>)> = c
         .prepare_cached(
             "SELECT seq, attempts, error FROM pending
              WHERE topic = ?1 AND sub = ?2 AND due_at IS NOT NULL AND due_at <= ?3
-             ORDER BY due_at, seq LIMIT ?4",
+             ORDER BY due_at, seq",
         )
         .and_then(|mut s| {
-            s.query_map(params![topic, sub, now as i64, max as i64], |r| {
+            s.query_map(params![topic, sub, now as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
+            .take(max)
             .collect()
         })
         .map_err(engine_err)?;
@@ -489,12 +493,13 @@ pub(super) fn fetch(
         let fresh: Vec<(i64, i64, Option<String>, Vec<u8>)> = c
             .prepare_cached(
                 "SELECT seq, published_at, pkey, body FROM events
-                 WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                 WHERE topic = ?1 AND seq > ?2 ORDER BY seq",
             )
             .and_then(|mut s| {
-                s.query_map(params![topic, delivered, (max - out.len()) as i64], |r| {
+                s.query_map(params![topic, delivered], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
+                .take(max - out.len())
                 .collect()
             })
             .map_err(engine_err)?;
