@@ -215,7 +215,8 @@ impl Drop for EventThread {
 
 /// Runs a statement without parameters from the connection's cache: the
 /// writer's fixed statements run once or more per group, and parsing them
-/// each time showed in its profile.
+/// each time showed in its profile. (A PRAGMA is the exception: SQLite
+/// marks it run-once and prepares it again anyway.)
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.raw_execute().map(drop)
 }
