@@ -226,17 +226,20 @@ impl Bench {
         let started = Instant::now();
         // Blocking publishers on threads of their own, each on one kept-alive
         // connection: a lean client leaves the two cores to the node.
-        let threads: Vec<_> = (0..publishers)
-            .map(|_| {
+        let clients = (0..publishers)
+            .map(|_| RawClient::connect(&addr))
+            .collect::<Result<Vec<_>>>()?;
+        let threads: Vec<_> = clients
+            .into_iter()
+            .map(|mut client| {
                 let (auth, path, next, ty) = (
                     format!("Authorization: Bearer {}\r\n", self.token),
                     path.clone(),
                     next.clone(),
                     ty.to_string(),
                 );
-                let (mut client, topic) = (RawClient::connect(&addr), topic.to_string());
+                let topic = topic.to_string();
                 std::thread::spawn(move || -> Result<()> {
-                    let client = client.as_mut().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                     loop {
                         let first = next.fetch_add(per_request, Relaxed);
                         if first >= events {
