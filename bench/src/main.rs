@@ -65,6 +65,10 @@ enum Scenario {
         /// Seconds of the latency measurement.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Rounds of the ceiling and the unbatched measurement, taken in
+        /// turn; the ratio reported is the median of the rounds' ratios.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// The process runtime: warm invocation overhead of a Rust
     /// `lambda_runtime` echo handler, cold starts (Rust and Python) against
@@ -101,7 +105,8 @@ fn main() -> Result<()> {
             publishers,
             rate,
             seconds,
-        } => rt.block_on(events::run(events, publishers, rate, seconds)),
+            rounds,
+        } => rt.block_on(events::run(events, publishers, rate, seconds, rounds)),
         Scenario::Lambda { iterations, seconds } => rt.block_on(lambda::run(iterations, seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
@@ -232,6 +237,30 @@ impl Node {
     }
 }
 
+/// CPU time (user and system) process `pid` has used, in seconds: on
+/// shared, noisy machines CPU per unit of work varies much less than
+/// throughput does.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    // Fields 14 and 15 of /proc/PID/stat, after the parenthesised name.
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<u64> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some(fields.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -257,12 +286,16 @@ fn wait_http(url: &str) -> Result<()> {
     bail!("{url} never answered")
 }
 
-/// A minimal blocking HTTP/1.1 client on one kept-alive connection, so that
+/// Minimal HTTP/1.1 clients on one kept-alive connection each, so that
 /// figures are the server's, not a client library's (reqwest costs about
 /// 150 µs of CPU a round trip here, as much as some servers under test).
+/// [`RawClient`] blocks; [`AsyncRawClient`] lets one thread drive many
+/// connections, as wrk does, so a load generator sharing the cores with the
+/// server is not woken once per answer.
 pub(crate) struct RawClient {
-    stream: std::io::BufReader<std::net::TcpStream>,
+    stream: std::net::TcpStream,
     host: String,
+    buf: Vec<u8>,
 }
 
 impl RawClient {
@@ -270,49 +303,101 @@ impl RawClient {
         let stream = std::net::TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         Ok(RawClient {
-            stream: std::io::BufReader::new(stream),
+            stream,
             host: addr.to_string(),
+            buf: Vec::new(),
         })
     }
 
     /// POSTs `body` (`headers`: complete lines, with the content type) and
     /// returns the answer's body; an answer other than 2xx is an error.
     pub(crate) fn post(&mut self, path: &str, headers: &str, body: &[u8]) -> Result<Vec<u8>> {
-        use std::io::{BufRead, Read, Write};
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
-        self.stream.get_mut().write_all(&request)?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line)?;
-        if !line.starts_with("HTTP/1.1 2") {
-            bail!("POST {path}: {}", line.trim());
-        }
-        let mut length = None;
+        use std::io::{Read, Write};
+        self.stream.write_all(&request(&self.host, path, headers, body))?;
         loop {
-            line.clear();
-            self.stream.read_line(&mut line)?;
-            let header = line.trim();
-            if header.is_empty() {
-                break;
+            if let Some(answer) = take_answer(&mut self.buf, path)? {
+                return Ok(answer);
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = Some(value.trim().parse::<usize>()?);
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk)? {
+                0 => bail!("POST {path}: the server closed the connection"),
+                n => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
-        let mut body = vec![0; length.context("the answer has no Content-Length")?];
-        self.stream.read_exact(&mut body)?;
-        Ok(body)
     }
 }
 
-/// The header line of a JSON body, for [`RawClient::post`].
+pub(crate) struct AsyncRawClient {
+    stream: tokio::net::TcpStream,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl AsyncRawClient {
+    pub(crate) async fn connect(addr: &str) -> Result<AsyncRawClient> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(AsyncRawClient {
+            stream,
+            host: addr.to_string(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// As [`RawClient::post`].
+    pub(crate) async fn post(&mut self, path: &str, headers: &str, body: &[u8]) -> Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .write_all(&request(&self.host, path, headers, body))
+            .await?;
+        loop {
+            if let Some(answer) = take_answer(&mut self.buf, path)? {
+                return Ok(answer);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("POST {path}: the server closed the connection");
+            }
+        }
+    }
+}
+
+fn request(host: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Removes a whole answer from the front of `buf` and returns its body, or
+/// None if more bytes are needed. An answer other than 2xx is an error.
+fn take_answer(buf: &mut Vec<u8>, path: &str) -> Result<Option<Vec<u8>>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut answer = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = answer.parse(buf)? else {
+        return Ok(None);
+    };
+    let code = answer.code.unwrap_or(0);
+    if !(200..300).contains(&code) {
+        bail!("POST {path}: {code} {}", answer.reason.unwrap_or_default());
+    }
+    let length: usize = answer
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .context("the answer has no Content-Length")
+        .and_then(|h| Ok(std::str::from_utf8(h.value)?.trim().parse()?))?;
+    if buf.len() < head + length {
+        return Ok(None);
+    }
+    let body = buf[head..head + length].to_vec();
+    buf.drain(..head + length);
+    Ok(Some(body))
+}
+
+/// The header line of a JSON body, for [`RawClient::post`] and [`AsyncRawClient::post`].
 pub(crate) const JSON: &str = "Content-Type: application/json\r\n";
 
 struct WrkResult {
@@ -372,7 +457,7 @@ fn wrk(url: &str, seconds: u32, connections: u32) -> Result<WrkResult> {
     Ok(r)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
