@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 mod events;
 mod lambda;
 
+// The allocator the gale binary uses, so that references measured in this
+// process (the raw durable append, the axum server) run on equal terms.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Gale whole-system benchmarks")]
 struct Cli {
