@@ -63,14 +63,19 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
                 async move {
                     let path = req.uri().path();
                     Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
-                        own_endpoint(gale, req).await
+                        match crate::events::publish_topic(path)
+                            .filter(|_| req.method() == http::Method::POST)
+                        {
+                            Some(topic) => {
+                                let id = request_id();
+                                let response = crate::events::publish_on_gateway(&state, &topic, req).await;
+                                with_request_id(from_axum(response).await, &id)
+                            }
+                            None => own_endpoint(gale, req).await,
+                        }
                     } else if path.starts_with("/2015-03-31/") {
                         let id = request_id();
-                        let mut r = crate::lambda::invoke_api(state, req, &id).await;
-                        if let Ok(v) = HeaderValue::from_str(&id) {
-                            r.headers_mut().insert(REQUEST_ID, v);
-                        }
-                        r
+                        with_request_id(crate::lambda::invoke_api(state, req, &id).await, &id)
                     } else {
                         handle(state, req).await
                     })
@@ -101,8 +106,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
-/// Gale's own endpoints under `/_gale/`, answered by an axum router. Their
-/// answers are small JSON documents, read whole here.
+/// Gale's own endpoints under `/_gale/`, answered by an axum router.
 async fn own_endpoint(router: axum::Router, req: Request<Incoming>) -> Response<Body> {
     use tower::ServiceExt;
     let id = request_id();
@@ -110,8 +114,13 @@ async fn own_endpoint(router: axum::Router, req: Request<Incoming>) -> Response<
         Ok(r) => r,
         Err(never) => match never {},
     };
+    with_request_id(from_axum(response).await, &id)
+}
+
+/// An answer of Gale's own (small JSON documents), read whole.
+async fn from_axum(response: axum::response::Response) -> Response<Body> {
     let (parts, body) = response.into_parts();
-    let mut response = match body.collect().await {
+    match body.collect().await {
         Ok(body) => Response::from_parts(
             parts,
             Full::new(body.to_bytes())
@@ -119,8 +128,11 @@ async fn own_endpoint(router: axum::Router, req: Request<Incoming>) -> Response<
                 .boxed_unsync(),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    }
+}
+
+fn with_request_id(mut response: Response<Body>, id: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     response
@@ -134,7 +146,7 @@ pub(crate) fn request_id() -> String {
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let id = request_id();
     let routes = state.routes();
-    let mut response = match routes.lookup(req.method(), req.uri().path()) {
+    let response = match routes.lookup(req.method(), req.uri().path()) {
         Lookup::Found {
             live,
             pattern,
@@ -181,10 +193,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             r
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
-    response
+    with_request_id(response, &id)
 }
 
 /// Runs one request through `live`: admission, then [`run`]. Shared by the
