@@ -13,13 +13,13 @@ use gale_core::api::{
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 // A node allocates and frees per request and per event on every core;
 // glibc's malloc took about a tenth of its CPU under load (measured: see
 // docs/ARCHITECTURE.md), mimalloc's thread-local heaps much less.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(

@@ -104,6 +104,16 @@ const LINGER: Duration = Duration::from_micros(150);
 const SMALL_GROUP: usize = 8;
 const BUSY_GAP: Duration = Duration::from_millis(1);
 
+/// Adds the jobs already queued to `group`, up to [`GROUP_MAX`].
+fn take_waiting(rx: &std::sync::mpsc::Receiver<Job>, group: &mut Vec<Job>) {
+    while group.len() < GROUP_MAX {
+        match rx.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
 fn should_linger(group: &[Job], last_commit: Instant) -> bool {
     group.len() < SMALL_GROUP && last_commit.elapsed() < BUSY_GAP && group.iter().any(|j| j.durable)
 }
@@ -145,21 +155,12 @@ impl EventThread {
                 let mut last_commit = Instant::now();
                 while let Ok(first) = rx.recv() {
                     let mut group = vec![first];
-                    let mut lingered = false;
-                    loop {
-                        while group.len() < GROUP_MAX {
-                            match rx.try_recv() {
-                                Ok(job) => group.push(job),
-                                Err(_) => break,
-                            }
-                        }
-                        if lingered || !should_linger(&group, last_commit) {
-                            break;
-                        }
-                        lingered = true;
-                        if let Ok(job) = rx.recv_timeout(LINGER) {
-                            group.push(job);
-                        }
+                    take_waiting(&rx, &mut group);
+                    if should_linger(&group, last_commit)
+                        && let Ok(job) = rx.recv_timeout(LINGER)
+                    {
+                        group.push(job);
+                        take_waiting(&rx, &mut group);
                     }
                     let durable = group.iter().any(|j| j.durable);
                     if durable != full {
