@@ -218,7 +218,7 @@ async fn handle(
     let mut todo: Vec<(Delivery, Event)> = Vec::with_capacity(chunk.len());
     for delivery in chunk {
         let seq = delivery.event.seq;
-        match serde_json::from_slice::<Event>(&delivery.event.body) {
+        match events::decode(&delivery.event.body) {
             Ok(event) if !trigger.accepts(&|name| attribute(&event, name)) => {
                 settles.push(Settle::Ack { seq, outbox: vec![] });
             }
@@ -582,7 +582,7 @@ pub async fn replay(
                 break 'pages;
             }
             report.last_seq = stored.seq;
-            let Ok(event) = serde_json::from_slice::<Event>(&stored.body) else {
+            let Ok(event) = events::decode(&stored.body) else {
                 continue;
             };
             if !trigger.accepts(&|name| attribute(&event, name)) {

@@ -26,6 +26,8 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use serde::Serialize;
 use std::sync::Arc;
 
+mod simple;
+
 /// Largest single event accepted (its JSON form).
 pub const MAX_EVENT: usize = 1 << 20;
 /// Largest publish request (a batch) accepted.
@@ -88,25 +90,72 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, Error> {
 
 /// The events of a publish request in their stored form, each within the
 /// size limit (checked on what is stored, encoded once).
+///
+/// Structured and batch events of the common shape are stored as they were
+/// sent, read once and not encoded again ([`simple`]); the rest go
+/// through the SDK and are stored in its JSON form.
 pub fn parse_for_store(headers: &HeaderMap, body: &[u8]) -> Result<Vec<NewEvent>, Error> {
-    let events = parse(headers, body)?;
-    let mut stored = Vec::with_capacity(events.len());
-    for e in &events {
-        let new = encode(e);
-        if new.body.len() > MAX_EVENT {
-            return Err(Error::new(
-                Code::EventTooLarge,
-                format!(
-                    "event {} is {} bytes; the limit is {MAX_EVENT}",
-                    e.id(),
-                    new.body.len()
-                ),
-            )
-            .with_hint("keep events small: store large payloads elsewhere and send a reference"));
-        }
-        stored.push(new);
+    let stored = match simple_for_store(headers, body) {
+        Some(stored) => stored,
+        None => parse(headers, body)?.iter().map(encode).collect(),
+    };
+    if let Some(big) = stored.iter().find(|e| e.body.len() > MAX_EVENT) {
+        return Err(Error::new(
+            Code::EventTooLarge,
+            format!(
+                "event {} is {} bytes; the limit is {MAX_EVENT}",
+                big.id,
+                big.body.len()
+            ),
+        )
+        .with_hint("keep events small: store large payloads elsewhere and send a reference"));
     }
     Ok(stored)
+}
+
+/// The events of a request whose every event has the simple shape:
+/// structured and batch events as sent, a binary-mode event encoded once;
+/// `None` if any has not.
+fn simple_for_store(headers: &HeaderMap, body: &[u8]) -> Option<Vec<NewEvent>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let as_sent = |json: &[u8]| {
+        let e = simple::Simple::read(json)?;
+        Some(NewEvent {
+            partition_key: e.extension("partitionkey").map(str::to_string),
+            id: e.id.into_owned(),
+            source: e.source.into_owned(),
+            body: json.to_vec(),
+        })
+    };
+    if content_type.starts_with(BATCH) {
+        let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
+        if events.is_empty() {
+            return None;
+        }
+        events.iter().map(|e| as_sent(e.get().as_bytes())).collect()
+    } else if content_type.starts_with(STRUCTURED) {
+        Some(vec![as_sent(body)?])
+    } else {
+        let e = simple::Simple::from_headers(headers, body)?;
+        Some(vec![NewEvent {
+            partition_key: e.extension("partitionkey").map(str::to_string),
+            body: e.to_json()?,
+            id: e.id.into_owned(),
+            source: e.source.into_owned(),
+        }])
+    }
+}
+
+/// A stored event (or any CloudEvent in JSON), as the SDK's type.
+pub fn decode(json: &[u8]) -> serde_json::Result<Event> {
+    match simple::Simple::read(json).and_then(simple::Simple::into_event) {
+        Some(event) => Ok(event),
+        None => serde_json::from_slice(json),
+    }
 }
 
 /// Binary mode: attributes from `ce-*` headers (percent-decoded, as the
@@ -433,7 +482,7 @@ impl State {
             after = last.seq;
             let mut moves = Vec::new();
             for stored in page {
-                let Ok(mut event) = serde_json::from_slice::<Event>(&stored.body) else {
+                let Ok(mut event) = decode(&stored.body) else {
                     kept += 1;
                     continue;
                 };

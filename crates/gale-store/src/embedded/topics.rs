@@ -352,14 +352,19 @@ pub(super) fn publish(
         .and_then(|mut s| s.query_row([topic], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(engine_err)?
         .ok_or_else(|| StoreError::UnknownTopic(topic.to_string()))?;
-    let mut seen = c
-        .prepare_cached("SELECT seq, at FROM dedup WHERE topic = ?1 AND source = ?2 AND id = ?3")
-        .map_err(engine_err)?;
-    let mut remember = c
+    // One statement claims the id: it inserts the pair, or takes it over
+    // if it was seen before the window, and answers only if it did. The
+    // earlier event's sequence number is read only for a duplicate.
+    let mut claim = c
         .prepare_cached(
             "INSERT INTO dedup (topic, source, id, at, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(topic, source, id) DO UPDATE SET at = excluded.at, seq = excluded.seq",
+             ON CONFLICT(topic, source, id) DO UPDATE SET at = excluded.at, seq = excluded.seq
+             WHERE dedup.at <= ?6
+             RETURNING 1",
         )
+        .map_err(engine_err)?;
+    let mut earlier = c
+        .prepare_cached("SELECT seq FROM dedup WHERE topic = ?1 AND source = ?2 AND id = ?3")
         .map_err(engine_err)?;
     let mut insert = c
         .prepare_cached(
@@ -370,32 +375,26 @@ pub(super) fn publish(
     let mut out = Vec::with_capacity(events.len());
     let cutoff = (now as i64).saturating_sub(window);
     for e in events {
-        let earlier: Option<(i64, i64)> = if dedup {
-            seen.query_row(params![topic, e.source, e.id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(engine_err)?
-        } else {
-            None
-        };
-        if let Some((seq, at)) = earlier
-            && at > cutoff
-        {
-            out.push(Published {
-                seq: seq as u64,
-                duplicate: true,
-            });
-            continue;
-        }
         let seq = next;
+        if dedup {
+            let claimed = claim
+                .exists(params![topic, e.source, e.id, now as i64, seq, cutoff])
+                .map_err(engine_err)?;
+            if !claimed {
+                let seq: i64 = earlier
+                    .query_row(params![topic, e.source, e.id], |r| r.get(0))
+                    .map_err(engine_err)?;
+                out.push(Published {
+                    seq: seq as u64,
+                    duplicate: true,
+                });
+                continue;
+            }
+        }
         next += 1;
         insert
             .execute(params![topic, seq, now as i64, e.partition_key, e.body])
             .map_err(engine_err)?;
-        if dedup {
-            remember
-                .execute(params![topic, e.source, e.id, now as i64, seq])
-                .map_err(engine_err)?;
-        }
         added += 1;
         bytes += e.body.len() as i64;
         out.push(Published {
