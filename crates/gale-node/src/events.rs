@@ -198,17 +198,6 @@ fn binary(headers: &HeaderMap, content_type: &str, body: &[u8]) -> Result<Event,
     }
     let mut event: Event = serde_json::from_value(attributes.into()).map_err(|e| invalid(e.to_string()))?;
     if !body.is_empty() {
-        let data = if is_json(content_type) {
-            Data::Json(
-                serde_json::from_slice(body)
-                    .map_err(|e| invalid(format!("Content-Type says JSON but the body is not: {e}")))?,
-            )
-        } else {
-            match std::str::from_utf8(body) {
-                Ok(text) if content_type.starts_with("text/") => Data::String(text.to_string()),
-                _ => Data::Binary(body.to_vec()),
-            }
-        };
         let ct = (!content_type.is_empty()).then(|| {
             headers
                 .get(header::CONTENT_TYPE)
@@ -216,6 +205,23 @@ fn binary(headers: &HeaderMap, content_type: &str, body: &[u8]) -> Result<Event,
                 .unwrap_or_default()
                 .to_string()
         });
+        let data = if is_json(content_type) {
+            let json: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| invalid(format!("Content-Type says JSON but the body is not: {e}")))?;
+            // The content type is kept as sent; where the SDK would not
+            // read it as JSON (`Application/JSON`, `...+json; charset=...`),
+            // the data is stored as its text, or it could not be read back.
+            if simple::sdk_reads_json(ct.as_deref().unwrap_or_default()) {
+                Data::Json(json)
+            } else {
+                Data::String(String::from_utf8_lossy(body).into_owned())
+            }
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) if content_type.starts_with("text/") => Data::String(text.to_string()),
+                _ => Data::Binary(body.to_vec()),
+            }
+        };
         event.set_data_unchecked(data);
         if let Some(ct) = ct {
             event.set_datacontenttype(Some(ct));
@@ -287,10 +293,15 @@ pub fn from_guest(g: gale_wasm::events::GuestEvent) -> Result<Event, String> {
         let data = if is_json(&ct)
             || (ct.is_empty() && serde_json::from_slice::<serde_json::Value>(&g.data).is_ok())
         {
-            Data::Json(
-                serde_json::from_slice(&g.data)
-                    .map_err(|e| format!("its data is not the JSON its content type says: {e}"))?,
-            )
+            let json = serde_json::from_slice(&g.data)
+                .map_err(|e| format!("its data is not the JSON its content type says: {e}"))?;
+            // As in binary mode: a content type the SDK would not read back
+            // as JSON keeps the data as its text.
+            if g.datacontenttype.as_deref().is_none_or(simple::sdk_reads_json) {
+                Data::Json(json)
+            } else {
+                Data::String(String::from_utf8_lossy(&g.data).into_owned())
+            }
         } else {
             match String::from_utf8(g.data) {
                 Ok(text) if ct.starts_with("text/") => Data::String(text),
@@ -618,6 +629,36 @@ mod tests {
         assert_eq!(r.headers()["ce-subject"], "caf%C3%A9");
         assert_eq!(r.headers()["content-type"], "application/json");
         assert_eq!(r.body(), &Bytes::from(r#"{"sku":"apple"}"#));
+    }
+
+    #[test]
+    fn every_stored_binary_event_reads_back_with_its_data() {
+        // JSON by Gale's reading of the content type, though not by the
+        // SDK's (which is case-sensitive and ignores parameters after
+        // `+json`): the data must still come back as it was sent.
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            "application/vnd.shop+json; charset=utf-8",
+            "text/plain",
+            "application/octet-stream",
+        ] {
+            let h = headers(&[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+                ("content-type", ct),
+            ]);
+            let stored = parse_for_store(&h, br#"{"n":1}"#).unwrap();
+            let event = decode(&stored[0].body).unwrap_or_else(|e| panic!("{ct}: unreadable: {e}"));
+            assert_eq!(event.datacontenttype(), Some(ct));
+            assert_eq!(to_guest(&event).data, br#"{"n":1}"#, "{ct}");
+            // And the same event published by a handler.
+            let published = from_guest(to_guest(&event)).unwrap();
+            let event = decode(&encode(&published).body).unwrap_or_else(|e| panic!("{ct}: unreadable: {e}"));
+            assert_eq!(to_guest(&event).data, br#"{"n":1}"#, "{ct}");
+        }
     }
 
     #[test]

@@ -136,11 +136,10 @@ impl<'a> Simple<'a> {
             .map(|(_, v)| v.as_ref())
     }
 
-    /// The SDK's rule for whether `data` is JSON: the content type, which
+    /// Whether the SDK reads `data` as JSON: by the content type, which
     /// defaults to JSON.
     fn data_is_json(&self) -> bool {
-        let ct = self.datacontenttype.as_deref().unwrap_or("application/json");
-        ct.starts_with("application/json") || ct.starts_with("text/json") || ct.ends_with("+json")
+        sdk_reads_json(self.datacontenttype.as_deref().unwrap_or("application/json"))
     }
 
     /// Data that is not JSON by its content type must be a JSON string,
@@ -176,6 +175,15 @@ impl<'a> Simple<'a> {
         cloudevents::AttributesWriter::set_datacontenttype(&mut event, self.datacontenttype);
         Some(event)
     }
+}
+
+/// The SDK's rule for a stored event's `data`: JSON if the content type
+/// is, taken as it is (case-sensitive, parameters after `+json` not
+/// allowed); otherwise a string.
+pub(super) fn sdk_reads_json(content_type: &str) -> bool {
+    content_type.starts_with("application/json")
+        || content_type.starts_with("text/json")
+        || content_type.ends_with("+json")
 }
 
 /// A string borrowed from the input where it has no escapes.
