@@ -27,6 +27,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 mod simple;
+use simple::Simple;
 
 /// Largest single event accepted (its JSON form).
 pub const MAX_EVENT: usize = 1 << 20;
@@ -91,9 +92,10 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, Error> {
 /// The events of a publish request in their stored form, each within the
 /// size limit (checked on what is stored, encoded once).
 ///
-/// Structured and batch events of the common shape are stored as they were
-/// sent, read once and not encoded again ([`simple`]); the rest go
-/// through the SDK and are stored in its JSON form.
+/// Events of the common shape take a one-pass path ([`simple`]):
+/// structured and batch ones are stored as they were sent, binary ones
+/// encoded once. The rest go through the SDK and are stored in its JSON
+/// form.
 pub fn parse_for_store(headers: &HeaderMap, body: &[u8]) -> Result<Vec<NewEvent>, Error> {
     let stored = match simple_for_store(headers, body) {
         Some(stored) => stored,
@@ -123,7 +125,7 @@ fn simple_for_store(headers: &HeaderMap, body: &[u8]) -> Option<Vec<NewEvent>> {
         .unwrap_or("")
         .to_ascii_lowercase();
     let as_sent = |json: &[u8]| {
-        let e = simple::Simple::read(json)?;
+        let e = Simple::read(json)?;
         Some(NewEvent {
             partition_key: e.extension("partitionkey").map(str::to_string),
             id: e.id.into_owned(),
@@ -140,7 +142,7 @@ fn simple_for_store(headers: &HeaderMap, body: &[u8]) -> Option<Vec<NewEvent>> {
     } else if content_type.starts_with(STRUCTURED) {
         Some(vec![as_sent(body)?])
     } else {
-        let e = simple::Simple::from_headers(headers, body)?;
+        let e = Simple::from_headers(headers, body)?;
         Some(vec![NewEvent {
             partition_key: e.extension("partitionkey").map(str::to_string),
             body: e.to_json()?,
@@ -152,7 +154,7 @@ fn simple_for_store(headers: &HeaderMap, body: &[u8]) -> Option<Vec<NewEvent>> {
 
 /// A stored event (or any CloudEvent in JSON), as the SDK's type.
 pub fn decode(json: &[u8]) -> serde_json::Result<Event> {
-    match simple::Simple::read(json).and_then(simple::Simple::into_event) {
+    match Simple::read(json).and_then(Simple::into_event) {
         Some(event) => Ok(event),
         None => serde_json::from_slice(json),
     }
