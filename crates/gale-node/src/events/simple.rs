@@ -22,6 +22,10 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
+/// Extensions a simple event has at most: duplicates are found by a linear
+/// scan, which must stay short; an event with more goes to the SDK.
+const MAX_EXTENSIONS: usize = 32;
+
 /// A CloudEvent 1.0 of the simple shape, borrowed from its JSON text.
 #[derive(Debug, Default)]
 pub(crate) struct Simple<'a> {
@@ -70,7 +74,9 @@ impl<'a> Simple<'a> {
                     continue;
                 }
                 "specversion" | "subject" | "time" | "dataschema" | "data" | "data_base64" => return None,
-                _ if event.extension(attr).is_some() => return None,
+                _ if event.extensions.len() == MAX_EXTENSIONS || event.extension(attr).is_some() => {
+                    return None;
+                }
                 _ => {
                     event.extensions.push((Cow::Borrowed(attr), text));
                     continue;
@@ -280,7 +286,9 @@ impl<'de> Visitor<'de> for SimpleVisitor {
                     return Err(decline());
                 }
                 _ => {
-                    if event.extensions.iter().any(|(k, _)| *k == key) {
+                    if event.extensions.len() == MAX_EXTENSIONS
+                        || event.extensions.iter().any(|(k, _)| *k == key)
+                    {
                         return Err(decline());
                     }
                     let value = map.next_value::<Text<'de>>()?.0;
@@ -395,6 +403,11 @@ mod tests {
 
     #[test]
     fn leaves_everything_else_to_the_sdk() {
+        let many: Vec<String> = (0..=MAX_EXTENSIONS).map(|i| format!(r#""x{i}":"v""#)).collect();
+        let many_extensions = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t",{}}}"#,
+            many.join(",")
+        );
         for json in [
             // Other versions, and attributes the SDK parses into types.
             r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
@@ -411,6 +424,7 @@ mod tests {
             // Data that is not JSON by its content type must be a string.
             r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":{"a":1}}"#,
             r#"{"specversion":"1.0","id":"","source":"","type":""}"#,
+            &many_extensions,
             // Invalid: missing attributes, wrong types, not JSON, trailing text.
             r#"{"specversion":"1.0","source":"/s","type":"t"}"#,
             r#"{"id":"1","source":"/s","type":"t"}"#,
