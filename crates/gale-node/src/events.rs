@@ -124,15 +124,7 @@ fn simple_for_store(headers: &HeaderMap, body: &[u8]) -> Option<Vec<NewEvent>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let as_sent = |json: &[u8]| {
-        let e = Simple::read(json)?;
-        Some(NewEvent {
-            partition_key: e.extension("partitionkey").map(str::to_string),
-            id: e.id.into_owned(),
-            source: e.source.into_owned(),
-            body: json.to_vec(),
-        })
-    };
+    let as_sent = |json: &[u8]| Some(Simple::read(json)?.stored(json.to_vec()));
     if content_type.starts_with(BATCH) {
         let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
         if events.is_empty() {
@@ -143,12 +135,8 @@ fn simple_for_store(headers: &HeaderMap, body: &[u8]) -> Option<Vec<NewEvent>> {
         Some(vec![as_sent(body)?])
     } else {
         let e = Simple::from_headers(headers, body)?;
-        Some(vec![NewEvent {
-            partition_key: e.extension("partitionkey").map(str::to_string),
-            body: e.to_json()?,
-            id: e.id.into_owned(),
-            source: e.source.into_owned(),
-        }])
+        let json = e.to_json()?;
+        Some(vec![e.stored(json)])
     }
 }
 
@@ -208,16 +196,8 @@ fn binary(headers: &HeaderMap, content_type: &str, body: &[u8]) -> Result<Event,
                 .to_string()
         });
         let data = if is_json(content_type) {
-            let json: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|e| invalid(format!("Content-Type says JSON but the body is not: {e}")))?;
-            // The content type is kept as sent; where the SDK would not
-            // read it as JSON (`Application/JSON`, `...+json; charset=...`),
-            // the data is stored as its text, or it could not be read back.
-            if simple::sdk_reads_json(ct.as_deref().unwrap_or_default()) {
-                Data::Json(json)
-            } else {
-                Data::String(String::from_utf8_lossy(body).into_owned())
-            }
+            json_data(body, ct.as_deref())
+                .map_err(|e| invalid(format!("Content-Type says JSON but the body is not: {e}")))?
         } else {
             match std::str::from_utf8(body) {
                 Ok(text) if content_type.starts_with("text/") => Data::String(text.to_string()),
@@ -230,6 +210,21 @@ fn binary(headers: &HeaderMap, content_type: &str, body: &[u8]) -> Result<Event,
         }
     }
     Ok(event)
+}
+
+/// JSON data (`bytes`, checked to be JSON) as it is stored under
+/// `content_type`, which is kept as sent: a JSON value where the SDK reads
+/// that content type back as JSON, otherwise the text itself
+/// (`Application/JSON`, `...+json; charset=...`), which the SDK reads back
+/// as a string of the same bytes. As a JSON value there, the stored event
+/// could not be read back at all.
+fn json_data(bytes: &[u8], content_type: Option<&str>) -> serde_json::Result<Data> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)?;
+    Ok(if content_type.is_none_or(simple::sdk_reads_json) {
+        Data::Json(json)
+    } else {
+        Data::String(String::from_utf8_lossy(bytes).into_owned())
+    })
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -295,15 +290,8 @@ pub fn from_guest(g: gale_wasm::events::GuestEvent) -> Result<Event, String> {
         let data = if is_json(&ct)
             || (ct.is_empty() && serde_json::from_slice::<serde_json::Value>(&g.data).is_ok())
         {
-            let json = serde_json::from_slice(&g.data)
-                .map_err(|e| format!("its data is not the JSON its content type says: {e}"))?;
-            // As in binary mode: a content type the SDK would not read back
-            // as JSON keeps the data as its text.
-            if g.datacontenttype.as_deref().is_none_or(simple::sdk_reads_json) {
-                Data::Json(json)
-            } else {
-                Data::String(String::from_utf8_lossy(&g.data).into_owned())
-            }
+            json_data(&g.data, g.datacontenttype.as_deref())
+                .map_err(|e| format!("its data is not the JSON its content type says: {e}"))?
         } else {
             match String::from_utf8(g.data) {
                 Ok(text) if ct.starts_with("text/") => Data::String(text),

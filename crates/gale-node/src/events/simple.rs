@@ -134,6 +134,16 @@ impl<'a> Simple<'a> {
         Some(out)
     }
 
+    /// The event to store, with `body` its JSON form.
+    pub fn stored(self, body: Vec<u8>) -> gale_store::NewEvent {
+        gale_store::NewEvent {
+            partition_key: self.extension("partitionkey").map(str::to_string),
+            id: self.id.into_owned(),
+            source: self.source.into_owned(),
+            body,
+        }
+    }
+
     /// The value of an extension attribute.
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions
