@@ -35,7 +35,15 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32, rounds: 
 
     let node = Node::start_with(&["--log-keep", "1000000"])?;
     let mut manifest = String::from("[app]\nname = \"bench\"\n");
-    for t in ["unbatched", "unbatched-http", "batched", "one", "fan", "latency"] {
+    for t in [
+        "unbatched",
+        "unbatched-warm",
+        "unbatched-http",
+        "batched",
+        "one",
+        "fan",
+        "latency",
+    ] {
         manifest.push_str(&format!("[topics.{t}]\n"));
     }
     let function = |name: &str, wasm: &std::path::Path, trigger: &str| {
@@ -49,6 +57,12 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32, rounds: 
         "unbatched",
         &handler,
         &format!("topic = \"unbatched\"\n{wide}"),
+    ));
+    // The same handler with warm instances: what `instance_reuse` buys.
+    manifest.push_str(&format!(
+        "[functions.unbatched-warm]\nsource = \"{}\"\ninstance_reuse = 128\n\
+         [[functions.unbatched-warm.events]]\ntopic = \"unbatched-warm\"\n{wide}\n",
+        handler.display()
     ));
     manifest.push_str(&function(
         "unbatched-http",
@@ -102,6 +116,16 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32, rounds: 
         ratios.push(e2e / ceiling);
     }
     let (ceiling, unbatched, ratio) = (median(ceilings), median(unbatched), median(ratios));
+    let unbatched_warm = bench
+        .throughput(
+            "unbatched-warm",
+            &["unbatched-warm"],
+            0..events / 2,
+            publishers,
+            1,
+            "noop",
+        )
+        .await?;
     let unbatched_http = bench
         .throughput(
             "unbatched-http",
@@ -129,7 +153,7 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32, rounds: 
         .await?;
     let (p50, p99) = bench.latency(rate, seconds).await?;
 
-    println!("\nevents: publish over HTTP → wasm handler (a fresh instance per invocation)");
+    println!("\nevents: publish over HTTP → wasm handler (a fresh instance per invocation unless named)");
     println!(
         "raw durable append (embedded engine, {publishers} appenders, no HTTP) {:>9.0} events/s  (ceiling; median of {rounds})",
         ceiling
@@ -138,6 +162,11 @@ pub async fn run(events: u32, publishers: u32, rate: u32, seconds: u32, rounds: 
         "end to end, unbatched ({publishers} publishers, 1 event/request)       {:>9.0} events/s  = {:.0} % of the ceiling (median of the rounds' ratios; goals ≥ 10,000/s, ≥ 50 %)",
         unbatched,
         ratio * 100.0
+    );
+    println!(
+        "  the same with instance_reuse = 128 (warm instances)             {:>9.0} events/s  = {:.0} % of the ceiling",
+        unbatched_warm,
+        unbatched_warm / ceiling * 100.0
     );
     println!(
         "  the same into a wasi:http component (events as requests)       {:>9.0} events/s  = {:.0} % of the ceiling",

@@ -28,10 +28,10 @@ mod bindings {
     });
 }
 
-pub use bindings::EventHandlerPre;
 use bindings::gale::events::{publisher, types};
 use bindings::wasi::keyvalue::{atomics, store};
 use bindings::wasi::logging::logging;
+pub use bindings::{EventHandler, EventHandlerPre};
 
 /// An event as a handler receives or publishes it.
 pub type GuestEvent = types::Event;
@@ -255,7 +255,8 @@ pub struct Handled {
     pub outbox: Vec<(String, GuestEvent)>,
 }
 
-/// Runs `events` through a fresh instance of an event handler: `handle` for
+/// Runs `events` through an instance of an event handler (a fresh one, or
+/// one kept warm when the function allows `instance_reuse`): `handle` for
 /// one event, `handle-batch` for more. `done` gets the invocation's end.
 pub async fn handle(
     prepared: Arc<Prepared>,
@@ -269,7 +270,16 @@ pub async fn handle(
             outbox: Vec::new(),
         };
     };
-    let (mut store, stdout, stderr) = prepared.new_store();
+    let (mut store, warm, uses, stdout, stderr) = match prepared.take_idle() {
+        Some((store, crate::Warm::Events(instance), uses)) => {
+            let (stdout, stderr) = store.data().logs();
+            (store, Some(instance), uses, stdout, stderr)
+        }
+        _ => {
+            let (store, stdout, stderr) = prepared.new_store();
+            (store, None, 0, stdout, stderr)
+        }
+    };
     let mut finish = Finish {
         done: Some(Box::new(done)),
         started: Instant::now(),
@@ -279,20 +289,33 @@ pub async fn handle(
     };
     let n = events.len();
     let run = async {
-        let instance = pre.instantiate_async(&mut store).await?;
+        let instance = match warm {
+            Some(instance) => instance,
+            None => pre.instantiate_async(&mut store).await?,
+        };
         let handler = instance.gale_events_handler();
-        if n == 1 {
-            Ok(vec![handler.call_handle(&mut store, &events[0]).await?])
+        let results = if n == 1 {
+            vec![handler.call_handle(&mut store, &events[0]).await?]
         } else {
-            handler.call_handle_batch(&mut store, &events).await
-        }
+            handler.call_handle_batch(&mut store, &events).await?
+        };
+        wasmtime::Result::Ok((instance, results))
     };
+    let mut kept = None;
     let results = match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(results)) if results.len() == n => Ok(results),
-        Ok(Ok(results)) => Err(Failure::Guest(format!(
-            "handle-batch returned {} results for {n} events",
-            results.len()
-        ))),
+        // An instance whose call returned (whatever the handler answered)
+        // may serve again; one that trapped or ran out of time may not.
+        Ok(Ok((instance, results))) => {
+            kept = Some(instance);
+            if results.len() == n {
+                Ok(results)
+            } else {
+                Err(Failure::Guest(format!(
+                    "handle-batch returned {} results for {n} events",
+                    results.len()
+                )))
+            }
+        }
         Ok(Err(e)) if format!("{e:#}").contains("maximum concurrent") => Err(Failure::Overloaded),
         Ok(Err(e)) => {
             let said = finish.stderr.tail(300);
@@ -323,9 +346,16 @@ pub async fn handle(
         ),
     };
     finish.finish(outcome, error, Vec::new());
-    let outbox = match store.data_mut().events.take() {
-        Some(host) if results.is_ok() => host.outbox,
-        _ => Vec::new(),
+    let outbox = match store.data_mut().events.as_mut() {
+        Some(host) => {
+            host.published.store(0, std::sync::atomic::Ordering::Relaxed);
+            std::mem::take(&mut host.outbox)
+        }
+        None => Vec::new(),
     };
+    let outbox = if results.is_ok() { outbox } else { Vec::new() };
+    if let Some(instance) = kept {
+        prepared.keep_idle(store, crate::Warm::Events(instance), uses + 1);
+    }
     Handled { results, outbox }
 }

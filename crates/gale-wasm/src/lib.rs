@@ -364,7 +364,13 @@ pub struct Prepared {
     spec: Arc<FunctionSpec>,
     env: Vec<(String, String)>,
     /// Instances kept for reuse when `instance_reuse > 1`, with their use counts.
-    idle: Mutex<Vec<(Store<Host>, Proxy, u32)>>,
+    idle: Mutex<Vec<(Store<Host>, Warm, u32)>>,
+}
+
+/// An instance kept for reuse, of the version's world.
+enum Warm {
+    Http(Proxy),
+    Events(events::EventHandler),
 }
 
 impl Prepared {
@@ -375,6 +381,32 @@ impl Prepared {
     /// Drops instances kept for reuse (scale to zero).
     pub fn drop_idle(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// An instance kept for reuse, if the function allows reuse and one is
+    /// idle: its store, ready for the next invocation, and its use count.
+    fn take_idle(&self) -> Option<(Store<Host>, Warm, u32)> {
+        if self.spec.instance_reuse <= 1 {
+            return None;
+        }
+        let (mut store, warm, uses) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        // The deadline is relative to the epoch when set: one set when the
+        // store was made has long passed, and would make the guest yield at
+        // its first check.
+        store.set_epoch_deadline(1);
+        Some((store, warm, uses))
+    }
+
+    /// Keeps an instance that ended its invocation well for the next one,
+    /// unless it has served its `instance_reuse` or enough wait already.
+    fn keep_idle(&self, store: Store<Host>, warm: Warm, uses: u32) {
+        if uses >= self.spec.instance_reuse {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.spec.max_instances as usize {
+            idle.push((store, warm, uses));
+        }
     }
 
     fn new_store(&self) -> (Store<Host>, pipe::LogPipe, pipe::LogPipe) {
@@ -548,21 +580,12 @@ where
         ));
     };
     let pre = pre.clone();
-    let reused = if prepared.spec.instance_reuse > 1 {
-        prepared.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    } else {
-        None
-    };
-    let (mut store, proxy, uses, stdout, stderr) = match reused {
-        Some((mut store, proxy, uses)) => {
-            // The deadline is relative to the epoch when set: one set when the
-            // store was made has long passed, and would make the guest yield
-            // at its first check.
-            store.set_epoch_deadline(1);
+    let (mut store, proxy, uses, stdout, stderr) = match prepared.take_idle() {
+        Some((store, Warm::Http(proxy), uses)) => {
             let (stdout, stderr) = store.data().logs();
             (store, Some(proxy), uses, stdout, stderr)
         }
-        None => {
+        _ => {
             let (store, stdout, stderr) = prepared.new_store();
             (store, None, 0, stdout, stderr)
         }
@@ -618,13 +641,7 @@ where
                     outbox = std::mem::take(&mut host.outbox);
                     host.published.store(0, Relaxed);
                 }
-                let uses = uses + 1;
-                if uses < task_prepared.spec.instance_reuse {
-                    let mut idle = task_prepared.idle.lock().unwrap_or_else(|p| p.into_inner());
-                    if idle.len() < task_prepared.spec.max_instances as usize {
-                        idle.push((store, proxy, uses));
-                    }
-                }
+                task_prepared.keep_idle(store, Warm::Http(proxy), uses + 1);
                 None
             }
             Ok(Ok(_)) => {

@@ -499,6 +499,57 @@ dead_letter = "jobs-dlq"
 }
 
 /// The scheduled times of `function`'s firings so far, from its logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_handlers_reuse_instances_only_when_allowed() {
+    let node = TestNode::start().await;
+    let function = |name: &str, reuse: &str| {
+        format!(
+            "[functions.{name}]\nsource = \"gale_test_handler.wasm\"\n{reuse}\n\
+             [[functions.{name}.events]]\ntopic = \"jobs\"\nmax_concurrency = 1\nmax_attempts = 1\n\
+             dead_letter = \"jobs-dlq\"\n"
+        )
+    };
+    let manifest = format!(
+        "[app]\nname = \"shop\"\n[topics.jobs]\n[topics.replies]\n{}{}",
+        function("warm", "instance_reuse = 3"),
+        function("fresh", "")
+    );
+    node.deploy(&manifest).await.unwrap();
+    for i in 1..=4 {
+        node.publish("jobs", &format!("i-{i}"), "instance", &[]).await;
+    }
+    // A trap ends the instance it happened in: the next event gets a new one.
+    node.publish("jobs", "t-1", "trap", &[]).await;
+    node.publish("jobs", "i-5", "instance", &[]).await;
+
+    let replies = node.dead_letters("replies", 10).await;
+    let served = |function: &str| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = replies
+            .iter()
+            .filter(|r| r.event["source"] == format!("/gale/functions/{function}"))
+            .map(|r| {
+                let data = &r.event["data"];
+                (
+                    data["to"].as_str().unwrap().to_string(),
+                    data["served"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let expect = |counts: [u64; 5]| -> Vec<(String, u64)> {
+        (1..=5).map(|i| (format!("i-{i}"), counts[i - 1])).collect()
+    };
+    // One instance serves three events, then a new one takes over.
+    assert_eq!(served("warm"), expect([1, 2, 3, 1, 1]));
+    // Without instance_reuse every event gets a fresh instance.
+    assert_eq!(served("fresh"), expect([1, 1, 1, 1, 1]));
+    // The trap was reported as usual.
+    let dead = node.dead_letters("jobs-dlq", 2).await;
+    assert!(dead.iter().all(|d| d.event["id"] == "t-1"), "{dead:?}");
+}
+
 async fn firings(node: &TestNode, function: &str) -> Vec<i64> {
     let logs: Vec<InvocationLog> = node
         .admin_get(&format!("/v1/functions/{function}/logs?limit=1000"))

@@ -3,6 +3,11 @@
 //! type `noop` does nothing at all.
 
 use gale_sdk::{Event, Handler, kv, publish};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Events of type `instance` this instance has handled: shows whether
+/// instances are fresh or reused.
+static SERVED: AtomicU32 = AtomicU32::new(0);
 
 struct Testbed;
 
@@ -31,6 +36,13 @@ impl Handler for Testbed {
                     .with_json(&serde_json::json!({ "to": event.id, "seen": seen()? })),
             ),
             "publish-nowhere" => publish("no-such-topic", Event::new("x")),
+            "instance" => publish(
+                "replies",
+                Event::new("served").with_json(&serde_json::json!({
+                    "to": event.id,
+                    "served": SERVED.fetch_add(1, Ordering::Relaxed) + 1,
+                })),
+            ),
             "trap" => panic!("deliberate trap in {}", event.id),
             _ => Ok(()),
         }
