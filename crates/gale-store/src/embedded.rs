@@ -40,6 +40,11 @@ struct Inner {
     meta: Mutex<Connection>,
     logs: logs::LogThread,
     events: topics::EventThread,
+    /// A second connection to the event database, for reads alone: WAL lets
+    /// it read the last commit while the writer works, so a key-value read
+    /// or a topic listing neither waits behind a group commit's fsync nor
+    /// adds to the writer's queue.
+    events_read: Mutex<Connection>,
     /// Held (and locked) for as long as the backend lives.
     _lock: File,
 }
@@ -109,9 +114,13 @@ impl Embedded {
             .and_then(|()| events.execute_batch(topics::SCHEMA))
             .map_err(engine_err)?;
         topics::end_leases(&events, topics::now_ms())?;
+        let events_read = Connection::open(&events_db).map_err(engine_err)?;
+        events_read
+            .execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;")
+            .map_err(engine_err)?;
         // rusqlite keeps 16 prepared statements by default; the event writer
         // uses about 30, and the ones pushed out were parsed again.
-        for c in [&meta, &logs, &events] {
+        for c in [&meta, &logs, &events, &events_read] {
             c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         }
         Ok(Embedded {
@@ -120,6 +129,7 @@ impl Embedded {
                 meta: Mutex::new(meta),
                 logs: logs::LogThread::start(logs).map_err(io_err(&db))?,
                 events: topics::EventThread::start(events).map_err(io_err(&events_db))?,
+                events_read: Mutex::new(events_read),
                 _lock: lock,
             }),
         })
@@ -128,6 +138,18 @@ impl Embedded {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Runs a read of the event database on its reading connection, off the
+    /// async threads. It sees every commit answered before it started.
+    async fn read_events<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.events_read.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| StoreError::Engine(format!("a read of the event database did not finish: {e}")))?
     }
 
     fn artifact_path(&self, digest: &str) -> Result<PathBuf> {
@@ -351,10 +373,7 @@ impl Topics for Embedded {
     }
 
     async fn topics(&self) -> Result<Vec<TopicInfo>> {
-        self.inner
-            .events
-            .run(Relaxed, |c| topics::topics(c, topics::now_ms()))
-            .await
+        self.read_events(|c| topics::topics(c, topics::now_ms())).await
     }
 
     async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>> {
@@ -474,9 +493,7 @@ impl Topics for Embedded {
 
     async fn read(&self, topic: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
         let topic = topic.to_string();
-        self.inner
-            .events
-            .run(Relaxed, move |c| topics::read(c, &topic, after, limit))
+        self.read_events(move |c| topics::read(c, &topic, after, limit))
             .await
     }
 
@@ -508,10 +525,7 @@ impl Topics for Embedded {
 impl KeyValue for Embedded {
     async fn kv_get(&self, scope: &str, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let (s, b, k) = (scope.to_string(), bucket.to_string(), key.to_string());
-        self.inner
-            .events
-            .run(Relaxed, move |c| topics::kv_get(c, &s, &b, &k))
-            .await
+        self.read_events(move |c| topics::kv_get(c, &s, &b, &k)).await
     }
 
     async fn kv_set(&self, scope: &str, bucket: &str, key: &str, value: Vec<u8>) -> Result<()> {
@@ -532,9 +546,7 @@ impl KeyValue for Embedded {
 
     async fn kv_keys(&self, scope: &str, bucket: &str, offset: u64, limit: usize) -> Result<Vec<String>> {
         let (s, b) = (scope.to_string(), bucket.to_string());
-        self.inner
-            .events
-            .run(Relaxed, move |c| topics::kv_keys(c, &s, &b, offset, limit))
+        self.read_events(move |c| topics::kv_keys(c, &s, &b, offset, limit))
             .await
     }
 

@@ -17,6 +17,11 @@
 //! next durable commit makes them durable too, since the WAL is written in
 //! order.
 //!
+//! Reads that change nothing (key-value gets, topic listings, reading a
+//! topic's events) go to a second, read-only connection instead (see
+//! `Embedded::read_events`): they see the last commit without queueing for
+//! the writer.
+//!
 //! Tables: `topics` (retention and counters, next sequence number),
 //! `events` (the log, keyed by topic and sequence), `dedup` (recent
 //! `source` + `id` pairs), `subscriptions` (how far each has read the log)
@@ -784,7 +789,7 @@ pub(super) fn enforce_retention(c: &Connection, now: u64) -> Result<u64> {
 
 pub(super) fn topics(c: &Connection, now: u64) -> Result<Vec<TopicInfo>> {
     let mut list: Vec<TopicInfo> = c
-        .prepare(
+        .prepare_cached(
             "SELECT name, max_age_ms, max_bytes, count, bytes, next_seq - 1, published,
                     (SELECT published_at FROM events WHERE topic = name ORDER BY seq LIMIT 1),
                     dedup_window_ms
@@ -810,7 +815,7 @@ pub(super) fn topics(c: &Connection, now: u64) -> Result<Vec<TopicInfo>> {
         })
         .map_err(engine_err)?;
     let mut subs = c
-        .prepare(
+        .prepare_cached(
             "SELECT name, ordered, delivered, acked,
                     (SELECT count(*) FROM pending p WHERE p.topic = s.topic AND p.sub = s.name),
                     (SELECT count(*) FROM pending p WHERE p.topic = s.topic AND p.sub = s.name
