@@ -28,10 +28,11 @@ mod bindings {
     });
 }
 
+pub(crate) use bindings::EventHandler;
+pub use bindings::EventHandlerPre;
 use bindings::gale::events::{publisher, types};
 use bindings::wasi::keyvalue::{atomics, store};
 use bindings::wasi::logging::logging;
-pub use bindings::{EventHandler, EventHandlerPre};
 
 /// An event as a handler receives or publishes it.
 pub type GuestEvent = types::Event;
@@ -346,14 +347,13 @@ pub async fn handle(
         ),
     };
     finish.finish(outcome, error, Vec::new());
-    let outbox = match store.data_mut().events.as_mut() {
-        Some(host) => {
-            host.published.store(0, std::sync::atomic::Ordering::Relaxed);
-            std::mem::take(&mut host.outbox)
-        }
-        None => Vec::new(),
-    };
-    let outbox = if results.is_ok() { outbox } else { Vec::new() };
+    // Taken whatever happened, so that a kept instance starts its next
+    // invocation with nothing published; committed only after a success.
+    let published = store.data_mut().events.as_mut().map(|host| {
+        host.published.store(0, std::sync::atomic::Ordering::Relaxed);
+        std::mem::take(&mut host.outbox)
+    });
+    let outbox = published.filter(|_| results.is_ok()).unwrap_or_default();
     if let Some(instance) = kept {
         prepared.keep_idle(store, crate::Warm::Events(instance), uses + 1);
     }

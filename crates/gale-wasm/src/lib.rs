@@ -10,8 +10,10 @@
 //!   reused, so making an instance is microseconds, not a fresh mmap);
 //! - components are compiled once at deploy, ahead of time, and the machine
 //!   code is cached on disk by digest; loading it later is an mmap;
-//! - a cached [`ProxyPre`] per loaded version, from which every request gets a
-//!   fresh instance (full isolation) unless the function opts into reuse;
+//! - a cached [`ProxyPre`] (or [`events::EventHandlerPre`]) per loaded
+//!   version, from which every invocation, a request or an event delivery,
+//!   gets a fresh instance (full isolation) unless the function opts into
+//!   reuse (`instance_reuse`);
 //! - an epoch ticker makes a busy guest yield every tick, so a guest stuck in
 //!   a loop neither blocks other work on its thread nor outlives its timeout.
 //!
