@@ -306,7 +306,7 @@ async fn invoke(
         headers: parts
             .headers
             .iter()
-            .filter(|(k, _)| k.as_str() != REQUEST_ID)
+            .filter(|(k, _)| **k != REQUEST_ID)
             .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect(),
         body: String::from_utf8_lossy(&bytes).into_owned(),

@@ -10,7 +10,7 @@ use crate::scheduler::{Live, Loaded, Refused};
 use bytes::Bytes;
 use gale_core::api::Outcome;
 use gale_wasm::{AbortOnDrop, BodyError, Failure, HyperOutgoingBody};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
@@ -24,7 +24,9 @@ use tokio::sync::watch;
 
 pub type Body = UnsyncBoxBody<Bytes, BodyError>;
 
-pub const REQUEST_ID: &str = "x-gale-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-gale-request-id");
+/// The route pattern that matched, for the guest.
+const ROUTE: HeaderName = HeaderName::from_static("x-gale-route");
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -56,10 +58,9 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
         let open = open.clone();
         tokio::spawn(async move {
             let _open = open;
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let gale = gale.clone();
-                req.extensions_mut().insert(Peer(peer));
                 async move {
                     let path = req.uri().path();
                     Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
@@ -77,7 +78,7 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
                         let id = request_id();
                         with_request_id(crate::lambda::invoke_api(state, req, &id).await, &id)
                     } else {
-                        handle(state, req).await
+                        handle(state, req, Peer(peer)).await
                     })
                 }
             });
@@ -102,7 +103,8 @@ pub async fn serve(state: Arc<State>, listener: TcpListener, mut shutdown: watch
     }
 }
 
-/// The client's address, as a request extension.
+/// The client's address, as a request extension of requests to process
+/// functions (their API Gateway event names it).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
@@ -143,7 +145,7 @@ pub(crate) fn request_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(state: Arc<State>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let id = request_id();
     let routes = state.routes();
     let response = match routes.lookup(req.method(), req.uri().path()) {
@@ -164,8 +166,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 headers.remove(name);
             }
             if let Some(v) = pattern {
-                headers.insert("x-gale-route", v.clone());
+                headers.insert(ROUTE, v.clone());
             }
+
             for (name, value) in params {
                 if let (Ok(n), Ok(v)) = (
                     header::HeaderName::from_bytes(format!("x-gale-param-{name}").as_bytes()),
@@ -173,6 +176,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 ) {
                     headers.insert(n, v);
                 }
+            }
+            if live.spec.runtime == gale_core::manifest::RuntimeKind::Process {
+                req.extensions_mut().insert(peer);
             }
             invoke(&state, live, req, &id).await
         }

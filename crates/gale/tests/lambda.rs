@@ -515,8 +515,13 @@ async fn the_lambda_examples_run_unmodified() {
     // A Rust lambda_runtime handler, on a route and an event trigger.
     let (manifest, dir) = build_example("lambda-rust");
     node.deploy_from(&manifest, &dir).await.unwrap();
-    let r = node
-        .http
+    // From another loopback address, so the event's sourceIp shows it is the
+    // client's own address and not a default.
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = client
         .post(node.url("/echo"))
         .body(r#"{"hello":"lambda"}"#)
         .send()
@@ -529,6 +534,7 @@ async fn the_lambda_examples_run_unmodified() {
         body["echo"]["body"], r#"{"hello":"lambda"}"#,
         "it got an API Gateway event: {body}"
     );
+    assert_eq!(body["echo"]["requestContext"]["http"]["sourceIp"], "127.0.0.2");
     for (id, ty) in [("ok-1", "order_placed"), ("bad-1", "fail")] {
         let r = node
             .http
