@@ -168,7 +168,6 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, peer: Peer) -> Respon
             if let Some(v) = pattern {
                 headers.insert(ROUTE, v.clone());
             }
-
             for (name, value) in params {
                 if let (Ok(n), Ok(v)) = (
                     header::HeaderName::from_bytes(format!("x-gale-param-{name}").as_bytes()),
