@@ -112,3 +112,24 @@ impl Meters {
         self.rate(topic, Some(subscription))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Meters;
+
+    #[test]
+    fn rates_are_kept_apart_by_topic_and_subscription() {
+        let m = Meters::new();
+        m.published("orders", 30);
+        m.delivered("orders", "inventory", 20);
+        m.delivered("orders", "audit", 10);
+        m.published("orders", 0);
+        // All in one second, divided by the node's age in seconds.
+        let audit = m.delivery_rate("orders", "audit");
+        assert!(audit > 0.0);
+        assert_eq!(m.publish_rate("orders"), 3.0 * audit);
+        assert_eq!(m.delivery_rate("orders", "inventory"), 2.0 * audit);
+        assert_eq!(m.delivery_rate("orders", "nobody"), 0.0);
+        assert_eq!(m.publish_rate("stock"), 0.0);
+    }
+}
