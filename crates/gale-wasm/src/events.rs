@@ -271,15 +271,10 @@ pub async fn handle(
             outbox: Vec::new(),
         };
     };
-    let (mut store, warm, uses, stdout, stderr) = match prepared.take_idle() {
-        Some((store, crate::Warm::Events(instance), uses)) => {
-            let (stdout, stderr) = store.data().logs();
-            (store, Some(instance), uses, stdout, stderr)
-        }
-        _ => {
-            let (store, stdout, stderr) = prepared.new_store();
-            (store, None, 0, stdout, stderr)
-        }
+    let (mut store, warm, uses, stdout, stderr) = prepared.next_store();
+    let warm = match warm {
+        Some(crate::Warm::Events(instance)) => Some(instance),
+        _ => None,
     };
     let mut finish = Finish {
         done: Some(Box::new(done)),

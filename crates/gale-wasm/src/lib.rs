@@ -385,18 +385,29 @@ impl Prepared {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// An instance kept for reuse, if the function allows reuse and one is
-    /// idle: its store, ready for the next invocation, and its use count.
-    fn take_idle(&self) -> Option<(Store<Host>, Warm, u32)> {
-        if self.spec.instance_reuse <= 1 {
-            return None;
+    /// The store for the next invocation, with what it captures of stdout
+    /// and stderr: an instance kept for reuse if the function allows reuse
+    /// and one is idle (with its use count), else a fresh store.
+    fn next_store(&self) -> (Store<Host>, Option<Warm>, u32, pipe::LogPipe, pipe::LogPipe) {
+        let idle = if self.spec.instance_reuse > 1 {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        } else {
+            None
+        };
+        match idle {
+            Some((mut store, warm, uses)) => {
+                // The deadline is relative to the epoch when set: one set when
+                // the store was made has long passed, and would make the guest
+                // yield at its first check.
+                store.set_epoch_deadline(1);
+                let (stdout, stderr) = store.data().logs();
+                (store, Some(warm), uses, stdout, stderr)
+            }
+            None => {
+                let (store, stdout, stderr) = self.new_store();
+                (store, None, 0, stdout, stderr)
+            }
         }
-        let (mut store, warm, uses) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-        // The deadline is relative to the epoch when set: one set when the
-        // store was made has long passed, and would make the guest yield at
-        // its first check.
-        store.set_epoch_deadline(1);
-        Some((store, warm, uses))
     }
 
     /// Keeps an instance that ended its invocation well for the next one,
@@ -582,15 +593,10 @@ where
         ));
     };
     let pre = pre.clone();
-    let (mut store, proxy, uses, stdout, stderr) = match prepared.take_idle() {
-        Some((store, Warm::Http(proxy), uses)) => {
-            let (stdout, stderr) = store.data().logs();
-            (store, Some(proxy), uses, stdout, stderr)
-        }
-        _ => {
-            let (store, stdout, stderr) = prepared.new_store();
-            (store, None, 0, stdout, stderr)
-        }
+    let (mut store, warm, uses, stdout, stderr) = prepared.next_store();
+    let proxy = match warm {
+        Some(Warm::Http(proxy)) => Some(proxy),
+        _ => None,
     };
     let mut finish = Finish {
         done: Some(Box::new(done)),
