@@ -27,6 +27,8 @@ pub enum NodeError {
     },
     #[error("data directory: {0}")]
     DataDir(String),
+    #[error("could not start the event delivery threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 impl NodeError {
@@ -55,7 +57,9 @@ impl NodeError {
                 };
                 Error::new(Code::ComponentInvalid, self.to_string()).with_hint(hint)
             }
-            NodeError::Wasm(_) | NodeError::Listen { .. } => Error::new(Code::Internal, self.to_string()),
+            NodeError::Wasm(_) | NodeError::Listen { .. } | NodeError::Threads(_) => {
+                Error::new(Code::Internal, self.to_string())
+            }
         }
     }
 }

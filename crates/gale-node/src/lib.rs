@@ -101,6 +101,8 @@ pub struct State {
     topic_names: RwLock<std::collections::HashSet<String>>,
     /// Whether the node is stopping (no new dispatchers then).
     stopping: watch::Sender<bool>,
+    /// Where dispatchers run (see [`Deliveries`]).
+    deliveries: tokio::runtime::Handle,
 }
 
 /// What is known of an invocation when it starts, for its log record.
@@ -296,7 +298,8 @@ impl State {
             if let Some(previous) = previous {
                 let _ = previous.stop.send(true);
             }
-            tokio::spawn(dispatch::run(self.clone(), sub.clone(), stopped));
+            self.deliveries
+                .spawn(dispatch::run(self.clone(), sub.clone(), stopped));
         }
         let gone: Vec<(String, String)> = lock(&self.dispatchers)
             .keys()
@@ -349,8 +352,61 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     /// Gateway, admin API, housekeeping: stopped first.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    deliveries: Deliveries,
     /// Stopped last, once no invocation can log any more.
     log_writer: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
+}
+
+/// Nice value of the delivery threads: under contention they get about a
+/// tenth of a gateway thread's share of the CPU, and all of it when the
+/// gateway is idle.
+const DELIVERY_NICE: i32 = 10;
+
+/// The runtime event deliveries run on, apart from the gateway's.
+///
+/// On one runtime, a fetch of 64 events spawned 64 delivery tasks into a
+/// worker's queue, and the connection of a publisher whose event had just
+/// become durable waited behind all of them to be told so. Publishers
+/// waited longer, published less, and left the cores idle. On threads of
+/// their own at a lower priority, deliveries use what the gateway leaves
+/// (figures in docs/ARCHITECTURE.md).
+struct Deliveries(Option<tokio::runtime::Runtime>);
+
+impl Deliveries {
+    /// Starts the threads; returns where to spawn dispatchers.
+    fn start() -> Result<(Deliveries, tokio::runtime::Handle), NodeError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("gale-deliver")
+            .on_thread_start(|| {
+                // SAFETY: plain syscall; on Linux `who = 0` is the calling thread.
+                #[cfg(target_os = "linux")]
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, DELIVERY_NICE);
+                }
+            })
+            .enable_all()
+            .build()
+            .map_err(NodeError::Threads)?;
+        let handle = runtime.handle().clone();
+        Ok((Deliveries(Some(runtime)), handle))
+    }
+
+    /// Cancels the deliveries still running (their leases bring the events
+    /// back) and waits for the threads to end.
+    async fn stop(mut self) {
+        if let Some(runtime) = self.0.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(2))).await;
+        }
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl NodeHandle {
@@ -372,6 +428,7 @@ impl NodeHandle {
         {
             live.stop_instances();
         }
+        self.deliveries.stop().await;
         let (flush, writer) = self.log_writer;
         let _ = flush.send(true);
         let _ = tokio::time::timeout_at(deadline, writer).await;
@@ -429,6 +486,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     let gateway_listener = bind(options.listen).await?;
     let admin_listener = bind(options.admin_listen).await?;
     let (logs_tx, logs_rx) = mpsc::channel(64 * 1024);
+    let (deliveries, delivery_handle) = Deliveries::start()?;
     let state = Arc::new(State {
         registry: Registry { meta: store.clone() },
         store,
@@ -447,6 +505,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         dispatchers: Mutex::new(HashMap::new()),
         topic_names: RwLock::new(Default::default()),
         stopping: watch::channel(false).0,
+        deliveries: delivery_handle,
     });
     state.load_tokens().await?;
     state.refresh_topic_names().await?;
@@ -487,6 +546,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         state,
         shutdown,
         tasks,
+        deliveries,
         log_writer,
     })
 }
