@@ -72,6 +72,13 @@ impl EventHost {
             published: Arc::default(),
         }
     }
+
+    /// What the invocation published, leaving the host empty for the next
+    /// one (a kept instance starts with nothing published).
+    pub(crate) fn take_outbox(&mut self) -> Vec<(String, GuestEvent)> {
+        self.published.store(0, std::sync::atomic::Ordering::Relaxed);
+        std::mem::take(&mut self.outbox)
+    }
 }
 
 /// An open bucket.
@@ -344,10 +351,7 @@ pub async fn handle(
     finish.finish(outcome, error, Vec::new());
     // Taken whatever happened, so that a kept instance starts its next
     // invocation with nothing published; committed only after a success.
-    let published = store.data_mut().events.as_mut().map(|host| {
-        host.published.store(0, std::sync::atomic::Ordering::Relaxed);
-        std::mem::take(&mut host.outbox)
-    });
+    let published = store.data_mut().events.as_mut().map(EventHost::take_outbox);
     let outbox = published.filter(|_| results.is_ok()).unwrap_or_default();
     if let Some(instance) = kept {
         prepared.keep_idle(store, crate::Warm::Events(instance), uses + 1);

@@ -646,8 +646,7 @@ where
         let failure = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(proxy)) if finish.answer.status.load(Relaxed) != 0 => {
                 if let Some(host) = store.data_mut().events.as_mut() {
-                    outbox = std::mem::take(&mut host.outbox);
-                    host.published.store(0, Relaxed);
+                    outbox = host.take_outbox();
                 }
                 task_prepared.keep_idle(store, Warm::Http(proxy), uses + 1);
                 None

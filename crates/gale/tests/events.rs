@@ -498,7 +498,6 @@ dead_letter = "jobs-dlq"
     assert!(err.message.contains("event handler"), "{}", err.message);
 }
 
-/// The scheduled times of `function`'s firings so far, from its logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_handlers_reuse_instances_only_when_allowed() {
     let node = TestNode::start().await;
@@ -550,6 +549,7 @@ async fn event_handlers_reuse_instances_only_when_allowed() {
     assert!(dead.iter().all(|d| d.event["id"] == "t-1"), "{dead:?}");
 }
 
+/// The scheduled times of `function`'s firings so far, from its logs.
 async fn firings(node: &TestNode, function: &str) -> Vec<i64> {
     let logs: Vec<InvocationLog> = node
         .admin_get(&format!("/v1/functions/{function}/logs?limit=1000"))
