@@ -469,18 +469,28 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 fn http(seconds: u32, connections: u32, rounds: u32) -> Result<()> {
     let wasm = hello_wasm()?;
+    // The same greeter on wstd, an async runtime for components: how much
+    // of a request's cost the guest's own toolkit decides.
+    let wstd = guest("tests/guests", "hello-wstd")?;
     let node = Node::start("60s")?;
     node.deploy(&format!(
         "[app]\nname = \"bench\"\n\
          [functions.fresh]\nsource = \"{w}\"\nhttp = [{{ route = \"GET /hello\" }}]\n\
-         [functions.reuse]\nsource = \"{w}\"\ninstance_reuse = 128\nhttp = [{{ route = \"GET /reuse/hello\" }}]\n",
-        w = wasm.display()
+         [functions.reuse]\nsource = \"{w}\"\ninstance_reuse = 128\nhttp = [{{ route = \"GET /reuse/hello\" }}]\n\
+         [functions.reuse-wstd]\nsource = \"{s}\"\ninstance_reuse = 128\nhttp = [{{ route = \"GET /wstd/hello\" }}]\n",
+        w = wasm.display(),
+        s = wstd.display()
     ))?;
     let mut targets: Vec<(String, String, Option<Proc>)> = vec![
         ("gale fresh".into(), format!("{}/hello", node.gateway), None),
         (
             "gale reuse=128".into(),
             format!("{}/reuse/hello", node.gateway),
+            None,
+        ),
+        (
+            "gale reuse=128, wstd guest".into(),
+            format!("{}/wstd/hello", node.gateway),
             None,
         ),
     ];
@@ -529,7 +539,7 @@ fn http(seconds: u32, connections: u32, rounds: u32) -> Result<()> {
         for (i, (label, url, _)) in targets.iter().enumerate() {
             let r = wrk(url, seconds, connections)?;
             eprintln!(
-                "round {round} {label:<26} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                "round {round} {label:<28} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
                 r.rps, r.p50_ms, r.p99_ms, r.errors
             );
             results[i].push(r);
@@ -548,7 +558,7 @@ fn http(seconds: u32, connections: u32, rounds: u32) -> Result<()> {
         })
         .collect();
     for (label, rps, p99) in &summary {
-        println!("{label:<26} {rps:>9.0} req/s   p99 {p99:>6.2} ms");
+        println!("{label:<28} {rps:>9.0} req/s   p99 {p99:>6.2} ms");
     }
     let find = |name: &str| {
         summary
@@ -572,6 +582,12 @@ fn http(seconds: u32, connections: u32, rounds: u32) -> Result<()> {
     if let (Some((g, _)), Some((a, _))) = (find("gale reuse=128"), find("axum hello (ceiling)")) {
         println!(
             "instance reuse: gale / plain axum = {:.0} % (goal ≥ 40 %)",
+            100.0 * g / a
+        );
+    }
+    if let (Some((g, _)), Some((a, _))) = (find("gale reuse=128, wstd guest"), find("axum hello (ceiling)")) {
+        println!(
+            "instance reuse, the greeter on wstd: gale / plain axum = {:.0} %",
             100.0 * g / a
         );
     }

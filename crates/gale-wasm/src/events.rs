@@ -305,7 +305,7 @@ pub async fn handle(
         wasmtime::Result::Ok((instance, results))
     };
     let mut kept = None;
-    let results = match tokio::time::timeout(timeout, run).await {
+    let results = match crate::within(finish.started + timeout, run).await {
         // An instance whose call returned (whatever the handler answered)
         // may serve again; one that trapped or ran out of time may not.
         Ok(Ok((instance, results))) => {
@@ -331,7 +331,7 @@ pub async fn handle(
                 format!("{trap} (stderr: {said})")
             }))
         }
-        Err(_) => Err(Failure::Timeout),
+        Err(crate::Elapsed) => Err(Failure::Timeout),
     };
     let (outcome, error) = match &results {
         Ok(r) => match r.iter().find_map(|r| r.as_ref().err()) {

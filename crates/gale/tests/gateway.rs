@@ -440,3 +440,75 @@ async fn oversized_headers_are_refused() {
     // The node is fine.
     assert_eq!(node.get("/echo").await.0, 200);
 }
+
+/// `gale_sdk::http`: what a handler reads of the request, and what its
+/// answer sends (status, headers, a body over several writes, errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_http_handlers_read_requests_and_answer() {
+    let node = TestNode::start().await;
+    node.deploy(
+        "[app]\nname = \"sdk\"\n[functions.sdk]\nsource = \"gale_test_http_sdk.wasm\"\n\
+         instance_reuse = 4\n\
+         http = [{ route = \"/items/{id}/inspect\" }, { route = \"/sdk/{*rest}\" }]\n",
+    )
+    .await
+    .unwrap();
+
+    let r = node
+        .http
+        .post(node.url("/items/7/inspect?a=1&q=hi"))
+        .header("X-Test", "yes")
+        .body("the body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "method": "POST",
+            "path": "/items/7/inspect",
+            "path_with_query": "/items/7/inspect?a=1&q=hi",
+            "query": "hi",
+            "header": "yes",
+            "param": "7",
+            "body": "the body",
+        })
+    );
+
+    let (status, headers, body) = node.get("/sdk/status").await;
+    assert_eq!((status, body.as_str()), (418, ""));
+    assert_eq!(headers["x-teapot"], "short and stout");
+    assert_eq!(headers["content-length"], "0");
+
+    // 100,000 bytes take 25 writes of at most 4,096; the length is declared.
+    let (status, headers, body) = node.get("/sdk/big?n=100000").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], "100000");
+    assert!(body.len() == 100_000 && body.bytes().all(|b| b == b'x'));
+
+    let json = |body: &'static str| node.http.post(node.url("/sdk/json")).body(body).send();
+    let r = json(r#"{"a":[1,2]}"#).await.unwrap();
+    assert_eq!(r.text().await.unwrap(), r#"{"got":{"a":[1,2]}}"#);
+    let r = json(r#"{"a":"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not that JSON"));
+
+    // A header the host refuses: a 500 that says so, not a hang or a trap.
+    let (status, _, body) = node.get("/sdk/bad-header").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("invalid header"), "{body}");
+
+    // A panic fails the request; the log has the panic message.
+    let (status, headers, _) = node.get("/sdk/panic").await;
+    assert_eq!(status, 500);
+    let id = headers["x-gale-request-id"].to_str().unwrap().to_string();
+    let logs = node.logs("sdk", 7).await;
+    let log = logs.iter().find(|l| l.request_id == id).unwrap();
+    assert!(log.stderr.contains("the handler gave up"), "{log:?}");
+    // The instance that panicked is not reused: the next request works.
+    let (status, _, _) = node.get("/sdk/status").await;
+    assert_eq!(status, 418);
+}

@@ -1,6 +1,6 @@
-//! Gale event handlers in Rust.
+//! Gale functions in Rust: HTTP handlers ([`http`]) and event handlers.
 //!
-//! A handler is a type implementing [`Handler`], exported with
+//! An event handler is a type implementing [`Handler`], exported with
 //! [`export!`]; build it with `cargo build --target wasm32-wasip2` and
 //! subscribe it to a topic in `gale.toml`:
 //!
@@ -24,6 +24,8 @@
 //! Events published during an invocation are stored only if it succeeds;
 //! a handler that returns an error (or traps) publishes nothing and its
 //! event is retried as the trigger's delivery policy says.
+
+pub mod http;
 
 #[doc(hidden)]
 pub mod bindings {

@@ -1,4 +1,6 @@
-//! The quickstart function: a `wasi:http` component that greets.
+//! The quickstart greeter as it was first written, on `wstd` (an async
+//! runtime for components): the `http` bench measures it beside the
+//! `gale_sdk::http` version in `examples/hello`.
 //!
 //! `GET /hello` answers "Hello, world!"; `GET /hello/{name}` greets `name`
 //! (Gale passes route parameters as `x-gale-param-<name>` headers). The
