@@ -27,8 +27,9 @@
 //! overhead. Here the request is read only as far as the handler asks (a
 //! header is one host call, nothing is parsed up front) and the answer goes
 //! out with a `content-length` in as few calls as its size allows. With
-//! instance reuse, a hello-world handler written this way serves about a
-//! third more requests per second than the same handler on `wstd`.
+//! instance reuse, a hello-world handler written this way serves 14–20 %
+//! more requests per second than the same handler on `wstd` (Gale's `http`
+//! benchmark).
 
 #[doc(hidden)]
 pub use wasip2 as __wasip2;
@@ -249,7 +250,8 @@ impl Response {
             }
         };
         let response = OutgoingResponse::new(fields);
-        if response.set_status_code(self.status).is_err() {
+        // A new response is a 200 already: one host call fewer for most answers.
+        if self.status != 200 && response.set_status_code(self.status).is_err() {
             eprintln!("the function answered with an invalid status {}", self.status);
             return Response::text(500, format!("invalid status {}\n", self.status)).send(out);
         }
