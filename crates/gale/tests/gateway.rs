@@ -508,7 +508,7 @@ async fn sdk_http_handlers_read_requests_and_answer() {
     let logs = node.logs("sdk", 7).await;
     let log = logs.iter().find(|l| l.request_id == id).unwrap();
     assert!(log.stderr.contains("the handler gave up"), "{log:?}");
-    // The instance that panicked is not reused: the next request works.
+    // The next request is served (an instance that trapped is never reused).
     let (status, _, _) = node.get("/sdk/status").await;
     assert_eq!(status, 418);
 }

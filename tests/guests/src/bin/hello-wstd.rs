@@ -1,6 +1,6 @@
-//! The quickstart greeter as it was first written, on `wstd` (an async
-//! runtime for components): the `http` bench measures it beside the
-//! `gale_sdk::http` version in `examples/hello`.
+//! The quickstart greeter written on `wstd` (an async runtime for
+//! components): the `http` bench measures it beside the `gale_sdk::http`
+//! version in `examples/hello`.
 //!
 //! `GET /hello` answers "Hello, world!"; `GET /hello/{name}` greets `name`
 //! (Gale passes route parameters as `x-gale-param-<name>` headers). The
