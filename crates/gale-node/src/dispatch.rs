@@ -371,7 +371,7 @@ pub(crate) async fn deliver_events(
                     "the attempt did not finish within its ack timeout of {}",
                     humantime::format_duration(timeout)
                 ),
-                Failure::Guest(m) => m,
+                Failure::Guest(m) | Failure::Body(m) => m,
                 Failure::Overloaded => "every instance slot of the node was in use".into(),
             };
             return (vec![Err(why); n], Vec::new());

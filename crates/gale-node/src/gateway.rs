@@ -385,6 +385,11 @@ where
                 humantime::format_duration(timeout)
             ),
         ),
+        Err(Failure::Body(message)) => error(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            &format!("the request body could not be read: {message}"),
+        ),
         Err(Failure::Guest(message)) => {
             tracing::debug!(function = %live.name, request_id = id, %message, "invocation failed");
             error(

@@ -10,7 +10,7 @@
 //! it if the invocation failed.
 
 use crate::host::Host;
-use crate::{Completion, Failure, Finish, Prepared, describe_trap, humantime_ms};
+use crate::{Completion, Failure, Finish, Prepared, describe_trap};
 use gale_core::api::Outcome;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -338,15 +338,7 @@ pub async fn handle(
             None => (Outcome::Ok, None),
             Some(e) => (Outcome::Error, Some(format!("the handler failed: {e}"))),
         },
-        Err(Failure::Timeout) => (
-            Outcome::Timeout,
-            Some(format!("timed out after {}", humantime_ms(timeout))),
-        ),
-        Err(Failure::Guest(m)) => (Outcome::Error, Some(m.clone())),
-        Err(Failure::Overloaded) => (
-            Outcome::Error,
-            Some("no free instance slot on this node (the node's instance pool is full)".into()),
-        ),
+        Err(failure) => crate::outcome_of(Some(failure), timeout),
     };
     finish.finish(outcome, error, Vec::new());
     // Taken whatever happened, so that a kept instance starts its next

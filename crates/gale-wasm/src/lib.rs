@@ -14,6 +14,9 @@
 //!   version, from which every invocation, a request or an event delivery,
 //!   gets a fresh instance (full isolation) unless the function opts into
 //!   reuse (`instance_reuse`);
+//! - an HTTP component that also exports `gale:http/handler` takes each
+//!   request whole in one call through it ([`whole`]), instead of the dozen
+//!   calls between host and guest a `wasi:http` exchange takes;
 //! - an epoch ticker makes a busy guest yield every tick, so a guest stuck in
 //!   a loop neither blocks other work on its thread nor outlives its timeout.
 //!
@@ -23,6 +26,7 @@
 pub mod events;
 mod host;
 mod pipe;
+mod whole;
 
 use bytes::Bytes;
 use gale_core::FunctionSpec;
@@ -242,7 +246,11 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(|e| WasmError::WrongWorld(format!("{e:#}")))?;
         let http = match ProxyPre::new(pre.clone()) {
-            Ok(p) => return Ok(Kind::Http(p)),
+            Ok(proxy) => {
+                // Served whole when it also exports gale:http/handler.
+                let whole = whole::HttpHandlerPre::new(pre).ok();
+                return Ok(Kind::Http { proxy, whole });
+            }
             Err(e) => e,
         };
         events::EventHandlerPre::new(pre)
@@ -288,6 +296,7 @@ impl Runtime {
         let kind = self.kind(&component)?;
         tracing::debug!(
             digest,
+            served_whole = matches!(kind, Kind::Http { whole: Some(_), .. }),
             map_us = mapped.as_micros() as u64,
             link_us = (started.elapsed() - mapped).as_micros() as u64,
             "code loaded"
@@ -340,21 +349,25 @@ pub enum World {
 
 /// A linked component of one world.
 enum Kind {
-    Http(ProxyPre<Host>),
+    Http {
+        proxy: ProxyPre<Host>,
+        /// Its `gale:http/handler` export, if it has one ([`whole`]).
+        whole: Option<whole::HttpHandlerPre<Host>>,
+    },
     Events(events::EventHandlerPre<Host>),
 }
 
 impl Kind {
     fn world(&self) -> World {
         match self {
-            Kind::Http(_) => World::Http,
+            Kind::Http { .. } => World::Http,
             Kind::Events(_) => World::Events,
         }
     }
 
     fn engine(&self) -> &Engine {
         match self {
-            Kind::Http(p) => p.engine(),
+            Kind::Http { proxy, .. } => proxy.engine(),
             Kind::Events(p) => p.engine(),
         }
     }
@@ -373,6 +386,7 @@ pub struct Prepared {
 /// An instance kept for reuse, of the version's world.
 enum Warm {
     Http(Proxy),
+    Whole(whole::HttpHandler),
     Events(events::EventHandler),
 }
 
@@ -460,6 +474,8 @@ pub enum Failure {
     Guest(String),
     /// The node's instance pool is exhausted; try again shortly.
     Overloaded,
+    /// The request's body could not be read (a request served whole).
+    Body(String),
 }
 
 type DoneFn = Box<dyn FnOnce(Completion) + Send>;
@@ -579,7 +595,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
-    let Kind::Http(pre) = &prepared.kind else {
+    let Kind::Http { proxy: pre, whole } = &prepared.kind else {
         done(Completion {
             outcome: Outcome::Error,
             status: None,
@@ -593,6 +609,10 @@ where
             "the function is an event handler (gale:events/event-handler): it takes events, not HTTP requests".into(),
         ));
     };
+    if let Some(whole) = whole {
+        let whole = whole.clone();
+        return whole::serve(prepared, whole, request, timeout, started, Box::new(done)).await;
+    }
     let pre = pre.clone();
     let (mut store, warm, uses, stdout, stderr) = prepared.next_store();
     let proxy = match warm {
@@ -657,22 +677,10 @@ where
                     || "the guest returned without setting a response".into(),
                 )))
             }
-            Ok(Err(e)) if format!("{e:#}").contains("maximum concurrent") => Some(Failure::Overloaded),
-            Ok(Err(e)) => Some(Failure::Guest(describe_trap(&e, &task_prepared.spec))),
+            Ok(Err(e)) => Some(trap_failure(&e, &task_prepared.spec)),
             Err(Elapsed) => Some(Failure::Timeout),
         };
-        let (outcome, error) = match &failure {
-            None => (Outcome::Ok, None),
-            Some(Failure::Guest(m)) => (Outcome::Error, Some(m.clone())),
-            Some(Failure::Overloaded) => (
-                Outcome::Error,
-                Some("no free instance slot on this node (the node's instance pool is full)".into()),
-            ),
-            Some(Failure::Timeout) => (
-                Outcome::Timeout,
-                Some(format!("timed out after {}", humantime_ms(timeout))),
-            ),
-        };
+        let (outcome, error) = outcome_of(failure.as_ref(), timeout);
         finish.finish(outcome, error, outbox);
         failure
     };
@@ -744,6 +752,35 @@ pub(crate) async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Ou
         timer.as_mut().poll(cx).map(|()| Err(Elapsed))
     })
     .await
+}
+
+/// What an invocation that ended in `failure` (none: it ended well) records.
+fn outcome_of(failure: Option<&Failure>, timeout: Duration) -> (Outcome, Option<String>) {
+    match failure {
+        None => (Outcome::Ok, None),
+        Some(Failure::Guest(m)) => (Outcome::Error, Some(m.clone())),
+        Some(Failure::Body(m)) => (
+            Outcome::Error,
+            Some(format!("the request body could not be read: {m}")),
+        ),
+        Some(Failure::Overloaded) => (
+            Outcome::Error,
+            Some("no free instance slot on this node (the node's instance pool is full)".into()),
+        ),
+        Some(Failure::Timeout) => (
+            Outcome::Timeout,
+            Some(format!("timed out after {}", humantime_ms(timeout))),
+        ),
+    }
+}
+
+/// The failure of a call into the guest that returned an error.
+fn trap_failure(e: &wasmtime::Error, spec: &FunctionSpec) -> Failure {
+    if format!("{e:#}").contains("maximum concurrent") {
+        Failure::Overloaded
+    } else {
+        Failure::Guest(describe_trap(e, spec))
+    }
 }
 
 fn answered_with(code: ErrorCode) -> Failure {

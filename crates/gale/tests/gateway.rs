@@ -448,7 +448,7 @@ async fn sdk_http_handlers_read_requests_and_answer() {
     let node = TestNode::start().await;
     node.deploy(
         "[app]\nname = \"sdk\"\n[functions.sdk]\nsource = \"gale_test_http_sdk.wasm\"\n\
-         instance_reuse = 4\n\
+         instance_reuse = 4\nmax_body = \"1KiB\"\n\
          http = [{ route = \"/items/{id}/inspect\" }, { route = \"/sdk/{*rest}\" }]\n",
     )
     .await
@@ -496,10 +496,25 @@ async fn sdk_http_handlers_read_requests_and_answer() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("not that JSON"));
 
-    // A header the host refuses: a 500 that says so, not a hang or a trap.
-    let (status, _, body) = node.get("/sdk/bad-header").await;
-    assert_eq!(status, 500);
-    assert!(body.contains("invalid header"), "{body}");
+    // A body over max_body: 413, whatever the handler would answer.
+    let r = node
+        .http
+        .post(node.url("/sdk/json"))
+        .body(vec![b' '; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // A header the host refuses (a bad name, one the host sets itself, a
+    // line break that would start another header): a 500 that says so, not
+    // a hang or a trap.
+    for path in ["/sdk/bad-header", "/sdk/forbidden-header", "/sdk/injected-header"] {
+        let (status, headers, body) = node.get(path).await;
+        assert_eq!(status, 500, "{path}");
+        assert!(body.contains("invalid header"), "{path}: {body}");
+        assert!(headers.get("x-injected").is_none());
+    }
 
     // A panic fails the request; the log has the panic message.
     let (status, headers, _) = node.get("/sdk/panic").await;

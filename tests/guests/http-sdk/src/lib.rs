@@ -44,6 +44,12 @@ impl Handler for Sdk {
                 Err(e) => Response::text(400, e),
             },
             "bad-header" => Response::text(200, "never sent").with_header("bad header", "x"),
+            // The host frames the body itself.
+            "forbidden-header" => {
+                Response::text(200, "never sent").with_header("transfer-encoding", "chunked")
+            }
+            // A line break in a value must not start a header of its own.
+            "injected-header" => Response::text(200, "never sent").with_header("x-a", "1\nx-injected: yes"),
             "panic" => panic!("the handler gave up"),
             other => Response::text(404, format!("no {other}\n")),
         }
