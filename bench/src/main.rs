@@ -546,6 +546,10 @@ fn http(seconds: u32, connections: u32, rounds: u32) -> Result<()> {
         }
     }
     println!("\nhello world, wrk -t1 -c{connections}, {seconds}s × {rounds} rounds (median of rounds)");
+    println!(
+        "(examples/hello also exports gale:http/handler: Gale serves it through that export, \
+         wasmtime serve through wasi:http; the wstd greeter has wasi:http only)"
+    );
     let summary: Vec<(String, f64, f64)> = targets
         .iter()
         .zip(&results)
