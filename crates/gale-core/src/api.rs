@@ -252,3 +252,36 @@ pub struct InvocationResponse {
     pub status: u16,
     pub body: String,
 }
+
+/// A source as `gale sources` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub name: String,
+    /// Its kind, as the manifest's `type` names it.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The app that declared it (`[sources.NAME]`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The function whose schedule it is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The topic it feeds.
+    pub topic: String,
+    /// `running`, `failed` (it stopped with `last_error` and starts again
+    /// after a pause), or `standby` (another node holds its lease).
+    pub state: String,
+    /// The node that runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Where it has got to, in its own terms (a firing time, a log position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// How far behind what it reads it is, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// Events it published since the node started.
+    pub published: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}

@@ -10,8 +10,10 @@ pub mod api;
 pub mod error;
 pub mod filter;
 pub mod manifest;
+pub mod sources;
 pub mod units;
 
 pub use error::{Code, Error};
 pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};
+pub use sources::{Cron, ScheduleSource, SourceSpec};

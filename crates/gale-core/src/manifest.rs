@@ -30,6 +30,9 @@ pub struct Manifest {
     pub topics: BTreeMap<String, TopicSpec>,
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionSpec>,
+    /// Sources the app declares (`[sources.NAME]`), run while it is deployed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, crate::SourceSpec>,
 }
 
 /// A `[topics.NAME]` table.
@@ -212,37 +215,24 @@ pub enum Missed {
 }
 
 impl ScheduleTrigger {
-    fn parse(&self) -> Result<(croner::Cron, jiff::tz::TimeZone), String> {
-        let cron = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Optional)
-            .build()
-            .parse(&self.cron)
-            .map_err(|e| format!("{:?} is not a cron expression: {e}", self.cron))?;
-        let tz = jiff::tz::TimeZone::get(&self.timezone)
-            .map_err(|e| format!("{:?} is not a known time zone: {e}", self.timezone))?;
-        Ok((cron, tz))
+    /// When it fires.
+    pub fn cron(&self) -> crate::Cron {
+        crate::Cron {
+            expression: self.cron.clone(),
+            timezone: self.timezone.clone(),
+            missed: self.missed,
+        }
     }
 
     /// The latest firing time at or before `now_ms` and after `after_ms`
     /// (Unix milliseconds), if any.
     pub fn due(&self, after_ms: i64, now_ms: i64) -> Option<i64> {
-        let (cron, tz) = self.parse().ok()?;
-        let now = jiff::Timestamp::from_millisecond(now_ms).ok()?.to_zoned(tz);
-        let latest = cron.find_previous_occurrence(&now, true).ok()?;
-        let ms = latest.timestamp().as_millisecond();
-        (ms > after_ms).then_some(ms)
+        self.cron().due(after_ms, now_ms)
     }
 
     /// The first firing time after `after_ms`.
     pub fn next(&self, after_ms: i64) -> Option<i64> {
-        let (cron, tz) = self.parse().ok()?;
-        let after = jiff::Timestamp::from_millisecond(after_ms).ok()?.to_zoned(tz);
-        Some(
-            cron.find_next_occurrence(&after, false)
-                .ok()?
-                .timestamp()
-                .as_millisecond(),
-        )
+        self.cron().next(after_ms)
     }
 
     /// The delivery policy of the schedule's firings, as an event trigger on `topic`.
@@ -734,22 +724,25 @@ impl Manifest {
             }
             for (i, s) in f.schedule.iter().enumerate() {
                 let key = |k: &str| format!("functions.{name}.schedule[{i}].{k}");
-                if let Err(message) = s.parse() {
-                    let k = if message.contains("time zone") {
-                        "timezone"
-                    } else {
-                        "cron"
-                    };
-                    return Err(invalid(
-                        &key(k),
-                        message,
-                        "write cron like \"0 */5 * * * *\" (seconds first, optional) and zones like \"Europe/Berlin\"",
-                    ));
-                }
+                s.cron()
+                    .check()
+                    .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
                 s.as_event_trigger("schedule".into())
                     .validate()
                     .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
             }
+        }
+        for (name, source) in &self.sources {
+            if !valid_name(name) {
+                return Err(invalid(
+                    &format!("sources.{name}"),
+                    format!("{name:?} is not a valid source name"),
+                    "use lowercase letters, digits and '-', starting with a letter (at most 63)",
+                ));
+            }
+            source
+                .validate()
+                .map_err(|(k, message, hint)| invalid(&format!("sources.{name}.{k}"), message, hint))?;
         }
         check_routes(routes.iter().map(|(n, r)| (*n, r)))
     }

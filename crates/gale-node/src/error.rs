@@ -64,4 +64,13 @@ impl NodeError {
     }
 }
 
+impl NodeError {
+    /// No function of that name is deployed.
+    pub fn function_not_found(function: &str) -> NodeError {
+        Error::new(Code::FunctionNotFound, format!("no function named `{function}`"))
+            .with_hint("`gale ls` lists the deployed functions")
+            .into()
+    }
+}
+
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;

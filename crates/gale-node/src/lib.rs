@@ -1,49 +1,57 @@
-//! A Gale node: everything `gale serve` runs in one process.
+//! A Gale node: everything `gale serve` runs in one process, by plane:
 //!
-//! - the gateway ([`gateway`]) routes user HTTP requests to functions;
-//! - the scheduler ([`scheduler`]) admits requests, loads code on demand and
-//!   scales idle functions to zero;
-//! - the admin API ([`admin`]) deploys apps and answers the CLI;
-//! - topics take CloudEvents in ([`events`]) and the dispatcher
-//!   ([`dispatch`]) delivers them to subscribed functions, with retries and
-//!   dead letters;
-//! - the registry ([`registry`]) keeps apps, functions and versions on the
-//!   storage seam ([`gale_store`]); the wasm runtime ([`gale_wasm`]) runs them.
+//! - [`ingress`]: the gateway (user routes, publishing, invocations, the
+//!   Lambda Invoke API);
+//! - [`sources`]: what feeds topics from outside (schedules so far);
+//! - [`delivery`]: subscriptions and dispatchers, from topics to functions;
+//! - [`control`]: the admin API and deploys;
+//! - [`functions`]: the live functions and the one place an invocation
+//!   becomes a wasm or process run, which all of the above use;
+//! - at the bottom, shared by all: [`publisher`] (the one way to append
+//!   events), [`registry`], [`auth`], [`events`] (the CloudEvents format),
+//!   [`http`] (error answers, request ids), the clock and the meters.
 //!
-//! [`start`] wires these together and returns a [`NodeHandle`].
+//! Planes never import each other: what one must tell another goes
+//! through a floor below (the live functions tell their followers of
+//! every change). [`start`] wires them together and returns a
+//! [`NodeHandle`]; storage is chosen here once ([`Options::store`]) and
+//! held as trait objects.
 
-pub mod admin;
-mod deploy;
-pub mod dispatch;
+pub mod auth;
+mod clock;
+pub mod control;
+pub mod delivery;
 mod error;
 pub mod events;
-pub mod gateway;
-mod invocations;
-mod lambda;
+pub mod functions;
+pub mod http;
+pub mod ingress;
 mod meters;
+pub mod publisher;
 pub mod registry;
-mod routes;
-mod schedule;
-pub mod scheduler;
-mod sigv4;
-mod tokens;
+pub mod sources;
 
 pub use error::NodeError;
+pub use gale_store::Backend;
 
-use dispatch::Subscriber;
-use gale_core::api::InvocationLog;
-use gale_store::{Embedded, InvocationLogs, Topics};
-use gale_wasm::{Runtime, RuntimeConfig};
+use auth::Tokens;
+use control::Control;
+use delivery::Dispatch;
+use delivery::subscriptions::Subscriptions;
+use functions::{Functions, Runtimes};
+use gale_store::Stores;
+use gale_wasm::RuntimeConfig;
+use ingress::Ingress;
+use ingress::routes::Routes;
+use publisher::Publisher;
 use registry::Registry;
-use routes::RouteTable;
-use scheduler::{Counters, Live};
-use std::collections::HashMap;
+use sources::Sources;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, watch};
 
 /// Settings of a node (the flags of `gale serve`).
 #[derive(Debug, Clone)]
@@ -51,6 +59,8 @@ pub struct Options {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The storage backend.
+    pub store: Backend,
     /// A function idle this long unloads its code (scale to zero).
     pub idle_timeout: Duration,
     /// Invocation logs older than this are dropped.
@@ -67,6 +77,7 @@ impl Options {
             listen: ([127, 0, 0, 1], 8080).into(),
             admin_listen: ([127, 0, 0, 1], 8081).into(),
             data_dir: data_dir.into(),
+            store: Backend::Embedded,
             idle_timeout: Duration::from_secs(60),
             log_retention: Duration::from_secs(24 * 3600),
             log_keep: 1000,
@@ -75,269 +86,16 @@ impl Options {
     }
 }
 
-/// The state every part of the node shares.
-pub struct State {
-    store: Embedded,
-    registry: Registry<Embedded>,
-    runtime: Runtime,
-    processes: gale_process::Runtime,
-    functions: RwLock<HashMap<String, Arc<Live>>>,
-    /// Versions other than the serving one, loaded for an invocation that
-    /// named them (the Invoke API's `Qualifier`); scaled to zero like the rest.
-    pinned: Mutex<HashMap<(String, u64), Arc<Live>>>,
-    routes: RwLock<Arc<RouteTable>>,
-    counters: Mutex<HashMap<String, Arc<Counters>>>,
-    logs: mpsc::Sender<InvocationLog>,
-    token: String,
-    /// Publish tokens by the SHA-256 of the token.
-    tokens: Mutex<HashMap<String, gale_core::api::TokenInfo>>,
-    /// One deploy, rollback or removal at a time on this node.
-    changes: tokio::sync::Mutex<()>,
-    epoch: Instant,
-    meters: meters::Meters,
-    /// The running dispatcher of each subscription, by (topic, subscription).
-    dispatchers: Mutex<HashMap<(String, String), Dispatcher>>,
-    /// Names of the topics that exist, for the publish host call's check.
-    topic_names: RwLock<std::collections::HashSet<String>>,
-    /// Whether the node is stopping (no new dispatchers then).
-    stopping: watch::Sender<bool>,
-    /// Where dispatchers run (see [`Deliveries`]).
-    deliveries: tokio::runtime::Handle,
-}
-
-/// What is known of an invocation when it starts, for its log record.
-pub(crate) struct Started {
-    pub request_id: String,
-    /// Unix milliseconds.
-    pub at: u64,
-    pub cold_start: bool,
-    /// Ids of the events it handles.
-    pub events: Vec<String>,
-}
-
-/// A subscription's dispatcher task and the switch that stops it.
-struct Dispatcher {
-    subscriber: Subscriber,
-    stop: watch::Sender<bool>,
-}
-
-impl State {
-    fn routes(&self) -> Arc<RouteTable> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn function(&self, name: &str) -> Option<Arc<Live>> {
-        self.functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-    }
-
-    /// Counts a finished invocation and files its log record.
-    pub(crate) fn finished(&self, live: &Live, started: Started, c: gale_wasm::Completion, status: u16) {
-        let Started {
-            request_id,
-            at: started_at,
-            cold_start,
-            events,
-        } = started;
-        use gale_core::api::Outcome;
-        use std::sync::atomic::Ordering::Relaxed;
-        live.touch();
-        live.counters.invocations.fetch_add(1, Relaxed);
-        if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
-            live.counters.errors.fetch_add(1, Relaxed);
-        }
-        self.log(InvocationLog {
-            seq: 0,
-            request_id,
-            function: live.name.clone(),
-            version: live.version,
-            started_at,
-            duration_us: c.duration.as_micros() as u64,
-            outcome: c.outcome,
-            status,
-            cold_start,
-            error: c.error,
-            stdout: c.stdout,
-            stderr: c.stderr,
-            events,
-        });
-    }
-
-    fn log(&self, record: InvocationLog) {
-        // Logs are diagnostics: if the writer falls far behind, drop rather
-        // than grow without bound or slow the request path.
-        if self.logs.try_send(record).is_err() {
-            tracing::warn!("invocation log writer is behind; a record was dropped");
-        }
-    }
-
-    /// Rebuilds the live functions and the route table from the registry,
-    /// keeping warm code of versions that did not change.
-    async fn sync(self: &Arc<Self>) -> Result<(), NodeError> {
-        let mut next = HashMap::new();
-        for app in self.registry.apps().await? {
-            for (name, version) in &app.functions {
-                // A record this node cannot read must not stop it serving the rest.
-                let record = match self.registry.version(name, *version).await {
-                    Ok(Some(record)) => record,
-                    Ok(None) => {
-                        tracing::error!(function = %name, version, "app names a version that is missing");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(function = %name, version, error = %e, "version record skipped");
-                        continue;
-                    }
-                };
-                let current = self.function(name);
-                if let Some(live) = current.as_ref().filter(|l| l.version == *version) {
-                    next.insert(name.clone(), live.clone());
-                    continue;
-                }
-                let counters = self
-                    .counters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(name.clone())
-                    .or_default()
-                    .clone();
-                let services = self.services(name, &app.name);
-                let live = Live::new(record, counters, services, current.as_deref(), self.epoch);
-                next.insert(name.clone(), Arc::new(live));
-            }
-        }
-        let table = RouteTable::build(next.values());
-        let wanted = dispatch::desired(&next, |t| self.topic_exists(t));
-        *self.functions.write().unwrap_or_else(|p| p.into_inner()) = next;
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
-        self.subscribe(wanted).await
-    }
-
-    /// `function` at `version`: the serving entry if it is that version,
-    /// else one made (and kept while warm) for invocations that name it.
-    async fn function_at(
-        self: &Arc<Self>,
-        function: &str,
-        version: u64,
-    ) -> Result<Option<Arc<Live>>, NodeError> {
-        let Some(serving) = self.function(function) else {
-            return Ok(None);
-        };
-        if serving.version == version {
-            return Ok(Some(serving));
-        }
-        if let Some(live) = lock(&self.pinned).get(&(function.to_string(), version)) {
-            return Ok(Some(live.clone()));
-        }
-        let Some(record) = self.registry.version(function, version).await? else {
-            return Ok(None);
-        };
-        let services = self.services(function, &serving.app);
-        let live = Arc::new(Live::new(
-            record,
-            serving.counters.clone(),
-            services,
-            None,
-            self.epoch,
-        ));
-        Ok(Some(
-            lock(&self.pinned)
-                .entry((function.to_string(), version))
-                .or_insert(live)
-                .clone(),
-        ))
-    }
-
-    /// What a function's instances may reach: publishing (to topics that
-    /// exist) and its app's key-value buckets. Holds the node weakly: a
-    /// function must not keep its node alive.
-    fn services(self: &Arc<Self>, function: &str, app: &str) -> Arc<gale_wasm::events::Services> {
-        let node = Arc::downgrade(self);
-        Arc::new(gale_wasm::events::Services {
-            function: function.to_string(),
-            scope: app.to_string(),
-            kv: Arc::new(self.store.clone()),
-            topic_exists: Arc::new(move |topic: &str| node.upgrade().is_some_and(|n| n.topic_exists(topic))),
-        })
-    }
-
-    /// Makes the store's subscriptions and the running dispatchers match the
-    /// triggers of the live functions: new triggers subscribe (from the
-    /// topic's next event), removed ones unsubscribe (their backlog goes).
-    async fn subscribe(self: &Arc<Self>, wanted: Vec<Subscriber>) -> Result<(), NodeError> {
-        let key = |s: &Subscriber| (s.topic.clone(), s.subscription.clone());
-        for sub in &wanted {
-            let running = lock(&self.dispatchers)
-                .get(&key(sub))
-                .map(|d| d.subscriber.clone());
-            if running.as_ref() == Some(sub) {
-                continue;
-            }
-            if let Err(e) = self
-                .store
-                .put_subscription(&sub.topic, &sub.subscription, sub.ordered)
-                .await
-            {
-                tracing::error!(topic = %sub.topic, function = %sub.function, error = %e, "subscribing failed");
-                continue;
-            }
-            if *self.stopping.borrow() {
-                continue;
-            }
-            let (stop, stopped) = watch::channel(false);
-            let previous = lock(&self.dispatchers).insert(
-                key(sub),
-                Dispatcher {
-                    subscriber: sub.clone(),
-                    stop,
-                },
-            );
-            if let Some(previous) = previous {
-                let _ = previous.stop.send(true);
-            }
-            self.deliveries
-                .spawn(dispatch::run(self.clone(), sub.clone(), stopped));
-        }
-        let gone: Vec<(String, String)> = lock(&self.dispatchers)
-            .keys()
-            .filter(|k| !wanted.iter().any(|s| key(s) == **k))
-            .cloned()
-            .collect();
-        for k in gone {
-            if let Some(d) = lock(&self.dispatchers).remove(&k) {
-                let _ = d.stop.send(true);
-            }
-            self.store.delete_subscription(&k.0, &k.1).await?;
-        }
-        // Subscriptions left in the store by triggers removed while no
-        // dispatcher ran (a node stopped mid-change).
-        for topic in self.store.topics().await? {
-            for s in topic.subscriptions {
-                if !wanted
-                    .iter()
-                    .any(|w| w.topic == topic.name && w.subscription == s.name)
-                {
-                    self.store.delete_subscription(&topic.name, &s.name).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops every dispatcher; their leased events are delivered again after a restart.
-    fn stop_dispatchers(&self) {
-        let _ = self.stopping.send(true);
-        for (_, d) in lock(&self.dispatchers).drain() {
-            let _ = d.stop.send(true);
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running node.
@@ -348,9 +106,14 @@ pub struct NodeHandle {
     pub token: String,
     /// Whether the token was created by this start (so it should be shown once).
     pub token_created: bool,
-    pub state: Arc<State>,
+    /// The name this node holds leases under.
+    pub node_id: String,
+    stores: Stores,
+    functions: Functions,
+    subscriptions: Arc<Subscriptions>,
+    sources: Arc<Sources>,
     shutdown: watch::Sender<bool>,
-    /// Gateway, admin API, housekeeping: stopped first.
+    /// Gateway, admin API, housekeeping, change feed: stopped first.
     tasks: Vec<tokio::task::JoinHandle<()>>,
     deliveries: Deliveries,
     /// Stopped last, once no invocation can log any more.
@@ -410,24 +173,23 @@ impl Drop for Deliveries {
 }
 
 impl NodeHandle {
+    /// The node's storage, as another node of a cluster would reach it
+    /// (for tests of what the node does when others change things).
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
     /// Stops accepting, lets running requests finish, then flushes the
     /// invocation logs; gives up waiting after 15 s in all.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        self.state.stop_dispatchers();
+        self.subscriptions.stop();
+        let _ = tokio::time::timeout_at(deadline, self.sources.stop()).await;
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
-        for live in self
-            .state
-            .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            live.stop_instances();
-        }
+        self.functions.stop();
         self.deliveries.stop().await;
         let (flush, writer) = self.log_writer;
         let _ = flush.send(true);
@@ -435,8 +197,14 @@ impl NodeHandle {
     }
 }
 
-fn load_or_create_token(dir: &std::path::Path) -> Result<(String, bool), NodeError> {
-    let path = dir.join("token");
+/// The contents of `dir/<name>`, made with `make` (and kept, 0600) if
+/// missing; whether it was made now.
+fn load_or_create(
+    dir: &std::path::Path,
+    name: &str,
+    make: impl FnOnce([u8; 32]) -> String,
+) -> Result<(String, bool), NodeError> {
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
         Ok(_) => {}
@@ -444,8 +212,8 @@ fn load_or_create_token(dir: &std::path::Path) -> Result<(String, bool), NodeErr
         Err(e) => return Err(NodeError::DataDir(format!("cannot read {}: {e}", path.display()))),
     }
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| NodeError::DataDir(format!("no randomness for a token: {e}")))?;
-    let token = format!("gale_{}", hex::encode(bytes));
+    getrandom::fill(&mut bytes).map_err(|e| NodeError::DataDir(format!("no randomness for {name}: {e}")))?;
+    let token = make(bytes);
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -472,78 +240,133 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
 /// Starts a node: opens (and locks) the data directory, loads what is
 /// deployed, and serves the gateway and the admin API.
 pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
-    let store = Embedded::open(&options.data_dir)?;
-    let (token, token_created) = load_or_create_token(&options.data_dir)?;
+    let dir = &options.data_dir;
+    let stores = gale_store::open(options.store, dir)?;
+    let (token, token_created) = load_or_create(dir, "token", |b| format!("gale_{}", hex::encode(b)))?;
+    let (node_id, _) = load_or_create(dir, "node", |b| format!("node-{}", hex::encode(&b[..6])))?;
     let runtime_config = RuntimeConfig {
-        cache_dir: options.data_dir.join("compiled"),
+        cache_dir: dir.join("compiled"),
         max_instances: options.max_instances,
     };
-    let runtime = tokio::task::spawn_blocking(move || Runtime::new(runtime_config))
+    let wasm = tokio::task::spawn_blocking(move || gale_wasm::Runtime::new(runtime_config))
         .await
         .map_err(|e| NodeError::DataDir(e.to_string()))??;
-    let processes = gale_process::Runtime::new(options.data_dir.join("process"))
-        .map_err(|e| NodeError::DataDir(e.to_string()))?;
+    let processes =
+        gale_process::Runtime::new(dir.join("process")).map_err(|e| NodeError::DataDir(e.to_string()))?;
     let gateway_listener = bind(options.listen).await?;
     let admin_listener = bind(options.admin_listen).await?;
-    let (logs_tx, logs_rx) = mpsc::channel(64 * 1024);
-    let (deliveries, delivery_handle) = Deliveries::start()?;
-    let state = Arc::new(State {
-        registry: Registry { meta: store.clone() },
-        store,
-        runtime,
-        processes,
-        functions: RwLock::new(HashMap::new()),
-        pinned: Mutex::new(HashMap::new()),
-        routes: RwLock::new(Arc::new(RouteTable::empty())),
-        counters: Mutex::new(HashMap::new()),
-        logs: logs_tx,
-        token: token.clone(),
-        tokens: Mutex::new(HashMap::new()),
-        changes: tokio::sync::Mutex::new(()),
-        epoch: Instant::now(),
-        meters: meters::Meters::new(),
-        dispatchers: Mutex::new(HashMap::new()),
-        topic_names: RwLock::new(Default::default()),
-        stopping: watch::channel(false).0,
-        deliveries: delivery_handle,
-    });
-    state.load_tokens().await?;
-    state.refresh_topic_names().await?;
-    state.sync().await?;
+
+    let meters = Arc::new(meters::Meters::new());
+    let publisher = Publisher::new(stores.topics.clone(), meters).await?;
+    let tokens = Tokens::load(token.clone(), stores.metadata.clone()).await?;
+    let (logs, log_writer) = functions::logs::Logs::new(stores.logs.clone());
+    let functions = Functions::new(
+        Registry {
+            meta: stores.metadata.clone(),
+        },
+        Runtimes {
+            wasm,
+            processes,
+            artifacts: stores.artifacts.clone(),
+            kv: stores.kv.clone(),
+            publisher: publisher.clone(),
+            logs,
+        },
+    );
+    let (deliveries, delivery_runtime) = Deliveries::start()?;
+    let dispatch = Dispatch {
+        functions: functions.clone(),
+        publisher: publisher.clone(),
+        topics: stores.topics.clone(),
+        runtime: delivery_runtime,
+    };
+    let routes = Arc::new(Routes::default());
+    let subscriptions = Arc::new(Subscriptions::new(dispatch.clone()));
+    let sources = Arc::new(Sources::new(
+        node_id.clone(),
+        functions.clone(),
+        publisher.clone(),
+        stores.metadata.clone(),
+    ));
+    functions.follow(routes.clone());
+    functions.follow(subscriptions.clone());
+    functions.follow(sources.clone());
+    // Follow the store from before the first read, so nothing written
+    // meanwhile goes unseen.
+    let changes = (stores.metadata.watch(), stores.topics.watch_topics());
+    functions.sync().await?;
+
+    let ingress = Ingress {
+        functions: functions.clone(),
+        routes,
+        publisher: publisher.clone(),
+        tokens: tokens.clone(),
+    };
+    let control = Control {
+        functions: functions.clone(),
+        publisher: publisher.clone(),
+        tokens: tokens.clone(),
+        artifacts: stores.artifacts.clone(),
+        logs: stores.logs.clone(),
+        topics: stores.topics.clone(),
+        changes: Arc::default(),
+    };
+    let admin_api = control::admin::router(
+        control,
+        vec![
+            ingress::admin_routes(ingress.clone()),
+            delivery::admin_routes(dispatch),
+            sources::admin_routes(sources.clone()),
+        ],
+    );
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let gateway = gateway_listener
-        .local_addr()
-        .map_err(|source| NodeError::Listen {
-            addr: options.listen.to_string(),
+    let local = |l: &TcpListener, asked: SocketAddr| {
+        l.local_addr().map_err(|source| NodeError::Listen {
+            addr: asked.to_string(),
             source,
-        })?;
-    let admin = admin_listener.local_addr().map_err(|source| NodeError::Listen {
-        addr: options.admin_listen.to_string(),
-        source,
-    })?;
+        })
+    };
+    let gateway = local(&gateway_listener, options.listen)?;
+    let admin = local(&admin_listener, options.admin_listen)?;
     let tasks = vec![
-        tokio::spawn(gateway::serve(
-            state.clone(),
+        tokio::spawn(ingress::gateway::serve(
+            ingress,
             gateway_listener,
             shutdown_rx.clone(),
         )),
-        tokio::spawn(admin::run(state.clone(), admin_listener, shutdown_rx.clone())),
-        tokio::spawn(schedule::run(state.clone(), shutdown_rx.clone())),
-        tokio::spawn(housekeeping(state.clone(), options.clone(), shutdown_rx)),
+        tokio::spawn(control::admin::run(
+            admin_api,
+            admin_listener,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(housekeeping(
+            stores.clone(),
+            functions.clone(),
+            options.clone(),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(follow_changes(
+            changes,
+            functions.clone(),
+            tokens,
+            publisher,
+            shutdown_rx,
+        )),
     ];
     let (flush, flush_rx) = watch::channel(false);
-    let log_writer = (
-        flush,
-        tokio::spawn(write_logs(state.store.clone(), logs_rx, flush_rx)),
-    );
-    tracing::info!(%gateway, %admin, data_dir = %options.data_dir.display(), "node started");
+    let log_writer = (flush, tokio::spawn(log_writer.run(flush_rx)));
+    tracing::info!(%gateway, %admin, node = %node_id, data_dir = %dir.display(), "node started");
     Ok(NodeHandle {
         gateway,
         admin,
         token,
         token_created,
-        state,
+        node_id,
+        stores,
+        functions,
+        subscriptions,
+        sources,
         shutdown,
         tasks,
         deliveries,
@@ -551,47 +374,109 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     })
 }
 
-/// Writes invocation logs in batches: one transaction per batch keeps the
-/// request path free of storage latency.
-async fn write_logs(
-    store: Embedded,
-    mut rx: mpsc::Receiver<InvocationLog>,
+/// What the change feeds said since the node last looked.
+#[derive(Default)]
+struct Seen {
+    registry: bool,
+    tokens: bool,
+    topics: bool,
+}
+
+impl Seen {
+    fn key(&mut self, r: Result<gale_store::Change, broadcast::error::RecvError>) {
+        match r {
+            Ok(c) if registry::is_registry_key(&c.key) => self.registry = true,
+            Ok(c) if Tokens::is_token_key(&c.key) => self.tokens = true,
+            Ok(_) => {}
+            // Fell behind: look at everything again.
+            Err(_) => *self = Seen::all(),
+        }
+    }
+
+    fn topic(&mut self, r: Result<String, broadcast::error::RecvError>) {
+        match r {
+            Ok(_) => self.topics = true,
+            Err(_) => *self = Seen::all(),
+        }
+    }
+
+    fn all() -> Seen {
+        Seen {
+            registry: true,
+            tokens: true,
+            topics: true,
+        }
+    }
+}
+
+/// Reacts to changes of the store, whoever made them: another node of a
+/// cluster, or this node's own API (whose changes were applied already;
+/// applying them again finds nothing to do).
+async fn follow_changes(
+    (mut keys, mut topics): (
+        broadcast::Receiver<gale_store::Change>,
+        broadcast::Receiver<String>,
+    ),
+    functions: Functions,
+    tokens: Tokens,
+    publisher: Publisher,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let mut batch = Vec::new();
+        let mut seen = Seen::default();
         tokio::select! {
-            r = rx.recv() => match r {
-                Some(r) => batch.push(r),
-                None => return,
-            },
-            _ = shutdown.changed() => {
-                while let Ok(r) = rx.try_recv() {
-                    batch.push(r);
-                }
-                if let Err(e) = store.append(batch).await {
-                    tracing::error!(error = %e, "writing invocation logs failed");
-                }
-                return;
+            r = keys.recv() => seen.key(r),
+            r = topics.recv() => seen.topic(r),
+            _ = shutdown.changed() => return,
+        }
+        // Changes come in bursts (a deploy writes several keys): take the
+        // whole burst, then act once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            match keys.try_recv() {
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => seen = Seen::all(),
+                Ok(c) => seen.key(Ok(c)),
             }
         }
-        // Let a batch gather: one commit per batch, not per invocation.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        loop {
+            match topics.try_recv() {
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => seen = Seen::all(),
+                Ok(t) => seen.topic(Ok(t)),
             }
         }
-        if let Err(e) = store.append(batch).await {
-            tracing::error!(error = %e, "writing invocation logs failed");
+        if seen.tokens
+            && let Err(e) = tokens.reload().await
+        {
+            tracing::warn!(error = %e, "reading tokens again failed");
+        }
+        if seen.topics
+            && let Err(e) = publisher.refresh().await
+        {
+            tracing::warn!(error = %e, "reading topics again failed");
+        }
+        let followed = if seen.registry {
+            functions.sync().await
+        } else if seen.topics {
+            functions.refollow().await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = followed {
+            tracing::warn!(error = %e, "following a change of the store failed");
         }
     }
 }
 
 /// Periodic work: scale idle functions to zero, prune old logs, apply
 /// topic retention.
-async fn housekeeping(state: Arc<State>, options: Options, mut shutdown: watch::Receiver<bool>) {
+async fn housekeeping(
+    stores: Stores,
+    functions: Functions,
+    options: Options,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let tick = options
         .idle_timeout
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -602,34 +487,18 @@ async fn housekeeping(state: Arc<State>, options: Options, mut shutdown: watch::
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let functions: Vec<Arc<Live>> = state
-            .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for live in functions {
-            if live.reap(options.idle_timeout) {
-                tracing::debug!(function = %live.name, "scaled to zero");
-            }
-        }
-        // Pinned versions go once idle (or once their function is gone).
-        lock(&state.pinned).retain(|(name, _), live| {
-            let idle = live.reap(options.idle_timeout) || !live.stats().warm;
-            !idle && state.function(name).is_some()
-        });
+        functions.reap(options.idle_timeout);
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();
             let retention = options.log_retention.as_millis() as u64;
-            if let Err(e) = state
-                .store
-                .prune(registry::now_ms(), retention, options.log_keep)
+            if let Err(e) = stores
+                .logs
+                .prune(clock::now_ms(), retention, options.log_keep)
                 .await
             {
                 tracing::warn!(error = %e, "pruning invocation logs failed");
             }
-            match state.store.enforce_retention().await {
+            match stores.topics.enforce_retention().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(events = n, "retention dropped old events"),
                 Err(e) => tracing::warn!(error = %e, "applying topic retention failed"),

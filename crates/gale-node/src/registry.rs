@@ -8,12 +8,19 @@
 //! - `functions/{name}`: owner app and the last version number handed out.
 //! - `versions/{name}/{version:010}`: one immutable version (code digest and
 //!   configuration).
+//! - `sources/{name}`: a source the manifest declares (`[sources.NAME]`) and
+//!   the app it belongs to.
+//!
+//! Every plane reads these records (the gateway's routes, the dispatchers'
+//! triggers, the sources); only deploys write them.
 
+use crate::clock::now_ms;
 use crate::error::Result;
-use gale_core::FunctionSpec;
+use gale_core::{FunctionSpec, SourceSpec};
 use gale_store::{Entry, Expect, Metadata};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AppRecord {
@@ -45,6 +52,25 @@ pub struct VersionRecord {
     pub created_at: u64,
 }
 
+/// A declared source (`[sources.NAME]`) and its app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    pub app: String,
+    pub spec: SourceSpec,
+}
+
+pub fn source_key(name: &str) -> String {
+    format!("sources/{name}")
+}
+
+/// Whether a change of `key` may change what the node runs.
+pub fn is_registry_key(key: &str) -> bool {
+    ["apps/", "functions/", "versions/", "sources/"]
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
 pub fn app_key(app: &str) -> String {
     format!("apps/{app}")
 }
@@ -68,24 +94,18 @@ pub fn identity(artifact: &str, spec: &FunctionSpec) -> String {
     gale_store::digest_of(&bytes)
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn decode<T: DeserializeOwned>(key: &str, entry: &Entry) -> Result<T> {
     serde_json::from_slice(&entry.value)
         .map_err(|e| gale_store::StoreError::Engine(format!("record {key} is unreadable: {e}")).into())
 }
 
-/// Typed access to the registry's records.
-pub struct Registry<M> {
-    pub meta: M,
+/// Typed access to the registry's records. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    pub meta: Arc<dyn Metadata>,
 }
 
-impl<M: Metadata> Registry<M> {
+impl Registry {
     pub async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
         match self.meta.get(key).await? {
             Some(entry) => Ok(Some((decode(key, &entry)?, entry.revision))),
@@ -171,8 +191,20 @@ impl<M: Metadata> Registry<M> {
     }
 }
 
-impl<M: Metadata> Registry<M> {
-    pub async fn meta_delete(&self, key: &str, expect: Expect) -> Result<()> {
+impl Registry {
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<()> {
         Ok(self.meta.delete(key, expect).await?)
+    }
+
+    /// Every declared source; an unreadable record is logged and skipped.
+    pub async fn sources(&self) -> Result<Vec<SourceRecord>> {
+        let mut sources = Vec::new();
+        for (key, entry) in self.meta.list("sources/").await? {
+            match decode(&key, &entry) {
+                Ok(s) => sources.push(s),
+                Err(e) => tracing::error!(error = %e, "source record skipped"),
+            }
+        }
+        Ok(sources)
     }
 }

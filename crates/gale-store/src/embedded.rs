@@ -10,8 +10,8 @@
 //! directory would corrupt each other's view.
 
 use crate::{
-    Artifacts, Delivery, Entry, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Published, Result,
-    Settle, StoreError, StoredEvent, TopicConfig, Topics, digest_hex, digest_of,
+    Artifacts, Change, Delivery, Entry, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Published,
+    Result, Settle, StoreError, StoredEvent, TopicConfig, Topics, digest_hex, digest_of,
 };
 use async_trait::async_trait;
 use gale_core::api::{InvocationLog, TopicInfo};
@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
 
 mod logs;
 mod topics;
@@ -45,9 +46,16 @@ struct Inner {
     /// or a topic listing neither waits behind a group commit's fsync nor
     /// adds to the writer's queue.
     events_read: Mutex<Connection>,
+    /// Metadata changes, after their commit (see [`Metadata::watch`]).
+    changes: broadcast::Sender<Change>,
+    /// Topics created, reconfigured or deleted.
+    topic_changes: broadcast::Sender<String>,
     /// Held (and locked) for as long as the backend lives.
     _lock: File,
 }
+
+/// Changes kept for receivers that have not read them yet.
+const CHANGES: usize = 1024;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
@@ -130,6 +138,8 @@ impl Embedded {
                 logs: logs::LogThread::start(logs).map_err(io_err(&db))?,
                 events: topics::EventThread::start(events).map_err(io_err(&events_db))?,
                 events_read: Mutex::new(events_read),
+                changes: broadcast::channel(CHANGES).0,
+                topic_changes: broadcast::channel(CHANGES).0,
                 _lock: lock,
             }),
         })
@@ -223,34 +233,56 @@ impl Metadata for Embedded {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64> {
-        let key = key.to_string();
-        self.with_meta(move |c| {
-            let tx = c.transaction().map_err(engine_err)?;
-            let current = current_revision(&tx, &key)?;
-            check(expect, current, &key)?;
-            let revision = current.unwrap_or(0) + 1;
-            tx.execute(
-                "INSERT INTO kv (key, value, revision) VALUES (?1, ?2, ?3)
+        let owned = key.to_string();
+        let revision = self
+            .with_meta(move |c| {
+                let key = owned;
+                let tx = c.transaction().map_err(engine_err)?;
+                let current = current_revision(&tx, &key)?;
+                check(expect, current, &key)?;
+                let revision = current.unwrap_or(0) + 1;
+                tx.execute(
+                    "INSERT INTO kv (key, value, revision) VALUES (?1, ?2, ?3)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value, revision = excluded.revision",
-                params![key, value, revision as i64],
-            )
-            .map_err(engine_err)?;
-            tx.commit().map_err(engine_err)?;
-            Ok(revision)
-        })
-        .await
+                    params![key, value, revision as i64],
+                )
+                .map_err(engine_err)?;
+                tx.commit().map_err(engine_err)?;
+                Ok(revision)
+            })
+            .await?;
+        let _ = self.inner.changes.send(Change {
+            key: key.to_string(),
+            revision: Some(revision),
+        });
+        Ok(revision)
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<()> {
-        let key = key.to_string();
-        self.with_meta(move |c| {
-            let tx = c.transaction().map_err(engine_err)?;
-            check(expect, current_revision(&tx, &key)?, &key)?;
-            tx.execute("DELETE FROM kv WHERE key = ?1", [&key])
-                .map_err(engine_err)?;
-            tx.commit().map_err(engine_err)
-        })
-        .await
+        let owned = key.to_string();
+        let existed = self
+            .with_meta(move |c| {
+                let key = owned;
+                let tx = c.transaction().map_err(engine_err)?;
+                check(expect, current_revision(&tx, &key)?, &key)?;
+                let n = tx
+                    .execute("DELETE FROM kv WHERE key = ?1", [&key])
+                    .map_err(engine_err)?;
+                tx.commit().map_err(engine_err)?;
+                Ok(n > 0)
+            })
+            .await?;
+        if existed {
+            let _ = self.inner.changes.send(Change {
+                key: key.to_string(),
+                revision: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn watch(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>> {
@@ -354,11 +386,14 @@ impl InvocationLogs for Embedded {
 #[async_trait]
 impl Topics for Embedded {
     async fn put_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let owned_name = name.to_string();
         let name = name.to_string();
         self.inner
             .events
             .run(Durable, move |c| topics::put_topic(c, &name, config))
-            .await
+            .await?;
+        let _ = self.inner.topic_changes.send(owned_name);
+        Ok(())
     }
 
     async fn delete_topic(&self, name: &str) -> Result<bool> {
@@ -369,6 +404,9 @@ impl Topics for Embedded {
             .run(Durable, move |c| topics::delete_topic(c, &owned))
             .await?;
         self.inner.events.wake(name);
+        if deleted {
+            let _ = self.inner.topic_changes.send(name.to_string());
+        }
         Ok(deleted)
     }
 
@@ -518,6 +556,10 @@ impl Topics for Embedded {
             .events
             .run(Relaxed, |c| topics::enforce_retention(c, topics::now_ms()))
             .await
+    }
+
+    fn watch_topics(&self) -> broadcast::Receiver<String> {
+        self.inner.topic_changes.subscribe()
     }
 }
 

@@ -14,13 +14,21 @@
 //! pull consumers (fetch with a lease, ack, retry after a delay), so the
 //! embedded backend and a NATS backend can honour the same contract; see
 //! `docs/ARCHITECTURE.md` for the mapping.
+//!
+//! A node holds its backend as [`Stores`]: one trait object per trait,
+//! chosen once at start ([`open`]), so nothing above this crate names a
+//! backend.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod embedded;
 
 use async_trait::async_trait;
 use gale_core::api::{InvocationLog, TopicInfo};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 pub use embedded::Embedded;
 
@@ -75,6 +83,13 @@ pub enum Expect {
     Revision(u64),
 }
 
+/// A metadata key that changed: written at `revision`, or deleted (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub revision: Option<u64>,
+}
+
 /// Key-value metadata with compare-and-swap.
 ///
 /// Guarantees: a write that returned `Ok` is durable (survives a crash of the
@@ -89,6 +104,12 @@ pub trait Metadata: Send + Sync + 'static {
     async fn delete(&self, key: &str, expect: Expect) -> Result<()>;
     /// Every key starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>>;
+    /// Changes committed from now on, by whichever node made them (on the
+    /// embedded backend, which serves one node: this node's). A change is
+    /// sent after its write is durable. A receiver that falls behind gets
+    /// `RecvError::Lagged` and must read again what it follows: changes are
+    /// a hint to look, the stored values are the truth.
+    fn watch(&self) -> broadcast::Receiver<Change>;
 }
 
 /// Content-addressed blobs (function code).
@@ -243,6 +264,9 @@ pub trait Topics: Send + Sync + 'static {
     /// Applies every topic's retention and forgets dedup entries past their
     /// window. Returns the number of events dropped.
     async fn enforce_retention(&self) -> Result<u64>;
+    /// Names of topics created, reconfigured or deleted from now on, by
+    /// whichever node did it; as [`Metadata::watch`], a hint to look again.
+    fn watch_topics(&self) -> broadcast::Receiver<String>;
 }
 
 /// Key-value state for functions: named buckets of byte values, each
@@ -261,6 +285,61 @@ pub trait KeyValue: Send + Sync + 'static {
     /// Adds `delta` to the decimal number stored at `key` (missing: 0) and
     /// returns the sum.
     async fn kv_increment(&self, scope: &str, bucket: &str, key: &str, delta: u64) -> Result<u64>;
+}
+
+/// The storage backends a node can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// SQLite and files in the data directory; one node.
+    #[default]
+    Embedded,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Backend, String> {
+        match s {
+            "embedded" => Ok(Backend::Embedded),
+            other => Err(format!(
+                "unknown store {other:?}: the only backend so far is `embedded`"
+            )),
+        }
+    }
+}
+
+/// One backend, as the traits a node uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    pub metadata: Arc<dyn Metadata>,
+    pub artifacts: Arc<dyn Artifacts>,
+    pub logs: Arc<dyn InvocationLogs>,
+    pub topics: Arc<dyn Topics>,
+    pub kv: Arc<dyn KeyValue>,
+}
+
+impl Stores {
+    /// All five traits served by one value of a backend.
+    pub fn of<B>(backend: B) -> Stores
+    where
+        B: Metadata + Artifacts + InvocationLogs + Topics + KeyValue + Clone,
+    {
+        Stores {
+            metadata: Arc::new(backend.clone()),
+            artifacts: Arc::new(backend.clone()),
+            logs: Arc::new(backend.clone()),
+            topics: Arc::new(backend.clone()),
+            kv: Arc::new(backend),
+        }
+    }
+}
+
+/// Opens `backend` with its data in `dir` (the embedded backend's data
+/// directory, which it locks; a cluster backend keeps only caches there).
+pub fn open(backend: Backend, dir: &Path) -> Result<Stores> {
+    match backend {
+        Backend::Embedded => Ok(Stores::of(Embedded::open(dir)?)),
+    }
 }
 
 /// `sha256:<hex>` of `data`.

@@ -1,11 +1,36 @@
-//! The gateway's routing table, rebuilt whole on every change and swapped in
-//! atomically, so a request sees either the old routes or the new, never a mix.
+//! The gateway's routing table, rebuilt whole on every change of functions
+//! and swapped in atomically, so a request sees either the old routes or
+//! the new, never a mix.
 
-use crate::scheduler::Live;
+use crate::NodeError;
+use crate::functions::live::Live;
+use crate::functions::{Follow, Snapshot};
 use gale_core::Route;
 use http::{HeaderValue, Method};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+/// The current table; follows the live functions.
+#[derive(Default)]
+pub struct Routes {
+    table: RwLock<Arc<RouteTable>>,
+}
+
+impl Routes {
+    /// The table as of now (a lock held only to clone an `Arc`).
+    pub fn table(&self) -> Arc<RouteTable> {
+        crate::read(&self.table).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Follow for Routes {
+    async fn functions_changed(&self, functions: &Snapshot) -> Result<(), NodeError> {
+        *crate::write(&self.table) = Arc::new(RouteTable::build(functions.values()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
 pub struct RouteTable {
     router: matchit::Router<usize>,
     entries: Vec<Entry>,
@@ -28,17 +53,10 @@ pub enum Lookup<'a> {
 }
 
 impl RouteTable {
-    pub fn empty() -> RouteTable {
-        RouteTable {
-            router: matchit::Router::new(),
-            entries: Vec::new(),
-        }
-    }
-
     /// Builds the table from every live function. Routes were checked for
     /// conflicts at deploy; one that still fails to insert is skipped and logged.
     pub fn build<'a>(functions: impl IntoIterator<Item = &'a Arc<Live>>) -> RouteTable {
-        let mut table = RouteTable::empty();
+        let mut table = RouteTable::default();
         let mut index = std::collections::HashMap::new();
         for live in functions {
             for route in live.spec.routes() {

@@ -4,10 +4,10 @@
 //! The CLI is a thin client of this API; anything the CLI does, a script can
 //! do with curl.
 
-use crate::deploy::not_found;
-use crate::gateway::{self, REQUEST_ID};
-use crate::tokens::Grant;
-use crate::{NodeError, State};
+use super::Control;
+use crate::NodeError;
+use crate::auth::{Grant, Tokens};
+use crate::http::{ApiError, ApiResult, REQUEST_ID, request_id};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -20,12 +20,9 @@ use gale_core::api::{
     CreateTokenRequest, CreatedToken, DeployRequest, FunctionInfo, InvocationLog, InvokeRequest,
     InvokeResponse, RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
 };
-use gale_core::error::ErrorBody;
 use gale_core::{Code, Error};
-use gale_store::{Artifacts, InvocationLogs, Topics};
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -35,37 +32,11 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest artifact accepted.
 const MAX_ARTIFACT: usize = 256 << 20;
 
-/// An error answer in the JSON shape every Gale endpoint uses.
-pub(crate) struct ApiError(pub Error);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { error: self.0 })).into_response()
-    }
-}
-
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        let user = e.to_user();
-        if user.code == Code::Internal || user.code == Code::Storage {
-            tracing::error!(error = %e, "admin request failed");
-        }
-        ApiError(user)
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        ApiError(e)
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-pub fn router(state: Arc<State>) -> Router {
-    let protected = Router::new()
+/// The admin API: control's own endpoints and `planes` (the other planes'
+/// admin endpoints), all behind the admin token.
+pub fn router(control: Control, planes: Vec<Router>) -> Router {
+    let tokens = control.tokens.clone();
+    let mut protected = Router::new()
         .route("/v1/artifacts/{digest}", put(put_artifact).get(artifact_exists))
         .route("/v1/apps/{app}/deploy", post(deploy))
         .route("/v1/functions", get(list_functions))
@@ -76,16 +47,15 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/topics", get(list_topics))
         .route("/v1/topics/{name}", put(put_topic).delete(delete_topic))
-        .route(
-            "/v1/topics/{name}/events",
-            post(crate::events::publish).get(read_events),
-        )
-        .route("/v1/topics/{name}/redrive", post(redrive))
-        .route("/v1/topics/{name}/replay", post(replay))
+        .route("/v1/topics/{name}/events", get(read_events))
         .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/invocations/{id}", get(crate::invocations::show))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(control);
+    for plane in planes {
+        protected = protected.merge(plane);
+    }
+    let protected = protected
+        .layer(middleware::from_fn_with_state(tokens, authorize))
         .layer(DefaultBodyLimit::max(MAX_ARTIFACT));
     Router::new()
         .route("/v1/openapi.json", get(openapi))
@@ -94,11 +64,9 @@ pub fn router(state: Arc<State>) -> Router {
         .fallback(|| async {
             ApiError(Error::new(Code::BadRequest, "no such admin endpoint").with_hint("see /v1/openapi.json"))
         })
-        .with_state(state)
 }
 
-pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let app = router(state);
+pub async fn run(app: Router, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let stop = async move {
         let _ = shutdown.changed().await;
     };
@@ -107,13 +75,8 @@ pub async fn run(state: Arc<State>, listener: TcpListener, mut shutdown: watch::
     }
 }
 
-pub(crate) async fn authorize(
-    Ext(state): Ext<Arc<State>>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
-    match state.grant(&headers) {
+async fn authorize(Ext(tokens): Ext<Tokens>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    match tokens.grant(&headers) {
         Some(Grant::Admin) => next.run(request).await,
         _ => ApiError(
             Error::new(Code::Unauthorized, "missing or wrong bearer token").with_hint(
@@ -134,12 +97,11 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn put_artifact(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(digest): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    state
-        .store
+    c.artifacts
         .put(&digest, body.to_vec())
         .await
         .map_err(NodeError::from)?;
@@ -147,7 +109,7 @@ async fn put_artifact(
 }
 
 async fn deploy(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(app): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<gale_core::api::DeployResponse>> {
@@ -167,11 +129,10 @@ async fn deploy(
         )
         .into());
     }
-    Ok(Json(state.deploy(request).await?))
+    Ok(Json(c.deploy(request).await?))
 }
 
-fn info(state: &State, live: &crate::scheduler::Live, versions: u64, updated_at: u64) -> FunctionInfo {
-    let _ = state;
+fn info(live: &crate::functions::live::Live, versions: u64, updated_at: u64) -> FunctionInfo {
     FunctionInfo {
         name: live.name.clone(),
         app: live.app.clone(),
@@ -185,54 +146,50 @@ fn info(state: &State, live: &crate::scheduler::Live, versions: u64, updated_at:
     }
 }
 
-async fn function_info(state: &State, name: &str) -> ApiResult<FunctionInfo> {
-    let live = state.function(name).ok_or_else(|| not_found(name))?;
-    let record = state
-        .registry
+async fn function_info(c: &Control, name: &str) -> ApiResult<FunctionInfo> {
+    let live = c
+        .functions
+        .get(name)
+        .ok_or_else(|| NodeError::function_not_found(name))?;
+    let registry = c.functions.registry();
+    let record = registry
         .read::<crate::registry::FunctionRecord>(&crate::registry::function_key(name))
         .await?;
-    let version = state.registry.version(name, live.version).await?;
+    let version = registry.version(name, live.version).await?;
     Ok(info(
-        state,
         &live,
         record.map(|(r, _)| r.latest).unwrap_or(live.version),
         version.map(|v| v.created_at).unwrap_or(0),
     ))
 }
 
-async fn list_functions(Ext(state): Ext<Arc<State>>) -> ApiResult<Json<Vec<FunctionInfo>>> {
-    let mut names: Vec<String> = state
-        .functions
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+async fn list_functions(Ext(c): Ext<Control>) -> ApiResult<Json<Vec<FunctionInfo>>> {
+    let mut names: Vec<String> = c.functions.snapshot().keys().cloned().collect();
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        if let Ok(i) = function_info(&state, &name).await {
+        if let Ok(i) = function_info(&c, &name).await {
             out.push(i);
         }
     }
     Ok(Json(out))
 }
 
-async fn describe(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> ApiResult<Json<FunctionInfo>> {
-    Ok(Json(function_info(&state, &name).await?))
+async fn describe(Ext(c): Ext<Control>, Path(name): Path<String>) -> ApiResult<Json<FunctionInfo>> {
+    Ok(Json(function_info(&c, &name).await?))
 }
 
-async fn remove(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    state.remove(&name).await?;
+async fn remove(Ext(c): Ext<Control>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    c.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn versions(
-    Ext(state): Ext<Arc<State>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Vec<VersionInfo>>> {
-    let live = state.function(&name).ok_or_else(|| not_found(&name))?;
-    let versions = state.registry.versions(&name).await?;
+async fn versions(Ext(c): Ext<Control>, Path(name): Path<String>) -> ApiResult<Json<Vec<VersionInfo>>> {
+    let live = c
+        .functions
+        .get(&name)
+        .ok_or_else(|| NodeError::function_not_found(&name))?;
+    let versions = c.functions.registry().versions(&name).await?;
     Ok(Json(
         versions
             .into_iter()
@@ -249,22 +206,25 @@ async fn versions(
 }
 
 async fn rollback(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(name): Path<String>,
     Json(req): Json<RollbackRequest>,
 ) -> ApiResult<Json<FunctionInfo>> {
-    state.rollback(&name, req.version).await?;
-    Ok(Json(function_info(&state, &name).await?))
+    c.rollback(&name, req.version).await?;
+    Ok(Json(function_info(&c, &name).await?))
 }
 
 /// Sends a request to the function as the gateway would, bypassing routes,
 /// so functions without an HTTP route can be tried too.
 async fn invoke(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(name): Path<String>,
     Json(req): Json<InvokeRequest>,
 ) -> ApiResult<Json<InvokeResponse>> {
-    let live = state.function(&name).ok_or_else(|| not_found(&name))?;
+    let live = c
+        .functions
+        .get(&name)
+        .ok_or_else(|| NodeError::function_not_found(&name))?;
     let method = req
         .method
         .as_deref()
@@ -282,18 +242,13 @@ async fn invoke(
         .header(header::CONTENT_LENGTH, body.len())
         .body(http_body_util::Full::new(body))
         .map_err(|e| Error::new(Code::BadRequest, format!("cannot build the request: {e}")))?;
-    let id = gateway::request_id();
+    let id = request_id();
     // A process function takes the body as its payload, as `aws lambda invoke` does.
     let response = if live.spec.runtime == gale_core::manifest::RuntimeKind::Process {
-        crate::lambda::invoke_payload(
-            &state,
-            live,
-            request.into_body().into_inner().unwrap_or_default(),
-            &id,
-        )
-        .await
+        let payload = request.into_body().into_inner().unwrap_or_default();
+        crate::functions::process::invoke_payload(live, payload, &id).await
     } else {
-        gateway::invoke(&state, live, request, &id).await
+        crate::functions::http::invoke(live, request, &id).await
     };
     let (parts, body) = response.into_parts();
     let bytes = body
@@ -324,29 +279,28 @@ struct LogQuery {
 }
 
 async fn logs(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Vec<InvocationLog>>> {
-    if state.function(&name).is_none() {
-        return Err(not_found(&name).into());
+    if c.functions.get(&name).is_none() {
+        return Err(NodeError::function_not_found(&name).into());
     }
     let limit = q.limit.unwrap_or(100).min(1000);
     Ok(Json(
-        state
-            .store
+        c.logs
             .query(&name, q.after, limit, q.tail)
             .await
             .map_err(NodeError::from)?,
     ))
 }
 
-async fn list_topics(Ext(state): Ext<Arc<State>>) -> ApiResult<Json<Vec<TopicInfo>>> {
-    Ok(Json(state.topics().await?))
+async fn list_topics(Ext(c): Ext<Control>) -> ApiResult<Json<Vec<TopicInfo>>> {
+    Ok(Json(c.publisher.list().await?))
 }
 
 async fn put_topic(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(name): Path<String>,
     body: Option<Json<TopicSpec>>,
 ) -> ApiResult<Json<TopicInfo>> {
@@ -358,18 +312,19 @@ async fn put_topic(
         );
     }
     let spec = body.map(|Json(s)| s).unwrap_or_default();
-    state.put_topic(&name, crate::deploy::topic_config(&spec)).await?;
-    let topics = state.topics().await?;
+    c.publisher
+        .put_topic(&name, super::deploy::topic_config(&spec))
+        .await?;
+    let topics = c.publisher.list().await?;
     let info = topics.into_iter().find(|t| t.name == name);
     info.map(Json)
         .ok_or_else(|| NodeError::from(gale_store::StoreError::UnknownTopic(name)).into())
 }
 
-async fn delete_topic(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    let used_by: Vec<String> = state
+async fn delete_topic(Ext(c): Ext<Control>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let used_by: Vec<String> = c
         .functions
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
+        .snapshot()
         .values()
         .filter(|l| l.spec.events.iter().any(|t| t.topic == name))
         .map(|l| l.name.clone())
@@ -382,7 +337,7 @@ async fn delete_topic(Ext(state): Ext<Arc<State>>, Path(name): Path<String>) -> 
         .with_hint("remove their event triggers first")
         .into());
     }
-    match state.delete_topic(&name).await? {
+    match c.publisher.delete_topic(&name).await? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(NodeError::from(gale_store::StoreError::UnknownTopic(name)).into()),
     }
@@ -397,13 +352,13 @@ struct ReadQuery {
 
 /// Stored events of a topic as CloudEvents JSON, with their sequence numbers.
 async fn read_events(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Path(name): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<Json<Vec<StoredEventInfo>>> {
     let limit = q.limit.unwrap_or(100).min(1000);
-    let events = state
-        .store
+    let events = c
+        .topics
         .read(&name, q.after, limit)
         .await
         .map_err(NodeError::from)?;
@@ -421,19 +376,19 @@ async fn read_events(
 }
 
 async fn create_token(
-    Ext(state): Ext<Arc<State>>,
+    Ext(c): Ext<Control>,
     Json(req): Json<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
-    let (token, info) = state.create_token(req.publish).await?;
+    let (token, info) = c.tokens.create(req.publish).await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
 
-async fn list_tokens(Ext(state): Ext<Arc<State>>) -> Json<Vec<TokenInfo>> {
-    Json(state.list_tokens())
+async fn list_tokens(Ext(c): Ext<Control>) -> Json<Vec<TokenInfo>> {
+    Json(c.tokens.list())
 }
 
-async fn delete_token(Ext(state): Ext<Arc<State>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    match state.delete_token(&id).await? {
+async fn delete_token(Ext(c): Ext<Control>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    match c.tokens.delete(&id).await? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(Error::new(Code::BadRequest, format!("no token with id {id}"))
             .with_hint("`gale tokens ls` lists them")
@@ -441,37 +396,8 @@ async fn delete_token(Ext(state): Ext<Arc<State>>, Path(id): Path<String>) -> Ap
     }
 }
 
-#[derive(Deserialize)]
-struct ReplayRequest {
-    /// The function to run the events through.
-    function: String,
-    /// Unix milliseconds: events published at or after this.
-    #[serde(default)]
-    from_ms: u64,
-    limit: Option<u64>,
-}
-
-async fn replay(
-    Ext(state): Ext<Arc<State>>,
-    Path(name): Path<String>,
-    Json(req): Json<ReplayRequest>,
-) -> ApiResult<Json<crate::dispatch::Replayed>> {
-    let limit = req.limit.unwrap_or(10_000).min(100_000);
-    Ok(Json(
-        crate::dispatch::replay(&state, &name, &req.function, req.from_ms, limit).await?,
-    ))
-}
-
-/// Moves a dead-letter topic's events back to the topics they failed on.
-async fn redrive(
-    Ext(state): Ext<Arc<State>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(state.redrive(&name).await?))
-}
-
-async fn artifact_exists(Ext(state): Ext<Arc<State>>, Path(digest): Path<String>) -> ApiResult<StatusCode> {
-    match state.store.contains(&digest).await.map_err(NodeError::from)? {
+async fn artifact_exists(Ext(c): Ext<Control>, Path(digest): Path<String>) -> ApiResult<StatusCode> {
+    match c.artifacts.contains(&digest).await.map_err(NodeError::from)? {
         true => Ok(StatusCode::NO_CONTENT),
         false => Ok(StatusCode::NOT_FOUND),
     }

@@ -7,14 +7,15 @@
 //! app record swapped in one compare-and-swap; a failed deploy leaves the
 //! previous versions serving.
 
-use crate::State;
+use super::Control;
+use crate::clock::now_ms;
 use crate::error::{NodeError, Result};
-use crate::registry::{AppRecord, FunctionRecord, app_key, function_key, identity, now_ms};
+use crate::functions::triggers::{SCHEDULE_TOPIC, schedule_topic};
+use crate::registry::{AppRecord, FunctionRecord, SourceRecord, app_key, function_key, identity, source_key};
 use gale_core::api::{DeployRequest, DeployResponse, DeployedFunction};
 use gale_core::{Code, Error, Route};
-use gale_store::{Artifacts, Expect, TopicConfig, Topics};
+use gale_store::{Expect, TopicConfig};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 /// The store's form of a manifest's `[topics.NAME]`.
 pub fn topic_config(t: &gale_core::TopicSpec) -> TopicConfig {
@@ -25,16 +26,18 @@ pub fn topic_config(t: &gale_core::TopicSpec) -> TopicConfig {
     }
 }
 
-impl State {
-    pub async fn deploy(self: &Arc<Self>, request: DeployRequest) -> Result<DeployResponse> {
+impl Control {
+    pub async fn deploy(&self, request: DeployRequest) -> Result<DeployResponse> {
         let DeployRequest { manifest, artifacts } = request;
         manifest.validate()?;
         let app = manifest.app.name.clone();
         let _changes = self.changes.lock().await;
+        let registry = self.functions.registry();
+        let runtimes = self.functions.runtimes();
 
         // Ownership and artifacts.
         for name in manifest.functions.keys() {
-            if let Some((owner, _)) = self.registry.read::<FunctionRecord>(&function_key(name)).await?
+            if let Some((owner, _)) = registry.read::<FunctionRecord>(&function_key(name)).await?
                 && owner.app != app
             {
                 return Err(Error::new(
@@ -52,7 +55,7 @@ impl State {
                 .with_hint("upload the component with PUT /v1/artifacts/{digest} and name it in `artifacts`")
                 .into());
             };
-            if !self.store.contains(digest).await? {
+            if !self.artifacts.contains(digest).await? {
                 return Err(Error::new(
                     Code::ArtifactInvalid,
                     format!("artifact {digest} of function `{name}` was not uploaded"),
@@ -72,7 +75,7 @@ impl State {
         gale_core::manifest::check_routes(ours.iter().chain(&others).map(|(n, r)| (n.as_str(), r)))?;
 
         // Every trigger's topic is declared here or exists already.
-        let existing: BTreeSet<String> = self.store.topics().await?.into_iter().map(|t| t.name).collect();
+        let existing: BTreeSet<String> = self.publisher.list().await?.into_iter().map(|t| t.name).collect();
         for (name, f) in &manifest.functions {
             for (i, t) in f.events.iter().enumerate() {
                 if !manifest.topics.contains_key(&t.topic) && !existing.contains(&t.topic) {
@@ -90,6 +93,32 @@ impl State {
             }
         }
 
+        // Sources: each feeds a topic declared here or existing already, and
+        // belongs to one app.
+        let stored = registry.sources().await?;
+        for (name, source) in &manifest.sources {
+            if let Some(other) = stored.iter().find(|s| &s.name == name && s.app != app) {
+                return Err(Error::new(
+                    Code::Conflict,
+                    format!("source `{name}` belongs to app `{}`", other.app),
+                )
+                .with_hint("rename the source, or remove it from the other app first")
+                .into());
+            }
+            let topic = source.topic();
+            if !manifest.topics.contains_key(topic) && !existing.contains(topic) {
+                return Err(Error::new(
+                    Code::TopicNotFound,
+                    format!(
+                        "`sources.{name}.topic`: topic `{topic}` is not declared in the manifest \
+                         and does not exist on the node"
+                    ),
+                )
+                .with_hint(format!("declare it with a [topics.{topic}] table"))
+                .into());
+            }
+        }
+
         // Compile (or find compiled) every component. Functions with routes
         // must be HTTP components, so their world is checked even when cached.
         for (name, digest) in &artifacts {
@@ -100,13 +129,13 @@ impl State {
                 self.check_package(name, digest, spec).await?;
                 continue;
             }
-            if spec.http.is_empty() && self.runtime.is_compiled(digest) {
+            if spec.http.is_empty() && runtimes.wasm.is_compiled(digest) {
                 continue;
             }
-            let Some(wasm) = self.store.get(digest).await? else {
+            let Some(wasm) = self.artifacts.get(digest).await? else {
                 return Err(Error::new(Code::ArtifactInvalid, format!("artifact {digest} vanished")).into());
             };
-            let runtime = self.runtime.clone();
+            let runtime = runtimes.wasm.clone();
             let digest = digest.clone();
             let world = tokio::task::spawn_blocking(move || runtime.compile(&digest, &wasm))
                 .await
@@ -128,7 +157,7 @@ impl State {
         // Topics before the functions that use them: declared ones get their
         // retention; dead-letter and async destination topics are made if missing.
         for (name, t) in &manifest.topics {
-            self.put_topic(name, topic_config(t)).await?;
+            self.publisher.put_topic(name, topic_config(t)).await?;
         }
         let dead_letters: BTreeSet<&String> = manifest
             .functions
@@ -144,18 +173,21 @@ impl State {
             .filter(|d| !manifest.topics.contains_key(*d) && !existing.contains(*d))
             .collect();
         for name in dead_letters {
-            self.put_topic(name, topic_config(&Default::default())).await?;
+            self.publisher
+                .put_topic(name, topic_config(&Default::default()))
+                .await?;
         }
-        let schedules: Vec<(String, usize)> = manifest
-            .functions
-            .iter()
-            .flat_map(|(name, f)| (0..f.schedule.len()).map(move |n| (name.clone(), n)))
-            .collect();
-        crate::schedule::ensure_topics(self, &schedules).await?;
+        for (name, f) in &manifest.functions {
+            for n in 0..f.schedule.len() {
+                self.publisher
+                    .put_topic(&schedule_topic(name, n), SCHEDULE_TOPIC)
+                    .await?;
+            }
+        }
 
         // Versions, then the one atomic switch.
         let key = app_key(&app);
-        let (previous, expect) = match self.registry.read::<AppRecord>(&key).await? {
+        let (previous, expect) = match registry.read::<AppRecord>(&key).await? {
             Some((record, rev)) => (record, Expect::Revision(rev)),
             None => (AppRecord::default(), Expect::Absent),
         };
@@ -169,15 +201,12 @@ impl State {
             let digest = &artifacts[name];
             let id = identity(digest, spec);
             let current = match previous.functions.get(name) {
-                Some(v) => self.registry.version(name, *v).await?,
+                Some(v) => registry.version(name, *v).await?,
                 None => None,
             };
             let (version, changed) = match current {
                 Some(c) if c.identity == id => (c.version, false),
-                _ => (
-                    self.registry.create_version(&app, name, digest, id, spec).await?,
-                    true,
-                ),
+                _ => (registry.create_version(&app, name, digest, id, spec).await?, true),
             };
             record.functions.insert(name.clone(), version);
             deployed.push(DeployedFunction {
@@ -193,19 +222,23 @@ impl State {
             .filter(|n| !record.functions.contains_key(*n))
             .cloned()
             .collect();
-        let changed = !removed.is_empty() || deployed.iter().any(|d| d.changed) || expect == Expect::Absent;
+        let sources_changed = self.write_sources(&app, &manifest.sources).await?;
+        let changed = !removed.is_empty()
+            || deployed.iter().any(|d| d.changed)
+            || expect == Expect::Absent
+            || sources_changed;
         if changed {
-            self.registry.write(&key, &record, expect).await?;
+            registry.write(&key, &record, expect).await?;
             for name in &removed {
-                self.registry.forget_function(name).await?;
-                self.processes.forget(name);
+                registry.forget_function(name).await?;
+                runtimes.processes.forget(name);
             }
-            self.sync().await?;
+            self.functions.sync().await?;
             // A deploy is a sign traffic is coming: load the new versions now,
             // so their first requests are not cold starts.
             for f in deployed.iter().filter(|d| d.changed) {
-                if let Some(live) = self.function(&f.name)
-                    && let Err(e) = live.load(self).await
+                if let Some(live) = self.functions.get(&f.name)
+                    && let Err(e) = live.load().await
                 {
                     tracing::warn!(function = %f.name, error = %e, "preloading failed");
                 }
@@ -221,14 +254,14 @@ impl State {
     }
 
     /// Points `function` back (or forward) at an existing version.
-    pub async fn rollback(self: &Arc<Self>, function: &str, version: u64) -> Result<()> {
+    pub async fn rollback(&self, function: &str, version: u64) -> Result<()> {
         let _changes = self.changes.lock().await;
-        let (owner, _) = self
-            .registry
+        let registry = self.functions.registry();
+        let (owner, _) = registry
             .read::<FunctionRecord>(&function_key(function))
             .await?
-            .ok_or_else(|| not_found(function))?;
-        let Some(target) = self.registry.version(function, version).await? else {
+            .ok_or_else(|| NodeError::function_not_found(function))?;
+        let Some(target) = registry.version(function, version).await? else {
             return Err(Error::new(
                 Code::VersionNotFound,
                 format!("function `{function}` has no version {version}"),
@@ -246,46 +279,80 @@ impl State {
             .collect();
         gale_core::manifest::check_routes(ours.iter().chain(&theirs).map(|(n, r)| (n.as_str(), r)))?;
         let key = app_key(&owner.app);
-        let (mut record, rev) = self
-            .registry
+        let (mut record, rev) = registry
             .read::<AppRecord>(&key)
             .await?
-            .ok_or_else(|| not_found(function))?;
+            .ok_or_else(|| NodeError::function_not_found(function))?;
         record.functions.insert(function.to_string(), version);
         record.updated_at = now_ms();
-        self.registry.write(&key, &record, Expect::Revision(rev)).await?;
-        self.sync().await
+        registry.write(&key, &record, Expect::Revision(rev)).await?;
+        self.functions.sync().await
     }
 
     /// Removes a function: its routes stop at once, its versions are forgotten.
-    pub async fn remove(self: &Arc<Self>, function: &str) -> Result<()> {
+    pub async fn remove(&self, function: &str) -> Result<()> {
         let _changes = self.changes.lock().await;
-        let (owner, _) = self
-            .registry
+        let registry = self.functions.registry();
+        let (owner, _) = registry
             .read::<FunctionRecord>(&function_key(function))
             .await?
-            .ok_or_else(|| not_found(function))?;
+            .ok_or_else(|| NodeError::function_not_found(function))?;
         let key = app_key(&owner.app);
-        if let Some((mut record, rev)) = self.registry.read::<AppRecord>(&key).await? {
+        if let Some((mut record, rev)) = registry.read::<AppRecord>(&key).await? {
             record.functions.remove(function);
             record.updated_at = now_ms();
             if record.functions.is_empty() {
-                self.registry.meta_delete(&key, Expect::Revision(rev)).await?;
+                registry.delete(&key, Expect::Revision(rev)).await?;
             } else {
-                self.registry.write(&key, &record, Expect::Revision(rev)).await?;
+                registry.write(&key, &record, Expect::Revision(rev)).await?;
             }
         }
-        self.registry.forget_function(function).await?;
-        self.processes.forget(function);
-        self.sync().await
+        registry.forget_function(function).await?;
+        self.functions.runtimes().processes.forget(function);
+        self.functions.sync().await
+    }
+
+    /// Makes the registry's sources of `app` the manifest's; whether any
+    /// changed. A source of another app's name is refused before anything
+    /// is written.
+    async fn write_sources(
+        &self,
+        app: &str,
+        sources: &BTreeMap<String, gale_core::SourceSpec>,
+    ) -> Result<bool> {
+        let registry = self.functions.registry();
+        let stored = registry.sources().await?;
+        let mut changed = false;
+        for (name, spec) in sources {
+            let record = SourceRecord {
+                name: name.clone(),
+                app: app.to_string(),
+                spec: spec.clone(),
+            };
+            match stored.iter().find(|s| &s.name == name) {
+                Some(s) if *s == record => {}
+                _ => {
+                    registry.write(&source_key(name), &record, Expect::Any).await?;
+                    changed = true;
+                }
+            }
+        }
+        for s in stored
+            .iter()
+            .filter(|s| s.app == app && !sources.contains_key(&s.name))
+        {
+            registry.delete(&source_key(&s.name), Expect::Any).await?;
+            changed = true;
+        }
+        Ok(changed)
     }
 }
 
-impl State {
+impl Control {
     /// A process function's artifact must be a package (its directory,
     /// packed) holding something to run.
     async fn check_package(&self, name: &str, digest: &str, spec: &gale_core::FunctionSpec) -> Result<()> {
-        let Some(bytes) = self.store.get(digest).await? else {
+        let Some(bytes) = self.artifacts.get(digest).await? else {
             return Err(Error::new(Code::ArtifactInvalid, format!("artifact {digest} vanished")).into());
         };
         let contents = tokio::task::spawn_blocking(move || gale_process::package::inspect(&bytes))
@@ -310,17 +377,10 @@ impl State {
     /// Routes of live functions, leaving out those `skip(name, app)` names.
     fn routes_except(&self, skip: impl Fn(&str, &str) -> bool) -> Vec<(String, Route)> {
         self.functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .snapshot()
             .values()
             .filter(|l| !skip(&l.name, &l.app))
             .flat_map(|l| l.spec.routes().into_iter().map(|r| (l.name.clone(), r)))
             .collect()
     }
-}
-
-pub fn not_found(function: &str) -> NodeError {
-    Error::new(Code::FunctionNotFound, format!("no function named `{function}`"))
-        .with_hint("`gale ls` lists the deployed functions")
-        .into()
 }

@@ -1,4 +1,4 @@
-//! The scheduler: live functions, admission and scale to zero.
+//! A live function: one deployed version, its admission and scale to zero.
 //!
 //! An instance exists only while it works. What a deployed function holds
 //! between requests is its [`Live`] entry: configuration, counters and, while
@@ -8,12 +8,12 @@
 //! The reaper unloads the code of a function idle for the node's idle timeout,
 //! so 1,000 idle functions cost little more than their compiled code on disk.
 
+use super::Runtimes;
+use crate::NodeError;
 use crate::registry::VersionRecord;
-use crate::{NodeError, State};
 use gale_core::api::FunctionStats;
 use gale_core::manifest::RuntimeKind;
 use gale_core::{Code, Error, FunctionSpec};
-use gale_store::Artifacts;
 use gale_wasm::Prepared;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,8 @@ pub struct Live {
     pub artifact: String,
     pub spec: Arc<FunctionSpec>,
     pub counters: Arc<Counters>,
+    /// What running it takes.
+    pub runtimes: Arc<Runtimes>,
     /// Publishing and key-value for its instances.
     services: Arc<gale_wasm::events::Services>,
     /// One permit per instance that may run at once.
@@ -71,7 +73,7 @@ impl Live {
     pub fn new(
         version: VersionRecord,
         counters: Arc<Counters>,
-        services: Arc<gale_wasm::events::Services>,
+        runtimes: Arc<Runtimes>,
         previous: Option<&Live>,
         epoch: Instant,
     ) -> Live {
@@ -89,6 +91,15 @@ impl Live {
             .filter(|p| p.spec.max_instances == spec.max_instances)
             .map(|p| p.slots.clone())
             .unwrap_or_else(|| Arc::new(Semaphore::new(spec.max_instances as usize)));
+        // What its instances may reach: publishing (to topics that exist)
+        // and its app's key-value buckets.
+        let publisher = runtimes.publisher.clone();
+        let services = Arc::new(gale_wasm::events::Services {
+            function: name.clone(),
+            scope: app.clone(),
+            kv: runtimes.kv.clone(),
+            topic_exists: Arc::new(move |topic: &str| publisher.exists(topic)),
+        });
         Live {
             name,
             app,
@@ -96,6 +107,7 @@ impl Live {
             artifact,
             spec: Arc::new(spec),
             counters,
+            runtimes,
             services,
             slots,
             loaded: Mutex::new(None),
@@ -130,13 +142,13 @@ impl Live {
     /// The loaded code for a request, loading it first if the function was
     /// scaled to zero. Returns whether this request loaded it (a cold start
     /// for wasm; a process function's cold starts are its instance starts).
-    pub async fn prepared(&self, state: &Arc<State>) -> Result<(Loaded, bool), NodeError> {
+    pub async fn prepared(&self) -> Result<(Loaded, bool), NodeError> {
         // No touch here: a request in flight holds a slot, which keeps the
         // reaper away; the idle time counts from when it finishes.
         if let Some(p) = self.loaded() {
             return Ok((p, false));
         }
-        let (loaded, loaded_now) = self.load(state).await?;
+        let (loaded, loaded_now) = self.load().await?;
         if loaded_now && matches!(loaded, Loaded::Wasm(_)) {
             self.counters.cold_starts.fetch_add(1, Relaxed);
         }
@@ -151,35 +163,35 @@ impl Live {
     /// did the loading. Code missing from the compiled cache (a new node
     /// version, a cleared cache) is compiled again from the stored artifact;
     /// a process function's package is unpacked on its first load.
-    pub async fn load(&self, state: &Arc<State>) -> Result<(Loaded, bool), NodeError> {
+    pub async fn load(&self) -> Result<(Loaded, bool), NodeError> {
         let _loading = self.loading.lock().await;
         if let Some(p) = self.loaded() {
             return Ok((p, false));
         }
         let loaded = match self.spec.runtime {
-            RuntimeKind::Wasm => Loaded::Wasm(Arc::new(self.load_wasm(state).await?)),
-            RuntimeKind::Process => Loaded::Process(Arc::new(self.load_process(state).await?)),
+            RuntimeKind::Wasm => Loaded::Wasm(Arc::new(self.load_wasm().await?)),
+            RuntimeKind::Process => Loaded::Process(Arc::new(self.load_process().await?)),
         };
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
         self.touch();
         Ok((loaded, true))
     }
 
-    async fn artifact(&self, state: &State) -> Result<Vec<u8>, NodeError> {
-        state
-            .store
+    async fn artifact(&self) -> Result<Vec<u8>, NodeError> {
+        self.runtimes
+            .artifacts
             .get(&self.artifact)
             .await?
             .ok_or_else(|| NodeError::DataDir(format!("artifact {} is missing", self.artifact)))
     }
 
-    async fn load_wasm(&self, state: &State) -> Result<Prepared, NodeError> {
-        let runtime = state.runtime.clone();
+    async fn load_wasm(&self) -> Result<Prepared, NodeError> {
+        let runtime = self.runtimes.wasm.clone();
         let wasm = if runtime.is_compiled(&self.artifact) {
             None
         } else {
             tracing::info!(function = %self.name, "compiled code missing from the cache; compiling again");
-            Some(self.artifact(state).await?)
+            Some(self.artifact().await?)
         };
         let artifact = self.artifact.clone();
         let spec = self.spec.clone();
@@ -195,12 +207,12 @@ impl Live {
         .map_err(NodeError::from)
     }
 
-    async fn load_process(&self, state: &Arc<State>) -> Result<gale_process::Pool, NodeError> {
-        let processes = state.processes.clone();
+    async fn load_process(&self) -> Result<gale_process::Pool, NodeError> {
+        let processes = self.runtimes.processes.clone();
         let package = if processes.root(&self.name, self.version).is_dir() {
             None
         } else {
-            Some(self.artifact(state).await?)
+            Some(self.artifact().await?)
         };
         let spec = gale_process::Spec {
             function: self.name.clone(),
@@ -209,8 +221,8 @@ impl Live {
             handler: self.spec.handler.clone(),
             env: self.spec.env.clone(),
             memory: self.spec.memory.0,
-            user: state.process_user(&self.name).await?,
-            publish: Some(state.publish_hook()),
+            user: super::process::user(&*self.runtimes.kv, &self.name).await?,
+            publish: Some(super::process::publish_hook(self.runtimes.publisher.clone())),
         };
         tokio::task::spawn_blocking(move || {
             processes.prepare(spec, || {

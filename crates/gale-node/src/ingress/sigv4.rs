@@ -4,8 +4,7 @@
 //! `gale`). A request may also carry the token itself as
 //! `Authorization: Bearer ...`, like the rest of Gale's API.
 
-use crate::State;
-use crate::tokens::Grant;
+use crate::auth::{Grant, Tokens, constant_time_eq};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -13,14 +12,14 @@ use sha2::{Digest, Sha256};
 const SKEW_SECS: i64 = 15 * 60;
 
 /// Checks the request's credentials; the error says what was wrong.
-pub(crate) fn authorize(state: &State, parts: &http::request::Parts, body: &[u8]) -> Result<(), String> {
+pub fn authorize(tokens: &Tokens, parts: &http::request::Parts, body: &[u8]) -> Result<(), String> {
     let auth = parts
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or("the request is not signed: configure the AWS client with the node's admin token as its secret access key")?;
     if auth.starts_with("Bearer ") {
-        return match state.grant(&parts.headers) {
+        return match tokens.grant(&parts.headers) {
             Some(Grant::Admin) => Ok(()),
             _ => Err("the bearer token is not the node's admin token".into()),
         };
@@ -57,7 +56,7 @@ pub(crate) fn authorize(state: &State, parts: &http::request::Parts, body: &[u8]
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut key = format!("AWS4{}", state.token).into_bytes();
+    let mut key = format!("AWS4{}", tokens.admin()).into_bytes();
     for part in scope.split('/') {
         key = hmac(&key, part.as_bytes());
     }
@@ -84,10 +83,6 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Percent-encodes all but the unreserved characters (and `/` if asked).

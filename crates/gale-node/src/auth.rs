@@ -1,18 +1,20 @@
 //! Bearer tokens: the admin token (everything) and publish-only tokens
-//! (publishing to named topics, nothing else).
+//! (publishing to named topics, nothing else). Every plane that takes
+//! requests checks them here.
 //!
 //! A publish token is shown once when created; the node keeps only its
 //! SHA-256 (`tokens/{hash}` in metadata, and in memory for the request
 //! path), so a leaked data directory does not leak usable tokens. Its id,
 //! the first 12 hex digits of the hash, names it in `gale tokens ls` / `rm`.
 
-use crate::registry::now_ms;
-use crate::{NodeError, State};
+use crate::NodeError;
+use crate::clock::now_ms;
 use gale_core::api::TokenInfo;
 use gale_core::{Code, Error};
 use gale_store::{Expect, Metadata};
 use http::HeaderMap;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 const PREFIX: &str = "tokens/";
 
@@ -49,11 +51,38 @@ fn unauthorized(message: &str) -> Error {
     )
 }
 
-impl State {
-    /// Loads the publish tokens' hashes into memory (at start).
-    pub(crate) async fn load_tokens(&self) -> Result<(), NodeError> {
+/// The node's tokens: who may do what. Cheap to clone.
+#[derive(Clone)]
+pub struct Tokens {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    admin: String,
+    meta: Arc<dyn Metadata>,
+    /// Publish tokens by the SHA-256 of the token.
+    publish: Mutex<HashMap<String, TokenInfo>>,
+}
+
+impl Tokens {
+    /// The admin token and the stored publish tokens.
+    pub async fn load(admin: String, meta: Arc<dyn Metadata>) -> Result<Tokens, NodeError> {
+        let tokens = Tokens {
+            inner: Arc::new(Inner {
+                admin,
+                meta,
+                publish: Mutex::new(HashMap::new()),
+            }),
+        };
+        tokens.reload().await?;
+        Ok(tokens)
+    }
+
+    /// Reads the publish tokens' hashes again (at start, and when another
+    /// node changed them).
+    pub async fn reload(&self) -> Result<(), NodeError> {
         let mut tokens = HashMap::new();
-        for (key, entry) in self.store.list(PREFIX).await? {
+        for (key, entry) in self.inner.meta.list(PREFIX).await? {
             match serde_json::from_slice::<TokenInfo>(&entry.value) {
                 Ok(info) => {
                     tokens.insert(key[PREFIX.len()..].to_string(), info);
@@ -61,19 +90,40 @@ impl State {
                 Err(e) => tracing::error!(key, error = %e, "token record skipped"),
             }
         }
-        *crate::lock(&self.tokens) = tokens;
+        *crate::lock(&self.inner.publish) = tokens;
         Ok(())
+    }
+
+    /// Whether `key` is where tokens are kept (for the change feed).
+    pub fn is_token_key(key: &str) -> bool {
+        key.starts_with(PREFIX)
+    }
+
+    /// The admin token (the secret AWS clients sign with).
+    pub fn admin(&self) -> &str {
+        &self.inner.admin
     }
 
     /// What the request's bearer token may do, if anything.
     pub fn grant(&self, headers: &HeaderMap) -> Option<Grant> {
         let token = bearer(headers)?;
-        if constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
+        if constant_time_eq(token.as_bytes(), self.inner.admin.as_bytes()) {
             return Some(Grant::Admin);
         }
-        crate::lock(&self.tokens)
+        crate::lock(&self.inner.publish)
             .get(&hash(token))
             .map(|info| Grant::Publish(info.publish.clone()))
+    }
+
+    /// Checks that the request carries the admin token.
+    pub fn require_admin(&self, headers: &HeaderMap, doing: &str) -> Result<(), Error> {
+        match self.grant(headers) {
+            Some(Grant::Admin) => Ok(()),
+            _ => Err(Error::new(Code::Unauthorized, format!("{doing} takes the admin token")).with_hint(
+                "send `Authorization: Bearer <token>`; the token is in the node's data directory (token file) \
+                 or in GALE_TOKEN",
+            )),
+        }
     }
 
     /// Checks that the request may publish to `topic`.
@@ -91,7 +141,7 @@ impl State {
     }
 
     /// Creates a publish token; the token itself is returned only here.
-    pub async fn create_token(&self, publish: Vec<String>) -> Result<(String, TokenInfo), NodeError> {
+    pub async fn create(&self, publish: Vec<String>) -> Result<(String, TokenInfo), NodeError> {
         if publish.is_empty() {
             return Err(
                 Error::new(Code::BadRequest, "a publish token needs at least one topic")
@@ -113,28 +163,32 @@ impl State {
             created_at: now_ms(),
         };
         let value = serde_json::to_vec(&info).expect("token records serialize");
-        self.store
+        self.inner
+            .meta
             .put(&format!("{PREFIX}{hash}"), value, Expect::Absent)
             .await?;
-        crate::lock(&self.tokens).insert(hash, info.clone());
+        crate::lock(&self.inner.publish).insert(hash, info.clone());
         Ok((token, info))
     }
 
-    pub fn list_tokens(&self) -> Vec<TokenInfo> {
-        let mut list: Vec<TokenInfo> = crate::lock(&self.tokens).values().cloned().collect();
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let mut list: Vec<TokenInfo> = crate::lock(&self.inner.publish).values().cloned().collect();
         list.sort_by_key(|t| t.created_at);
         list
     }
 
     /// Revokes the token with this id; false if there is none.
-    pub async fn delete_token(&self, id: &str) -> Result<bool, NodeError> {
-        let hash = crate::lock(&self.tokens)
+    pub async fn delete(&self, id: &str) -> Result<bool, NodeError> {
+        let hash = crate::lock(&self.inner.publish)
             .iter()
             .find(|(_, info)| info.id == id)
             .map(|(h, _)| h.clone());
         let Some(hash) = hash else { return Ok(false) };
-        self.store.delete(&format!("{PREFIX}{hash}"), Expect::Any).await?;
-        crate::lock(&self.tokens).remove(&hash);
+        self.inner
+            .meta
+            .delete(&format!("{PREFIX}{hash}"), Expect::Any)
+            .await?;
+        crate::lock(&self.inner.publish).remove(&hash);
         Ok(true)
     }
 }

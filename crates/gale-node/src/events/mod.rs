@@ -1,30 +1,18 @@
-//! Events in and out: CloudEvents over HTTP, and the topic endpoints.
+//! CloudEvents: how Gale reads them from HTTP requests (binary, structured
+//! and batch mode), stores them (the JSON event format), reads them back,
+//! hands them to functions (as a `gale:events` event or a binary-mode
+//! request) and takes what functions publish.
 //!
-//! Publishers reach topics through `POST /_gale/topics/{topic}/events` on the
-//! gateway (and `/v1/topics/{topic}/events` on the admin API), in any of the
-//! three HTTP modes of CloudEvents 1.0: binary (attributes in `ce-*`
-//! headers, the body is the data), structured (`application/cloudevents+json`)
-//! and batch (`application/cloudevents-batch+json`). Every event is
-//! validated by the CloudEvents SDK's own types before anything is stored,
-//! and stored in the JSON event format; the answer comes once the store has
-//! made the events durable.
+//! Every event is validated by the CloudEvents SDK's own types before
+//! anything is stored. Events of the common shape take a one-pass reader
+//! ([`simple`]) instead of the SDK's generic one.
 
-use crate::admin::ApiError;
-use crate::{NodeError, State};
-use axum::extract::{Path, Request, State as Ext};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
-use axum::routing::post;
-use axum::{Json, Router};
 use bytes::Bytes;
 use cloudevents::{AttributesReader, AttributesWriter, Data, Event};
-use gale_core::api::TopicInfo;
 use gale_core::{Code, Error};
-use gale_store::{NewEvent, Topics};
-use http_body_util::BodyExt;
+use gale_store::NewEvent;
+use http::{HeaderMap, header};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
-use serde::Serialize;
-use std::sync::Arc;
 
 mod simple;
 use simple::Simple;
@@ -45,20 +33,6 @@ pub const FAILURE_ATTRIBUTES: [&str; 5] = [
 
 const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
-
-/// What a publish answers: where each event landed.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct PublishResponse {
-    pub events: Vec<Accepted>,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct Accepted {
-    pub id: String,
-    pub seq: u64,
-    /// Seen within the topic's dedup window: accepted, stored once.
-    pub duplicate: bool,
-}
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::new(Code::EventInvalid, message).with_hint(
@@ -255,18 +229,30 @@ pub fn to_guest(event: &Event) -> gale_wasm::events::GuestEvent {
     }
 }
 
-/// A CloudEvent from what a handler published, validated by the SDK's
-/// types: an empty id becomes a fresh one; JSON data (by content type)
-/// must parse.
+/// The id of the `index`th event an invocation published without one:
+/// a digest of the function, what the invocation ran for (`origin`: the
+/// events delivered to it, or its request id) and the index, so an
+/// invocation run again for the same events publishes the same ids.
+pub fn derived_id(function: &str, origin: &str, index: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [function.as_bytes(), b"\n", origin.as_bytes(), b"\n"] {
+        h.update(part);
+    }
+    h.update(index.to_le_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// A CloudEvent from what a handler published (with its id already
+/// given), validated by the SDK's types; JSON data (by content type) must
+/// parse.
 pub fn from_guest(g: gale_wasm::events::GuestEvent) -> Result<Event, String> {
+    if g.id.is_empty() {
+        return Err("the event has no id".into());
+    }
     let mut attributes = serde_json::Map::new();
     attributes.insert("specversion".into(), "1.0".into());
-    let id = if g.id.is_empty() {
-        uuid::Uuid::now_v7().to_string()
-    } else {
-        g.id
-    };
-    attributes.insert("id".into(), id.into());
+    attributes.insert("id".into(), g.id.into());
     attributes.insert("source".into(), g.source.into());
     attributes.insert("type".into(), g.type_.into());
     for (name, value) in [
@@ -388,198 +374,6 @@ pub fn to_request(event: &Event) -> http::Request<Bytes> {
         .unwrap_or_else(|_| http::Request::new(Bytes::new()))
 }
 
-/// Publishes the events of an HTTP request to `topic` (the admin API's route).
-pub(crate) async fn publish(
-    Ext(state): Ext<Arc<State>>,
-    Path(topic): Path<String>,
-    request: Request,
-) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
-    let (parts, body) = request.into_parts();
-    let published = publish_request(&state, &topic, &parts.headers, body).await?;
-    Ok((StatusCode::ACCEPTED, Json(published)))
-}
-
-/// The topic of a gateway publish path, `/_gale/topics/{topic}/events`
-/// (percent-decoded), if `path` is one.
-pub(crate) fn publish_topic(path: &str) -> Option<String> {
-    let topic = path.strip_prefix("/_gale/topics/")?.strip_suffix("/events")?;
-    if topic.is_empty() || topic.contains('/') {
-        return None;
-    }
-    Some(percent_decode_str(topic).decode_utf8().ok()?.into_owned())
-}
-
-/// `POST /_gale/topics/{topic}/events` on the gateway, answered without the
-/// router: every unbatched event is one such request, and going through
-/// axum cost a few per cent of the node's CPU per event.
-pub(crate) async fn publish_on_gateway<B>(state: &State, topic: &str, request: http::Request<B>) -> Response
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    use axum::response::IntoResponse;
-    let (parts, body) = request.into_parts();
-    match publish_request(state, topic, &parts.headers, body).await {
-        Ok(published) => (StatusCode::ACCEPTED, Json(published)).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Checks the request's token, reads its events and publishes them.
-async fn publish_request<B>(
-    state: &State,
-    topic: &str,
-    headers: &HeaderMap,
-    body: B,
-) -> Result<PublishResponse, ApiError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    state.may_publish(headers, topic)?;
-    let body = http_body_util::Limited::new(body, MAX_PUBLISH)
-        .collect()
-        .await
-        .map_err(|e| {
-            Error::new(
-                Code::EventTooLarge,
-                format!("the request body could not be read: {e}"),
-            )
-            .with_hint(format!("send at most {MAX_PUBLISH} bytes per request"))
-        })?
-        .to_bytes();
-    let events = parse_for_store(headers, &body)?;
-    Ok(state.publish(topic, events).await?)
-}
-
-impl State {
-    /// Appends events to a topic; returns once they are durable.
-    pub async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<PublishResponse, NodeError> {
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        let published = self.store.publish(topic, events).await?;
-        self.meters
-            .published(topic, published.iter().filter(|p| !p.duplicate).count() as u64);
-        Ok(PublishResponse {
-            events: ids
-                .into_iter()
-                .zip(published)
-                .map(|(id, p)| Accepted {
-                    id,
-                    seq: p.seq,
-                    duplicate: p.duplicate,
-                })
-                .collect(),
-        })
-    }
-
-    /// Moves every event of the dead-letter topic `dlq` back to the topic
-    /// named by its `galetopic` attribute, without Gale's failure attributes.
-    /// Events without that attribute stay.
-    pub async fn redrive(&self, dlq: &str) -> Result<serde_json::Value, NodeError> {
-        let (mut moved, mut kept, mut after) = (0, 0, 0);
-        loop {
-            let page = self.store.read(dlq, after, 500).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            let mut moves = Vec::new();
-            for stored in page {
-                let Ok(mut event) = decode(&stored.body) else {
-                    kept += 1;
-                    continue;
-                };
-                let Some(topic) = event.extension("galetopic").map(|v| v.to_string()) else {
-                    kept += 1;
-                    continue;
-                };
-                for name in FAILURE_ATTRIBUTES {
-                    event.remove_extension(name);
-                }
-                moves.push((stored.seq, topic, encode(&event)));
-            }
-            moved += self.store.move_events(dlq, moves).await?;
-        }
-        Ok(serde_json::json!({ "moved": moved, "kept": kept }))
-    }
-
-    /// Stores what an invocation published, all or nothing.
-    pub async fn commit_outbox(
-        &self,
-        live: &crate::scheduler::Live,
-        published: Vec<(String, gale_wasm::events::GuestEvent)>,
-    ) -> Result<(), NodeError> {
-        let mut events = Vec::with_capacity(published.len());
-        for (topic, event) in published {
-            let event = from_guest(event).map_err(|e| {
-                Error::new(
-                    Code::EventInvalid,
-                    format!("function `{}` published an invalid event: {e}", live.name),
-                )
-            })?;
-            events.push((topic, encode(&event)));
-        }
-        self.store.publish_all(events).await?;
-        Ok(())
-    }
-
-    /// Creates a topic or changes its retention.
-    pub async fn put_topic(&self, name: &str, config: gale_store::TopicConfig) -> Result<(), NodeError> {
-        self.store.put_topic(name, config).await?;
-        self.refresh_topic_names().await
-    }
-
-    pub async fn delete_topic(&self, name: &str) -> Result<bool, NodeError> {
-        let deleted = self.store.delete_topic(name).await?;
-        self.refresh_topic_names().await?;
-        Ok(deleted)
-    }
-
-    pub(crate) async fn refresh_topic_names(&self) -> Result<(), NodeError> {
-        let names = self.store.topics().await?.into_iter().map(|t| t.name).collect();
-        *self.topic_names.write().unwrap_or_else(|p| p.into_inner()) = names;
-        Ok(())
-    }
-
-    pub fn topic_exists(&self, topic: &str) -> bool {
-        self.topic_names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
-    }
-
-    /// Every topic with live rates.
-    pub async fn topics(&self) -> Result<Vec<TopicInfo>, NodeError> {
-        let mut topics = self.store.topics().await?;
-        for t in &mut topics {
-            t.publish_rate = self.meters.publish_rate(&t.name);
-            for s in &mut t.subscriptions {
-                s.delivery_rate = self.meters.delivery_rate(&t.name, &s.name);
-            }
-        }
-        Ok(topics)
-    }
-}
-
-/// The gateway's own endpoints under `/_gale/`: publishing takes the admin
-/// token or a publish token naming the topic.
-pub fn gateway_router(state: Arc<State>) -> Router {
-    // The gateway answers POST /_gale/topics/{topic}/events itself
-    // (`publish_on_gateway`); the route stays for the other methods' 405.
-    Router::new()
-        .route("/_gale/topics/{topic}/events", post(publish))
-        .route(
-            "/_gale/functions/{name}/invocations",
-            post(crate::invocations::invoke),
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_PUBLISH))
-        .fallback(|| async {
-            ApiError(Error::new(Code::BadRequest, "no such Gale endpoint").with_hint(
-                "Gale's gateway endpoints: POST /_gale/topics/{topic}/events and \
-                 POST /_gale/functions/{name}/invocations; paths under /_gale/ are reserved",
-            ))
-        })
-        .with_state(state)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,28 +440,24 @@ mod tests {
             assert_eq!(to_guest(&event).data, br#"{"n":1}"#, "{ct}");
             // And the same event published by a handler.
             let published = from_guest(to_guest(&event)).unwrap();
+            assert_eq!(published.id(), "1");
             let event = decode(&encode(&published).body).unwrap_or_else(|e| panic!("{ct}: unreadable: {e}"));
             assert_eq!(to_guest(&event).data, br#"{"n":1}"#, "{ct}");
         }
     }
 
     #[test]
-    fn publish_paths_name_their_topic() {
-        assert_eq!(
-            publish_topic("/_gale/topics/orders/events").as_deref(),
-            Some("orders")
-        );
-        assert_eq!(
-            publish_topic("/_gale/topics/caf%C3%A9/events").as_deref(),
-            Some("café")
-        );
+    fn ids_derived_from_an_invocation_repeat_only_for_the_same_invocation() {
+        let id = derived_id("inventory", "orders/42", 0);
+        assert_eq!(id, derived_id("inventory", "orders/42", 0));
+        assert_eq!(id.len(), 32);
         for other in [
-            "/_gale/topics//events",
-            "/_gale/topics/a/b/events",
-            "/_gale/topics/orders",
-            "/_gale/functions/f/invocations",
+            derived_id("inventory", "orders/42", 1),
+            derived_id("inventory", "orders/43", 0),
+            derived_id("billing", "orders/42", 0),
+            derived_id("inventory\norders", "42", 0),
         ] {
-            assert_eq!(publish_topic(other), None, "{other}");
+            assert_ne!(id, other);
         }
     }
 

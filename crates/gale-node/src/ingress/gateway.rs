@@ -1,0 +1,163 @@
+//! The HTTP gateway: user routes to functions, and Gale's own endpoints
+//! beside them (`/_gale/...`: publishing, invocations; `/2015-03-31/...`:
+//! Lambda's Invoke API).
+//!
+//! Handlers never fail: every problem becomes an HTTP answer with a JSON
+//! body naming a stable code, and every answer carries `x-gale-request-id`,
+//! the id under which the invocation log records what happened.
+
+use super::Ingress;
+use super::routes::Lookup;
+use crate::functions::http::invoke;
+use crate::http::{Body, Peer, error, from_axum, request_id, with_request_id};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+/// The route pattern that matched, for the guest.
+const ROUTE: HeaderName = HeaderName::from_static("x-gale-route");
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Time a client has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown`, then lets open connections finish their
+/// requests (graceful shutdown) for up to 10 s.
+pub async fn serve(ingress: Ingress, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    // Every connection task holds a clone; the count tells when all are done.
+    let open = Arc::new(());
+    let gale = super::gateway_router(ingress.clone());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ingress = ingress.clone();
+        let gale = gale.clone();
+        let mut shutdown = shutdown.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let ingress = ingress.clone();
+                let gale = gale.clone();
+                async move {
+                    let path = req.uri().path();
+                    Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
+                        match super::events_api::publish_topic(path)
+                            .filter(|_| req.method() == http::Method::POST)
+                        {
+                            Some(topic) => {
+                                let id = request_id();
+                                let response =
+                                    super::events_api::publish_on_gateway(&ingress, &topic, req).await;
+                                with_request_id(from_axum(response).await, &id)
+                            }
+                            None => own_endpoint(gale, req).await,
+                        }
+                    } else if path.starts_with("/2015-03-31/") {
+                        let id = request_id();
+                        with_request_id(super::invoke_api::invoke_api(&ingress, req, &id).await, &id)
+                    } else {
+                        handle(&ingress, req, Peer(peer)).await
+                    })
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_header_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Gale's own endpoints under `/_gale/`, answered by an axum router.
+async fn own_endpoint(router: axum::Router, req: Request<Incoming>) -> Response<Body> {
+    use tower::ServiceExt;
+    let id = request_id();
+    let response = match router.oneshot(req.map(axum::body::Body::new)).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    with_request_id(from_axum(response).await, &id)
+}
+
+async fn handle(ingress: &Ingress, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    let id = request_id();
+    let routes = ingress.routes.table();
+    let response = match routes.lookup(req.method(), req.uri().path()) {
+        Lookup::Found {
+            live,
+            pattern,
+            params,
+        } => {
+            let mut req = req;
+            let headers = req.headers_mut();
+            // Only Gale sets x-gale-* headers; a client must not forge them.
+            let forged: Vec<_> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("x-gale-"))
+                .cloned()
+                .collect();
+            for name in forged {
+                headers.remove(name);
+            }
+            if let Some(v) = pattern {
+                headers.insert(ROUTE, v.clone());
+            }
+            for (name, value) in params {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(format!("x-gale-param-{name}").as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            if live.spec.runtime == gale_core::manifest::RuntimeKind::Process {
+                req.extensions_mut().insert(peer);
+            }
+            invoke(live, req, &id).await
+        }
+        Lookup::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "no route matches this path",
+        ),
+        Lookup::MethodNotAllowed(allow) => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("this path accepts {allow}"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
+        }
+    };
+    with_request_id(response, &id)
+}
