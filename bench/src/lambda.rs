@@ -42,6 +42,7 @@ fn rust_package() -> Result<PathBuf> {
             "cargo build --release --quiet && mkdir -p dist && cp target/release/lambda-echo dist/bootstrap",
         ])
         .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
         .status()?
         .success();
     if !ok {

@@ -2,8 +2,9 @@
 //! there is one, a reference in the same run, and prints ratios: the machines
 //! are shared and noisy, absolute figures drift, ratios much less.
 //!
-//! Run with `bench/run.sh` (builds release binaries, then runs every scenario),
-//! or one scenario: `target/release/gale-bench http|cold-start|spike|idle|events|lambda`.
+//! Run with `bench/run.sh` (builds release binaries, runs the scenarios and
+//! writes their output to `bench/RESULTS.md`), or one scenario by hand:
+//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -129,8 +130,11 @@ fn root() -> PathBuf {
         .unwrap()
 }
 
+/// A binary built beside this one (`bench/run.sh` builds `gale` and
+/// `gale-bench` together, into whichever target directory cargo uses).
 fn release_bin(name: &str) -> PathBuf {
-    root().join("target/release").join(name)
+    let me = std::env::current_exe().expect("the path of gale-bench");
+    me.with_file_name(name)
 }
 
 fn free_port() -> u16 {
@@ -142,7 +146,9 @@ fn free_port() -> u16 {
 }
 
 /// Builds a guest crate of the repository (with the rest of its workspace)
-/// and returns its component `name`.
+/// and returns its component `name`. The guest workspaces keep their own
+/// `target` directories, whatever target directory the benchmark itself
+/// was built into.
 fn guest(crate_dir: &str, name: &str) -> Result<PathBuf> {
     let dir = root().join(crate_dir);
     let ok = Command::new("cargo")
@@ -155,6 +161,7 @@ fn guest(crate_dir: &str, name: &str) -> Result<PathBuf> {
             "--workspace",
         ])
         .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
         .status()?
         .success();
     if !ok {
@@ -204,7 +211,7 @@ impl Node {
             .env("GALE_LOG", "warn")
             .stderr(Stdio::null())
             .spawn()
-            .context("run target/release/gale (build it with cargo build --release)")?;
+            .context("run the release gale beside gale-bench (cargo build --release -p gale)")?;
         let node = Node {
             pid: child.id(),
             _proc: Proc(child),
@@ -292,8 +299,9 @@ fn wait_http(url: &str) -> Result<()> {
 }
 
 /// Minimal HTTP/1.1 clients on one kept-alive connection each, so that
-/// figures are the server's, not a client library's (reqwest costs about
-/// 150 µs of CPU a round trip here, as much as some servers under test).
+/// figures are the server's, not a client library's (a general-purpose
+/// client such as reqwest spends about as much CPU per round trip as some
+/// of the servers under test).
 /// [`RawClient`] blocks; [`AsyncRawClient`] lets one thread drive many
 /// connections, as wrk does, so a load generator sharing the cores with the
 /// server is not woken once per answer.

@@ -114,7 +114,7 @@ impl Runtime {
         }
         // A cache that outlives instances (Python's bytecode goes there:
         // the task root is read-only, and compiling every module again
-        // would add tens of milliseconds to each cold start).
+        // would be part of every cold start).
         let cache = self.dir.join("cache").join(&spec.function);
         std::fs::create_dir_all(&cache).map_err(|source| ProcessError::Dir {
             path: cache.clone(),

@@ -1,8 +1,8 @@
 //! Starting an instance's process without `fork`.
 //!
 //! The node reserves terabytes of address space for wasmtime's pooling
-//! allocator, in many mappings, and `fork` copies every one of them: 3–6 ms
-//! per process here, most of a cold start. `posix_spawn` avoids that by
+//! allocator, in many mappings, and `fork` copies every one of them:
+//! milliseconds per process, most of a cold start. `posix_spawn` avoids that by
 //! sharing the parent's memory until `exec` (`CLONE_VM | CLONE_VFORK`), but
 //! cannot switch users or set limits. So this module does what
 //! `posix_spawn` does, plus those steps: the child runs on a small stack of

@@ -89,8 +89,8 @@ pub struct Runtime {
     linker: Arc<Linker<Host>>,
     cache_dir: PathBuf,
     /// Recently loaded code, shared by every function with the same digest.
-    /// Mapping code from disk is most of a cold start (~0.6 ms for a hello
-    /// component here); linking a cached one takes ~0.1 ms.
+    /// Mapping code from disk is most of a cold start; linking a cached
+    /// component costs a small part of that.
     components: Arc<Mutex<ComponentCache>>,
 }
 
@@ -140,9 +140,8 @@ impl Runtime {
             .max_memory_size(gale_core::manifest::MAX_MEMORY as usize)
             // Reset a freed slot with memset instead of madvise: madvise on a
             // multi-threaded process costs a TLB shootdown on every core and
-            // the next instance then faults its pages back in. Measured with
-            // bench `http` on a wstd hello component: +40 % fresh-instance
-            // throughput. Only pages a guest touched stay resident.
+            // the next instance then faults its pages back in. Only pages a
+            // guest touched stay resident.
             .linear_memory_keep_resident(KEEP_RESIDENT)
             // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the
             // pages a guest wrote instead of the whole low 4 MiB.
@@ -739,8 +738,8 @@ pub(crate) struct Elapsed;
 
 /// Runs `fut` until `deadline`, like `tokio::time::timeout`, but makes the
 /// timer only once `fut` has to wait. A typical invocation ends in its
-/// first poll, and making and dropping a timer (a lock on the runtime's
-/// timer wheel each way) was 3 % of a reused instance's request.
+/// first poll, and making and dropping a timer takes a lock on the
+/// runtime's timer wheel each way, shared by every thread.
 pub(crate) async fn within<F: Future>(deadline: Instant, fut: F) -> Result<F::Output, Elapsed> {
     let mut fut = std::pin::pin!(fut);
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;

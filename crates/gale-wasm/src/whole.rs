@@ -6,9 +6,9 @@
 //! body go in; status, header lines and body come out. Through `wasi:http`
 //! the same exchange is a dozen calls between host and guest, each with its
 //! resource-table work (the request's fields, the response, its body, the
-//! body's stream, the outparam), and on a reused instance those calls were
-//! most of the node's CPU time per request that was neither the guest's own
-//! work nor the kernel's. The component still runs anywhere else through
+//! body's stream, the outparam), and on a reused instance those calls are
+//! most of what the host itself does per request, beside the guest's own
+//! work and the kernel's. The component still runs anywhere else through
 //! `wasi:http`; Gale prefers this export when it is there.
 
 use crate::host::Host;

@@ -11,13 +11,15 @@ use gale_core::api::{
     CreateTokenRequest, CreatedToken, FunctionInfo, InvocationLog, InvocationRecord, InvokeRequest,
     InvokeResponse, RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
 };
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-// A node allocates and frees per request and per event on every core;
-// glibc's malloc took about a tenth of its CPU under load (measured: see
-// docs/ARCHITECTURE.md), mimalloc's thread-local heaps much less.
+// A node allocates and frees per request, per event and per instance, on
+// whichever worker thread runs them. Under load glibc's malloc and free are
+// a noticeable share of the node's CPU; mimalloc's thread-local heaps make
+// both cheap.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -267,9 +269,14 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("GALE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    // Colour only for a person at a terminal: logs piped to a file, a
+    // journal or another program stay plain text. NO_COLOR (no-color.org)
+    // turns colour off at a terminal too.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

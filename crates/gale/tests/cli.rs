@@ -51,19 +51,35 @@ impl Running {
 
     /// Waits for a line starting with `prefix` and returns the rest.
     fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+        let line = self.wait_until(within, |line| line.starts_with(prefix), "starting with", prefix);
+        line[prefix.len()..].trim().to_string()
+    }
+
+    /// Waits for a line containing `needle` and returns it whole.
+    fn wait_containing(&mut self, needle: &str, within: Duration) -> String {
+        self.wait_until(within, |line| line.contains(needle), "containing", needle)
+    }
+
+    fn wait_until(
+        &mut self,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+        how: &str,
+        what: &str,
+    ) -> String {
         let deadline = Instant::now() + within;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
+                    if wanted(&line) {
+                        return line;
                     }
                 }
                 Err(_) => break,
             }
         }
-        panic!("no line starting with {prefix:?}; saw:\n{}", self.seen.join("\n"));
+        panic!("no line {how} {what:?}; saw:\n{}", self.seen.join("\n"));
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -73,6 +89,16 @@ impl Running {
             .unwrap();
         assert!(killed.success());
         self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails half-way leaves no node running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -212,6 +238,35 @@ fn quickstart_up_serves_hello_and_the_cli_inspects_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another Gale node"));
 
     assert!(node.stop().success(), "SIGTERM stops the node cleanly");
+}
+
+/// A node whose log goes to a pipe (a file, a journal, another program)
+/// writes plain text: no ANSI colour codes, only at a terminal.
+#[test]
+fn node_logs_into_a_pipe_carry_no_colour_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let mut serve = gale();
+    serve
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        // The default log level, and nothing else that turns colour off.
+        .env_remove("GALE_LOG")
+        .env_remove("NO_COLOR");
+    let mut node = Running::spawn(serve);
+    let started = node.wait_containing("node started", Duration::from_secs(30));
+    node.wait_for("admin API", Duration::from_secs(5));
+    assert!(started.contains("INFO"), "{started:?}");
+    for line in &node.seen {
+        assert!(!line.contains('\x1b'), "an escape code in the log: {line:?}");
+    }
+    assert!(node.stop().success());
 }
 
 /// The shop example as the README walks through it: orders → inventory →

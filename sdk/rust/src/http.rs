@@ -30,9 +30,9 @@
 //! overhead. Over `wasi:http` the request is read only as far as the handler
 //! asks (a header is one host call, nothing is parsed up front) and the
 //! answer goes out with a `content-length` in as few calls as its size
-//! allows; under Gale the whole exchange is one call. With instance reuse, a
-//! hello-world handler written this way serves about 1.8× what the same
-//! handler on `wstd` does under Gale (Gale's `http` benchmark).
+//! allows; under Gale the whole exchange is one call. Gale's `http`
+//! benchmark measures a greeter written this way against the same greeter
+//! on `wstd`.
 
 #[doc(hidden)]
 pub use wasip2 as __wasip2;

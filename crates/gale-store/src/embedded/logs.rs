@@ -4,9 +4,8 @@
 //! microsecond spent per record is taken from the requests themselves (the
 //! writer shares the cores). So records are not rows: each batch the node
 //! writes becomes one row per function, holding that function's records as
-//! a compact JSON array (about 90 bytes a record). Under the `http` bench
-//! the log thread took 6 % of the node's CPU with a row per record and 3 %
-//! with a row per batch, and a request cost 1.3 µs less CPU overall.
+//! a compact JSON array, so a record costs a share of one row's write
+//! rather than a row of its own.
 //!
 //! Reads decode whole rows and filter; a row holds one batch (at most 4,096
 //! records, gathered over 50 ms), so that stays cheap. Pruning drops whole
@@ -421,8 +420,9 @@ type LogJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The log connection's own thread, at a lowered CPU priority: under load a
 /// node writes thousands of log records a second, and that work must take
-/// what the request path leaves rather than delay requests (it showed as
-/// doubled p99 latency while a batch was written on an ordinary thread).
+/// what the request path leaves rather than delay requests (on an ordinary
+/// thread a batch holds a core for a whole time slice, and the requests
+/// waiting for that core see it in their tail latency).
 pub(super) struct LogThread {
     jobs: Option<std::sync::mpsc::Sender<LogJob>>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -103,7 +103,6 @@ const GROUP_MAX: usize = 512;
 /// Under sustained load (the last commit ended moments ago), a small group
 /// that must be fsynced waits this long, once, for more jobs: fewer, larger
 /// commits cost less CPU per event, as PostgreSQL's `commit_delay` does.
-/// Measured with `bench events`: about -7 % node CPU per unbatched event.
 const LINGER: Duration = Duration::from_micros(150);
 /// What counts as a small group, and as sustained load.
 const SMALL_GROUP: usize = 8;
@@ -248,7 +247,7 @@ impl Drop for EventThread {
 
 /// Runs a statement without parameters from the connection's cache: the
 /// writer's fixed statements run once or more per group, and parsing them
-/// each time showed in its profile. (A PRAGMA is the exception: SQLite
+/// each time would be work on every group. (A PRAGMA is the exception: SQLite
 /// marks it run-once and prepares it again anyway.)
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.raw_execute().map(drop)
@@ -360,7 +359,7 @@ pub(super) fn publish(
     // One statement claims the id: it inserts the pair, or takes it over
     // if it was seen before the window; it changes a row only if it did.
     // (Not `RETURNING`: SQLite gathers returned rows in a temporary table,
-    // which cost more than the insert itself in the writer's profile.) The
+    // opened and closed per statement, which costs more than the insert.) The
     // earlier event's sequence number is read only for a duplicate.
     let mut claim = c
         .prepare_cached(
@@ -474,8 +473,8 @@ pub(super) fn fetch(
         .map_err(engine_err)?;
 
     // Retries (and expired leases) that are due. No `LIMIT ?`: SQLite
-    // prepares a statement again whenever a bound LIMIT changes, which cost
-    // the writer a parse per fetch; rows are read in index order and the
+    // prepares a statement again whenever a bound LIMIT changes, which would
+    // cost the writer a parse per fetch; rows are read in index order and the
     // reading stops after `max`.
     let due: Vec<(i64, u32, Option<String>)> = c
         .prepare_cached(
