@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::Client;
 use gale_core::api::{
     CreateTokenRequest, CreatedToken, FunctionInfo, InvocationLog, InvocationRecord, InvokeRequest,
-    InvokeResponse, RollbackRequest, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
+    InvokeResponse, RollbackRequest, SourceInfo, StoredEventInfo, TokenInfo, TopicInfo, VersionInfo,
 };
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -81,6 +81,10 @@ struct ServeArgs {
     /// Invocation logs kept per function at most.
     #[arg(long, env = "GALE_LOG_KEEP", default_value_t = 1000)]
     log_keep: usize,
+    /// Storage backend: `embedded` (SQLite and files in the data directory;
+    /// the only one so far).
+    #[arg(long, env = "GALE_STORE", default_value = "embedded")]
+    store: gale_node::Backend,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +180,9 @@ enum ClientCommand {
         #[arg(long, default_value_t = 10_000)]
         limit: u64,
     },
+    /// List sources (declared `[sources.NAME]` and functions' schedules):
+    /// state, position, lag, last error.
+    Sources,
     /// Asynchronous invocations (`POST /_gale/functions/FN/invocations?mode=async`).
     Invocations {
         #[command(subcommand)]
@@ -295,6 +302,7 @@ fn node_options(data_dir: PathBuf, args: &ServeArgs) -> gale_node::Options {
     options.idle_timeout = args.idle_timeout;
     options.log_retention = args.log_retention;
     options.log_keep = args.log_keep;
+    options.store = args.store;
     options
 }
 
@@ -501,6 +509,10 @@ async fn client_command(client: &Client, command: ClientCommand, format: Format)
                     format!("published {} to {topic} (seq {})\n", e["id"], e["seq"])
                 }
             })
+        }
+        ClientCommand::Sources => {
+            let sources: Vec<SourceInfo> = client.get("/v1/sources").await?;
+            output::print(format, &sources, output::source_table)
         }
         ClientCommand::Topics { action: None } => {
             let topics: Vec<TopicInfo> = client.get("/v1/topics").await?;

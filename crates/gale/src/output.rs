@@ -2,7 +2,7 @@
 
 use crate::Format;
 use anyhow::Result;
-use gale_core::api::{FunctionInfo, InvocationLog, StoredEventInfo, TopicInfo, VersionInfo};
+use gale_core::api::{FunctionInfo, InvocationLog, SourceInfo, StoredEventInfo, TopicInfo, VersionInfo};
 use serde::Serialize;
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
@@ -159,6 +159,35 @@ pub fn topic_table(topics: &Vec<TopicInfo>) -> String {
             } else {
                 subs.join(", ")
             }
+        ));
+    }
+    out
+}
+
+pub fn source_table(sources: &Vec<SourceInfo>) -> String {
+    if sources.is_empty() {
+        return "no sources; declare them under [sources] in gale.toml (schedules of functions are sources too)\n"
+            .into();
+    }
+    let mut out = format!(
+        "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>9} {}\n",
+        "SOURCE", "TYPE", "TOPIC", "STATE", "PUBLISHED", "POSITION", "LAG", "LAST ERROR"
+    );
+    for s in sources {
+        let lag = s
+            .lag_ms
+            .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>9} {}\n",
+            s.name,
+            s.kind,
+            s.topic,
+            s.state,
+            s.published,
+            s.position.as_deref().unwrap_or("-"),
+            lag,
+            s.last_error.as_deref().unwrap_or("-"),
         ));
     }
     out

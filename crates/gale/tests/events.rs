@@ -485,6 +485,26 @@ dead_letter = "jobs-dlq"
         "{report}"
     );
     assert_eq!(node.dead_letters("replies", 4).await.len(), 4);
+    // Run again (a replay that failed part way is run once more), the same
+    // invocations publish the same ids: what they published is stored once.
+    let again: serde_json::Value = node
+        .http
+        .post(format!("{}/v1/topics/jobs/replay", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "function": "worker", "from_ms": 0 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["replayed"].as_u64(), Some(5), "{again}");
+    let topics: Vec<gale_core::api::TopicInfo> = node.admin_get("/v1/topics").await;
+    let replies = topics.iter().find(|t| t.name == "replies").unwrap();
+    assert_eq!(
+        replies.depth, 4,
+        "a replayed invocation's events were stored twice"
+    );
 
     // An event handler cannot take HTTP routes.
     let err = node
