@@ -17,6 +17,7 @@ mod api;
 mod instance;
 pub mod package;
 mod spawn;
+mod tree;
 
 use bytes::Bytes;
 use gale_core::api::Outcome;
@@ -34,6 +35,9 @@ pub enum ProcessError {
     Package(String),
     #[error("cannot start the instance: {0}")]
     Start(String),
+    /// No place where the functions' users could reach their files.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("process runtime directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -59,16 +63,20 @@ pub struct PublishRefused {
 /// The node-wide part: where versions are unpacked and instances live.
 #[derive(Clone)]
 pub struct Runtime {
-    dir: PathBuf,
+    tree: Arc<tree::Tree>,
     /// The region instances are told they run in.
     pub region: String,
 }
 
 impl Runtime {
     /// Opens the runtime's directory (`<data dir>/process`), clearing what
-    /// instances of a previous run left.
+    /// instances of a previous run left. On a root node that directory may
+    /// be out of the functions' users' reach; their files are then kept in
+    /// a directory of the node's own in the system temp dir (see `tree.rs`),
+    /// removed when the last clone of this runtime and its pools drop.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Runtime, ProcessError> {
-        let dir = dir.into();
+        let tree = tree::Tree::open(&dir.into())?;
+        let dir = &tree.path;
         let instances = dir.join("instances");
         let _ = std::fs::remove_dir_all(&instances);
         for d in [dir.join("functions"), dir.join("cache"), instances.clone()] {
@@ -78,19 +86,20 @@ impl Runtime {
             })?;
         }
         // Instances of other users reach their own directories through these.
-        for d in [&dir, &instances, &dir.join("cache")] {
+        for d in [&instances, &dir.join("cache")] {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711));
         }
         Ok(Runtime {
-            dir,
+            tree: Arc::new(tree),
             region: "local".into(),
         })
     }
 
     /// Where a version's code is unpacked.
     pub fn root(&self, function: &str, version: u64) -> PathBuf {
-        self.dir
+        self.tree
+            .path
             .join("functions")
             .join(function)
             .join(version.to_string())
@@ -115,7 +124,7 @@ impl Runtime {
         // A cache that outlives instances (Python's bytecode goes there:
         // the task root is read-only, and compiling every module again
         // would be part of every cold start).
-        let cache = self.dir.join("cache").join(&spec.function);
+        let cache = self.tree.path.join("cache").join(&spec.function);
         std::fs::create_dir_all(&cache).map_err(|source| ProcessError::Dir {
             path: cache.clone(),
             source,
@@ -144,7 +153,7 @@ impl Runtime {
             version: spec.version,
             root,
             cache,
-            instances_dir: self.dir.join("instances"),
+            instances_dir: self.tree.path.join("instances"),
             command: spec.command,
             handler: spec.handler,
             env: spec.env,
@@ -153,6 +162,7 @@ impl Runtime {
             region: self.region.clone(),
             publish: spec.publish,
             started_day: jiff::Zoned::now().strftime("%Y/%m/%d").to_string(),
+            _tree: self.tree.clone(),
         };
         Ok(Pool {
             config: Arc::new(config),
@@ -163,8 +173,8 @@ impl Runtime {
 
     /// Removes everything kept for `function` (it was removed).
     pub fn forget(&self, function: &str) {
-        let _ = std::fs::remove_dir_all(self.dir.join("functions").join(function));
-        let _ = std::fs::remove_dir_all(self.dir.join("cache").join(function));
+        let _ = std::fs::remove_dir_all(self.tree.path.join("functions").join(function));
+        let _ = std::fs::remove_dir_all(self.tree.path.join("cache").join(function));
     }
 }
 
@@ -198,6 +208,8 @@ pub(crate) struct FunctionConfig {
     pub publish: Option<Publish>,
     /// The day the version was loaded, for log stream names.
     pub started_day: String,
+    /// Keeps the paths above in place while the version's instances run.
+    _tree: Arc<tree::Tree>,
 }
 
 impl FunctionConfig {

@@ -123,3 +123,111 @@ async fn a_shell_runtime_serves_reports_and_recovers() {
     drop(pool);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A root node whose data directory sits inside a directory other users
+/// cannot enter (a 0700 home, a `mktemp -d` folder) still runs its process
+/// functions as their own users: their files are kept where those users
+/// can reach them, and the node's leftovers are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_node_runs_functions_whose_data_directory_is_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only a node running as root switches functions to users of their own");
+        return;
+    }
+    let private = std::env::temp_dir().join(format!("gale-process-test-private-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.join("data");
+    let src = private.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("bootstrap"), BOOTSTRAP).unwrap();
+    std::fs::set_permissions(src.join("bootstrap"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let package = gale_process::package::pack(&src).unwrap();
+
+    // Where a runtime keeps its versions: `<tree>/functions/<name>/<version>`.
+    let tree = |runtime: &Runtime| {
+        runtime
+            .root("private", 1)
+            .ancestors()
+            .nth(3)
+            .unwrap()
+            .to_path_buf()
+    };
+
+    let runtime = Runtime::new(data.join("process")).unwrap();
+    // A uid and gid no account uses, as the node allocates them.
+    let user = 290_000 + std::process::id() % 10_000;
+    let spec = Spec {
+        function: "private".into(),
+        version: 1,
+        command: vec![],
+        handler: None,
+        env: Default::default(),
+        memory: 128 << 20,
+        user: Some((user, user)),
+        publish: None,
+    };
+    let pool = Arc::new(runtime.prepare(spec, || Ok(package)).unwrap());
+    let env = pool
+        .invoke(invocation("p1", "env", Duration::from_secs(5)), ())
+        .await;
+    let env = match env.result {
+        Ok(body) => String::from_utf8(body.to_vec()).unwrap(),
+        Err(e) => panic!(
+            "the function does not run as its own user: {} {}",
+            e.error_type,
+            e.message()
+        ),
+    };
+    let fields: Vec<&str> = env.split('|').collect();
+    let here = tree(&runtime);
+    assert!(!here.starts_with(&private), "{}", here.display());
+    let task_root = std::path::Path::new(fields[1]);
+    assert_eq!(task_root, runtime.root("private", 1), "{env}");
+    assert!(std::path::Path::new(fields[0]).starts_with(&here), "HOME: {env}");
+
+    // The function's files stay its own: its group may read them, nobody
+    // else may enter.
+    let meta = std::fs::metadata(task_root).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, user, 0o750));
+    let meta = std::fs::metadata(here.join("cache").join("private")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (user, 0o700));
+
+    // The tree goes with the last user of it.
+    drop(pool);
+    drop(runtime);
+    assert!(!here.exists(), "{}", here.display());
+
+    // A tree still held by a runtime (here: one never dropped) is in use,
+    // and the next start on the same data directory leaves it alone.
+    let held = Runtime::new(data.join("process")).unwrap();
+    let kept = tree(&held);
+    std::mem::forget(held);
+    let next = Runtime::new(data.join("process")).unwrap();
+    assert!(kept.is_dir(), "a tree in use is kept: {}", kept.display());
+    drop(next);
+    std::fs::remove_dir_all(&kept).unwrap();
+
+    // A killed node leaves its tree, unlocked, and its record behind; the
+    // next start removes the tree.
+    let left = std::env::temp_dir().join(format!("gale-process-left-{}", std::process::id()));
+    std::fs::create_dir_all(left.join("functions")).unwrap();
+    std::fs::write(
+        data.join("process").join("elsewhere"),
+        left.as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    let next = Runtime::new(data.join("process")).unwrap();
+    assert!(
+        !left.exists(),
+        "the killed run's tree is removed: {}",
+        left.display()
+    );
+    let here = tree(&next);
+    drop(next);
+    assert!(!here.exists(), "{}", here.display());
+    std::fs::remove_dir_all(&private).unwrap();
+}
