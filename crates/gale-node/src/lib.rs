@@ -127,12 +127,12 @@ const DELIVERY_NICE: i32 = 10;
 
 /// The runtime event deliveries run on, apart from the gateway's.
 ///
-/// On one runtime, a fetch of 64 events spawned 64 delivery tasks into a
-/// worker's queue, and the connection of a publisher whose event had just
-/// become durable waited behind all of them to be told so. Publishers
-/// waited longer, published less, and left the cores idle. On threads of
-/// their own at a lower priority, deliveries use what the gateway leaves
-/// (figures in docs/ARCHITECTURE.md).
+/// On one runtime, a fetch of many events spawned as many delivery tasks
+/// into a worker's queue, and the connection of a publisher whose event
+/// had just become durable waited behind all of them to be told so.
+/// Publishers waited longer, published less, and left the cores idle. On
+/// threads of their own at a lower priority, deliveries use what the
+/// gateway leaves.
 struct Deliveries(Option<tokio::runtime::Runtime>);
 
 impl Deliveries {

@@ -2,8 +2,8 @@
 //!
 //! The CloudEvents SDK reads an event by building a `serde_json::Value` of
 //! the whole document, copying it into a map and deserialising each field
-//! from that: in `bench events` this was about a tenth of the CPU of a
-//! publish request and of a delivery. Most events are simple: specversion
+//! from that, a large share of a publish request's and a delivery's CPU.
+//! Most events are simple: specversion
 //! 1.0, string attributes, string extensions, JSON data. [`Simple`] takes
 //! exactly that shape, from JSON or from binary-mode headers, in one pass
 //! and borrowing from the input, and declines everything else (a `time`, a
