@@ -36,12 +36,13 @@ pub use gale_store::Backend;
 
 use auth::Tokens;
 use control::Control;
-use delivery::Dispatch;
+use delivery::dispatcher::Dispatch;
 use delivery::subscriptions::Subscriptions;
-use functions::{Functions, Runtimes};
+use functions::Functions;
+use functions::live::Runtimes;
 use gale_store::Stores;
 use gale_wasm::RuntimeConfig;
-use ingress::Ingress;
+use ingress::context::Ingress;
 use ingress::routes::Routes;
 use publisher::Publisher;
 use registry::Registry;
@@ -314,8 +315,8 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     let admin_api = control::admin::router(
         control,
         vec![
-            ingress::admin_routes(ingress.clone()),
-            delivery::admin_routes(dispatch),
+            ingress::admin::routes(ingress.clone()),
+            delivery::admin::routes(dispatch),
             sources::admin_routes(sources.clone()),
         ],
     );

@@ -246,7 +246,7 @@ async fn invoke(
     // A process function takes the body as its payload, as `aws lambda invoke` does.
     let response = if live.spec.runtime == gale_core::manifest::RuntimeKind::Process {
         let payload = request.into_body().into_inner().unwrap_or_default();
-        crate::functions::process::invoke_payload(live, payload, &id).await
+        crate::functions::invoke::invoke_payload(live, payload, &id).await
     } else {
         crate::functions::http::invoke(live, request, &id).await
     };

@@ -14,19 +14,43 @@
 //! A `wasi:http` component receives its events as binary-mode CloudEvents
 //! HTTP requests (the way Knative delivers them): a 2xx answer is success.
 
-use super::Dispatch;
-use super::subscriptions::Subscriber;
+use super::backoff::jitter;
 use crate::events::{self, attribute};
 use crate::functions::Functions;
 use crate::functions::events::{attempt, attempt_timeout};
 use crate::functions::live::Live;
 use crate::functions::triggers::{ASYNC_PREFIX, triggers};
+use crate::publisher::Publisher;
 use cloudevents::{AttributesReader, Event};
 use gale_core::EventTrigger;
+use gale_store::Topics;
 use gale_store::{Delivery, Settle};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
+
+/// What delivering takes; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatch {
+    pub functions: Functions,
+    pub publisher: Publisher,
+    /// Fetching, for dispatchers; appends go through the publisher.
+    pub topics: Arc<dyn Topics>,
+    /// Where dispatchers run: threads of their own at a lower priority, so
+    /// publishers and requests are answered first.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// One subscription and the trigger it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    pub topic: String,
+    pub subscription: String,
+    pub function: String,
+    /// Position of the trigger in the function's `triggers`.
+    pub index: usize,
+    pub ordered: bool,
+}
 
 /// How long a lease outlives the attempt's own deadline, so the dispatcher
 /// (not the lease) cuts a hanging attempt while the node is up.
@@ -254,12 +278,6 @@ pub fn failed(
             Settle::Ack { seq, outbox: vec![] }
         }
     }
-}
-
-/// `delay` scaled by a random factor in [0.5, 1].
-pub fn jitter(delay: Duration) -> Duration {
-    let r = getrandom::u32().unwrap_or(u32::MAX) as f64 / u32::MAX as f64;
-    delay.mul_f64(0.5 + r / 2.0)
 }
 
 /// What an attempt of a subscription's chunk ran for: the subscription and

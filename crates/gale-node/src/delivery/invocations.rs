@@ -5,7 +5,7 @@
 //! event to the function's `on_success` or `on_failure` topic, committed
 //! with the settlement.
 
-use super::dispatcher::jitter;
+use super::backoff::jitter;
 use crate::clock::now_ms;
 use crate::functions::events::{attempt_timeout, deliver_events, send};
 use crate::functions::invocations::{body_of, record, request_of, save};

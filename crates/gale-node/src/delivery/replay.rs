@@ -1,7 +1,7 @@
 //! Running a topic's stored events through a function again (replay), and
 //! moving a dead-letter topic's events back to where they failed (redrive).
 
-use super::Dispatch;
+use super::dispatcher::Dispatch;
 use crate::NodeError;
 use crate::events::{self, FAILURE_ATTRIBUTES, attribute, decode, encode};
 use crate::functions::events::attempt;

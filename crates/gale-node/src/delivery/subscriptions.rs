@@ -4,24 +4,13 @@
 //! topic's next event), changed ones get a fresh dispatcher, and removed
 //! ones unsubscribe (their backlog goes).
 
-use super::Dispatch;
+use super::dispatcher::{Dispatch, Subscriber};
 use crate::NodeError;
 use crate::functions::triggers::{ASYNC_PREFIX, triggers};
 use crate::functions::{Follow, Snapshot};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::watch;
-
-/// One subscription and the trigger it serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscriber {
-    pub topic: String,
-    pub subscription: String,
-    pub function: String,
-    /// Position of the trigger in the function's [`triggers`].
-    pub index: usize,
-    pub ordered: bool,
-}
 
 /// The subscriptions the live functions' triggers call for. A function's
 /// first trigger on a topic subscribes as the function's name, later ones as

@@ -15,7 +15,7 @@ use http::{HeaderMap, header};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 mod simple;
-use simple::Simple;
+use simple::{Simple, is_json};
 
 /// Largest single event accepted (its JSON form).
 pub const MAX_EVENT: usize = 1 << 20;
@@ -199,11 +199,6 @@ fn json_data(bytes: &[u8], content_type: Option<&str>) -> serde_json::Result<Dat
     } else {
         Data::String(String::from_utf8_lossy(bytes).into_owned())
     })
-}
-
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
 /// An event as a `gale:events` handler receives it.

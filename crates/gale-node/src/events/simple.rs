@@ -94,7 +94,7 @@ impl<'a> Simple<'a> {
             // The content type is kept as sent, so it must be JSON by the
             // SDK's rule as well as by Gale's.
             let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-            if !super::is_json(&ct.to_ascii_lowercase()) {
+            if !is_json(&ct.to_ascii_lowercase()) {
                 return None;
             }
             event.datacontenttype = Some(Cow::Borrowed(ct));
@@ -313,6 +313,12 @@ impl<'de> Visitor<'de> for SimpleVisitor {
         }
         Ok(event)
     }
+}
+
+/// Whether a (lowercased) content type names JSON.
+pub(super) fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
 #[cfg(test)]

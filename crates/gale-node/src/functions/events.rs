@@ -139,7 +139,7 @@ pub async fn deliver_events(
                 gale_core::api::Outcome::Timeout => 504,
                 _ => 500,
             };
-            live.runtimes.logs.finished(&live, started, c, status);
+            live.finished(started, c, status);
         }
     };
     let guest: Vec<_> = events.iter().map(|e| events::to_guest(e)).collect();

@@ -160,7 +160,7 @@ where
                 cold_start: cold,
                 events,
             };
-            live.runtimes.logs.finished(&live, started, c, status);
+            live.finished(started, c, status);
         }
     };
     let head = req.method() == http::Method::HEAD;

@@ -8,17 +8,29 @@
 //! The reaper unloads the code of a function idle for the node's idle timeout,
 //! so 1,000 idle functions cost little more than their compiled code on disk.
 
-use super::Runtimes;
+use super::logs::{Logs, Started};
 use crate::NodeError;
+use crate::publisher::Publisher;
 use crate::registry::VersionRecord;
-use gale_core::api::FunctionStats;
+use gale_core::api::{FunctionStats, InvocationLog, Outcome};
 use gale_core::manifest::RuntimeKind;
 use gale_core::{Code, Error, FunctionSpec};
+use gale_store::{Artifacts, KeyValue};
 use gale_wasm::Prepared;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What running a function takes; every live function holds it.
+pub struct Runtimes {
+    pub wasm: gale_wasm::Runtime,
+    pub processes: gale_process::Runtime,
+    pub artifacts: Arc<dyn Artifacts>,
+    pub kv: Arc<dyn KeyValue>,
+    pub publisher: Publisher,
+    pub logs: Logs,
+}
 
 /// Counters of one function, kept across its versions.
 #[derive(Default)]
@@ -221,8 +233,8 @@ impl Live {
             handler: self.spec.handler.clone(),
             env: self.spec.env.clone(),
             memory: self.spec.memory.0,
-            user: super::process::user(&*self.runtimes.kv, &self.name).await?,
-            publish: Some(super::process::publish_hook(self.runtimes.publisher.clone())),
+            user: user(&*self.runtimes.kv, &self.name).await?,
+            publish: Some(publish_hook(self.runtimes.publisher.clone())),
         };
         tokio::task::spawn_blocking(move || {
             processes.prepare(spec, || {
@@ -232,6 +244,36 @@ impl Live {
         .await
         .map_err(|e| NodeError::DataDir(format!("loading task failed: {e}")))?
         .map_err(|e| Error::new(Code::ArtifactInvalid, e.to_string()).into())
+    }
+
+    /// Counts a finished invocation and files its log record.
+    pub fn finished(&self, started: Started, c: gale_wasm::Completion, status: u16) {
+        let Started {
+            request_id,
+            at: started_at,
+            cold_start,
+            events,
+        } = started;
+        self.touch();
+        self.counters.invocations.fetch_add(1, Relaxed);
+        if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
+            self.counters.errors.fetch_add(1, Relaxed);
+        }
+        self.runtimes.logs.record(InvocationLog {
+            seq: 0,
+            request_id,
+            function: self.name.clone(),
+            version: self.version,
+            started_at,
+            duration_us: c.duration.as_micros() as u64,
+            outcome: c.outcome,
+            status,
+            cold_start,
+            error: c.error,
+            stdout: c.stdout,
+            stderr: c.stderr,
+            events,
+        });
     }
 
     pub fn touch(&self) {
@@ -288,4 +330,52 @@ impl Live {
             },
         }
     }
+}
+
+/// The (uid, gid) a function's instances run as: its own unprivileged user
+/// when the node runs as root (so functions cannot read each other's
+/// files), the node's user otherwise. Numbers are handed out once per
+/// function from a counter in the node's key-value store.
+async fn user(kv: &dyn KeyValue, function: &str) -> Result<Option<(u32, u32)>, NodeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    const BASE: u64 = 200_000;
+    let n = match kv.kv_get("_gale", "uids", function).await? {
+        Some(v) => String::from_utf8_lossy(&v).parse::<u64>().ok(),
+        None => None,
+    };
+    let n = match n {
+        Some(n) => n,
+        None => {
+            let n = kv.kv_increment("_gale", "uids", "_next", 1).await?;
+            kv.kv_set("_gale", "uids", function, n.to_string().into_bytes())
+                .await?;
+            n
+        }
+    };
+    let id = (BASE + n) as u32;
+    Ok(Some((id, id)))
+}
+
+/// What an instance's `POST $GALE_API/_gale/topics/{topic}/events` goes
+/// through: the same parsing and limits as the gateway's publish.
+fn publish_hook(publisher: Publisher) -> gale_process::Publish {
+    Arc::new(move |topic: &str, headers: &http::HeaderMap, body: &[u8]| {
+        let refused = |e: gale_core::Error| gale_process::PublishRefused {
+            status: e.code.http_status(),
+            body: serde_json::json!({ "error": e }).to_string(),
+        };
+        if !publisher.exists(topic) {
+            return Err(refused(
+                gale_core::Error::new(
+                    gale_core::Code::TopicNotFound,
+                    format!("no topic named `{topic}`"),
+                )
+                .with_hint("declare it in the manifest's [topics] or create it with `gale topics create`"),
+            ));
+        }
+        crate::events::parse_for_store(headers, body).map_err(refused)
+    })
 }

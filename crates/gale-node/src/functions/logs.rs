@@ -1,11 +1,9 @@
 //! Invocation log records: what each run of a function did, written in the
 //! background in batches so the request path never waits for storage.
 
-use super::live::Live;
-use gale_core::api::{InvocationLog, Outcome};
+use gale_core::api::InvocationLog;
 use gale_store::InvocationLogs;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -32,34 +30,8 @@ impl Logs {
         (Logs { records }, Writer { store, rx })
     }
 
-    /// Counts a finished invocation and files its log record.
-    pub fn finished(&self, live: &Live, started: Started, c: gale_wasm::Completion, status: u16) {
-        let Started {
-            request_id,
-            at: started_at,
-            cold_start,
-            events,
-        } = started;
-        live.touch();
-        live.counters.invocations.fetch_add(1, Relaxed);
-        if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
-            live.counters.errors.fetch_add(1, Relaxed);
-        }
-        let record = InvocationLog {
-            seq: 0,
-            request_id,
-            function: live.name.clone(),
-            version: live.version,
-            started_at,
-            duration_us: c.duration.as_micros() as u64,
-            outcome: c.outcome,
-            status,
-            cold_start,
-            error: c.error,
-            stdout: c.stdout,
-            stderr: c.stderr,
-            events,
-        };
+    /// Files a record, to be stored with the next batch.
+    pub fn record(&self, record: InvocationLog) {
         // Logs are diagnostics: if the writer falls far behind, drop rather
         // than grow without bound or slow the request path.
         if self.records.try_send(record).is_err() {

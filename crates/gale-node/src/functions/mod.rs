@@ -8,6 +8,7 @@
 //! - [`live`]: one deployed version, its admission and its loaded code;
 //! - [`http`]: an HTTP request through a function (wasm or process);
 //! - [`events`]: a chunk of events through a function, whatever its runtime;
+//! - [`invoke`]: a synchronous invocation with a payload, whatever the runtime;
 //! - [`process`] and [`payloads`]: process functions, Lambda's way;
 //! - [`invocations`]: asynchronous invocations, queued on a topic;
 //! - [`triggers`]: which topics a function's triggers read;
@@ -21,6 +22,7 @@
 pub mod events;
 pub mod http;
 pub mod invocations;
+pub mod invoke;
 pub mod live;
 pub mod logs;
 pub mod payloads;
@@ -28,23 +30,11 @@ pub mod process;
 pub mod triggers;
 
 use crate::NodeError;
-use crate::publisher::Publisher;
 use crate::registry::Registry;
-use gale_store::{Artifacts, KeyValue};
-use live::{Counters, Live};
+use live::{Counters, Live, Runtimes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// What running a function takes. Each [`Live`] holds it.
-pub struct Runtimes {
-    pub wasm: gale_wasm::Runtime,
-    pub processes: gale_process::Runtime,
-    pub artifacts: Arc<dyn Artifacts>,
-    pub kv: Arc<dyn KeyValue>,
-    pub publisher: Publisher,
-    pub logs: logs::Logs,
-}
 
 /// The live functions by name, as of one change.
 pub type Snapshot = Arc<HashMap<String, Arc<Live>>>;

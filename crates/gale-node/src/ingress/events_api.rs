@@ -3,7 +3,7 @@
 //! three HTTP modes of CloudEvents 1.0 (binary, structured, batch). The
 //! answer comes once the events are durable.
 
-use super::Ingress;
+use super::context::Ingress;
 use crate::events::{MAX_PUBLISH, parse_for_store};
 use crate::http::{ApiError, ApiResult};
 use axum::Json;

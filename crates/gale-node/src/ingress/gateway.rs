@@ -6,10 +6,15 @@
 //! body naming a stable code, and every answer carries `x-gale-request-id`,
 //! the id under which the invocation log records what happened.
 
-use super::Ingress;
+use super::context::Ingress;
 use super::routes::Lookup;
+use super::{events_api, invocations_api, invoke_api};
+use crate::events::MAX_PUBLISH;
 use crate::functions::http::invoke;
-use crate::http::{Body, Peer, error, from_axum, request_id, with_request_id};
+use crate::http::{ApiError, Body, Peer, error, from_axum, request_id, with_request_id};
+use axum::Router;
+use axum::routing::post;
+use gale_core::{Code, Error};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -29,7 +34,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(ingress: Ingress, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     // Every connection task holds a clone; the count tells when all are done.
     let open = Arc::new(());
-    let gale = super::gateway_router(ingress.clone());
+    let gale = gateway_router(ingress.clone());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -55,20 +60,17 @@ pub async fn serve(ingress: Ingress, listener: TcpListener, mut shutdown: watch:
                 async move {
                     let path = req.uri().path();
                     Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
-                        match super::events_api::publish_topic(path)
-                            .filter(|_| req.method() == http::Method::POST)
-                        {
+                        match events_api::publish_topic(path).filter(|_| req.method() == http::Method::POST) {
                             Some(topic) => {
                                 let id = request_id();
-                                let response =
-                                    super::events_api::publish_on_gateway(&ingress, &topic, req).await;
+                                let response = events_api::publish_on_gateway(&ingress, &topic, req).await;
                                 with_request_id(from_axum(response).await, &id)
                             }
                             None => own_endpoint(gale, req).await,
                         }
                     } else if path.starts_with("/2015-03-31/") {
                         let id = request_id();
-                        with_request_id(super::invoke_api::invoke_api(&ingress, req, &id).await, &id)
+                        with_request_id(invoke_api::invoke_api(&ingress, req, &id).await, &id)
                     } else {
                         handle(&ingress, req, Peer(peer)).await
                     })
@@ -160,4 +162,25 @@ async fn handle(ingress: &Ingress, req: Request<Incoming>, peer: Peer) -> Respon
         }
     };
     with_request_id(response, &id)
+}
+
+/// The gateway's own endpoints under `/_gale/`: publishing takes the admin
+/// token or a publish token naming the topic.
+fn gateway_router(ingress: Ingress) -> Router {
+    // The gateway answers POST /_gale/topics/{topic}/events itself
+    // (`publish_on_gateway`); the route stays for the other methods' 405.
+    Router::new()
+        .route("/_gale/topics/{topic}/events", post(events_api::publish))
+        .route(
+            "/_gale/functions/{name}/invocations",
+            post(invocations_api::invoke),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_PUBLISH))
+        .fallback(|| async {
+            ApiError(Error::new(Code::BadRequest, "no such Gale endpoint").with_hint(
+                "Gale's gateway endpoints: POST /_gale/topics/{topic}/events and \
+                 POST /_gale/functions/{name}/invocations; paths under /_gale/ are reserved",
+            ))
+        })
+        .with_state(ingress)
 }

@@ -5,10 +5,10 @@
 //! response. `mode=async` answers 202 with an invocation id as soon as the
 //! request is durable (see `functions::invocations`).
 
-use super::Ingress;
+use super::context::Ingress;
 use crate::NodeError;
 use crate::functions::invocations::{record, submit};
-use crate::functions::process::invoke_payload;
+use crate::functions::invoke::invoke_payload;
 use crate::http::{ApiError, ApiResult, request_id};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};

@@ -3,10 +3,10 @@
 //! the AWS CLI expect, so `boto3` and `aws lambda invoke` work against Gale
 //! with an endpoint and credentials (SigV4, checked in [`super::sigv4`]).
 
-use super::Ingress;
+use super::context::Ingress;
 use crate::functions::invocations::submit;
+use crate::functions::invoke::sync_invoke;
 use crate::functions::payloads::{ACCOUNT, aws_error, form_urlencoded};
-use crate::functions::process::sync_invoke;
 use crate::http::{Body, full};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;

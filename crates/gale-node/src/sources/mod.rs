@@ -23,6 +23,7 @@
 //! settings and validation, a module here implementing [`Source`], one arm
 //! in [`build`], and a test against the real system it reads.
 
+pub mod context;
 pub mod schedule;
 
 use crate::NodeError;
@@ -34,10 +35,10 @@ use crate::publisher::Publisher;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use context::{Context, Lease, Source, Wanted, checkpoint_key, lease_key};
 use gale_core::SourceSpec;
 use gale_core::api::SourceInfo;
-use gale_store::{Expect, Metadata, NewEvent, Published};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use gale_store::{Expect, Metadata};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,129 +53,10 @@ const STANDBY: Duration = Duration::from_secs(5);
 /// Pauses before a failed source runs again: doubling from the first to the last.
 const RESTART: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
-/// A running source.
-#[async_trait::async_trait]
-pub trait Source: Send + 'static {
-    /// Runs until [`Context::stopped`]; an error ends this run, and the
-    /// source runs again (from its checkpoint) after a pause.
-    async fn run(&mut self, cx: &mut Context) -> Result<(), NodeError>;
-}
-
-/// A source the node should run: a declared one, or a function's schedule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Wanted {
-    pub name: String,
-    pub app: Option<String>,
-    pub function: Option<String>,
-    pub spec: SourceSpec,
-}
-
 /// The source a spec describes.
 pub fn build(wanted: &Wanted) -> Box<dyn Source> {
     match &wanted.spec {
         SourceSpec::Schedule(s) => Box::new(schedule::Schedule::new(wanted, s)),
-    }
-}
-
-/// Where a source's checkpoint and lease live.
-fn checkpoint_key(name: &str) -> String {
-    format!("checkpoints/sources/{name}")
-}
-fn lease_key(name: &str) -> String {
-    format!("leases/sources/{name}")
-}
-
-/// Who runs a source, until when.
-#[derive(Debug, Serialize, Deserialize)]
-struct Lease {
-    node: String,
-    /// Unix milliseconds.
-    expires_at: u64,
-}
-
-/// What a running source may touch.
-pub struct Context {
-    name: String,
-    publisher: Publisher,
-    meta: Arc<dyn Metadata>,
-    /// Revision of the checkpoint as this run last read or wrote it.
-    checkpoint: Option<u64>,
-    stop: watch::Receiver<bool>,
-    status: Arc<Mutex<SourceInfo>>,
-}
-
-impl Context {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The checkpoint the source saved last, if any.
-    pub async fn checkpoint<T: DeserializeOwned>(&mut self) -> Result<Option<T>, NodeError> {
-        let key = checkpoint_key(&self.name);
-        let Some(entry) = self.meta.get(&key).await? else {
-            self.checkpoint = None;
-            return Ok(None);
-        };
-        self.checkpoint = Some(entry.revision);
-        match serde_json::from_slice(&entry.value) {
-            Ok(value) => Ok(Some(value)),
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, "checkpoint unreadable; starting afresh");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Saves the checkpoint, if nobody else wrote it since this run read it.
-    pub async fn save<T: Serialize>(&mut self, value: &T) -> Result<(), NodeError> {
-        let key = checkpoint_key(&self.name);
-        let expect = self.checkpoint.map_or(Expect::Absent, Expect::Revision);
-        let bytes = serde_json::to_vec(value).expect("checkpoints serialize");
-        self.checkpoint = Some(self.meta.put(&key, bytes, expect).await?);
-        Ok(())
-    }
-
-    /// The id of the event at `position` (and `index`, for several events
-    /// at one position): the same position always gives the same id.
-    pub fn event_id(&self, position: &str, index: usize) -> String {
-        match index {
-            0 => format!("{}/{position}", self.name),
-            n => format!("{}/{position}/{n}", self.name),
-        }
-    }
-
-    /// Appends events; returns once they are durable.
-    pub async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>, NodeError> {
-        let published = self.publisher.publish(topic, events).await?;
-        let new = published.iter().filter(|p| !p.duplicate).count() as u64;
-        crate::lock(&self.status).published += new;
-        Ok(published)
-    }
-
-    /// Says where the source has got to, and how far behind it is.
-    pub fn report(&self, position: String, lag_ms: Option<u64>) {
-        let mut status = crate::lock(&self.status);
-        status.position = Some(position);
-        status.lag_ms = lag_ms;
-    }
-
-    /// Whether the source has been told to stop.
-    pub fn is_stopped(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// Resolves once the source is told to stop.
-    pub async fn stopped(&mut self) {
-        let _ = self.stop.wait_for(|s| *s).await;
-    }
-
-    /// Sleeps for `d`; true if the source was told to stop meanwhile.
-    pub async fn sleep(&mut self, d: Duration) -> bool {
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(d) => false,
-            _ = self.stopped() => true,
-        };
-        stopped || self.is_stopped()
     }
 }
 

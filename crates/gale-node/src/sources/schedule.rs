@@ -12,7 +12,7 @@
 //! doubled. Firings missed while no node ran the schedule are skipped, or
 //! run once for the latest, as the schedule says.
 
-use super::{Context, Source, Wanted};
+use super::context::{Context, Source, Wanted};
 use crate::NodeError;
 use crate::clock::now_ms;
 use gale_core::manifest::Missed;
@@ -84,7 +84,7 @@ impl Schedule {
         if saved.is_none()
             && let Some(key) = &self.legacy_key
         {
-            let entry = cx.meta.get(key).await?;
+            let entry = cx.metadata().get(key).await?;
             saved = entry.and_then(|e| serde_json::from_slice(&e.value).ok());
         }
         match saved {

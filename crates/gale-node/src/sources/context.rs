@@ -1,0 +1,136 @@
+//! What a source is and what it may touch while it runs (see the plane's
+//! docs in `sources/mod.rs`).
+
+use crate::NodeError;
+use crate::publisher::Publisher;
+use gale_core::SourceSpec;
+use gale_core::api::SourceInfo;
+use gale_store::{Expect, Metadata, NewEvent, Published};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A running source.
+#[async_trait::async_trait]
+pub trait Source: Send + 'static {
+    /// Runs until [`Context::stopped`]; an error ends this run, and the
+    /// source runs again (from its checkpoint) after a pause.
+    async fn run(&mut self, cx: &mut Context) -> Result<(), NodeError>;
+}
+
+/// A source the node should run: a declared one, or a function's schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub name: String,
+    pub app: Option<String>,
+    pub function: Option<String>,
+    pub spec: SourceSpec,
+}
+
+/// Where a source's checkpoint and lease live.
+pub(super) fn checkpoint_key(name: &str) -> String {
+    format!("checkpoints/sources/{name}")
+}
+pub(super) fn lease_key(name: &str) -> String {
+    format!("leases/sources/{name}")
+}
+
+/// Who runs a source, until when.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Lease {
+    pub(super) node: String,
+    /// Unix milliseconds.
+    pub(super) expires_at: u64,
+}
+
+/// What a running source may touch.
+pub struct Context {
+    pub(super) name: String,
+    pub(super) publisher: Publisher,
+    pub(super) meta: Arc<dyn Metadata>,
+    /// Revision of the checkpoint as this run last read or wrote it.
+    pub(super) checkpoint: Option<u64>,
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) status: Arc<Mutex<SourceInfo>>,
+}
+
+impl Context {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's metadata, for what a source reads besides its checkpoint.
+    pub fn metadata(&self) -> &dyn Metadata {
+        &*self.meta
+    }
+
+    /// The checkpoint the source saved last, if any.
+    pub async fn checkpoint<T: DeserializeOwned>(&mut self) -> Result<Option<T>, NodeError> {
+        let key = checkpoint_key(&self.name);
+        let Some(entry) = self.meta.get(&key).await? else {
+            self.checkpoint = None;
+            return Ok(None);
+        };
+        self.checkpoint = Some(entry.revision);
+        match serde_json::from_slice(&entry.value) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "checkpoint unreadable; starting afresh");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Saves the checkpoint, if nobody else wrote it since this run read it.
+    pub async fn save<T: Serialize>(&mut self, value: &T) -> Result<(), NodeError> {
+        let key = checkpoint_key(&self.name);
+        let expect = self.checkpoint.map_or(Expect::Absent, Expect::Revision);
+        let bytes = serde_json::to_vec(value).expect("checkpoints serialize");
+        self.checkpoint = Some(self.meta.put(&key, bytes, expect).await?);
+        Ok(())
+    }
+
+    /// The id of the event at `position` (and `index`, for several events
+    /// at one position): the same position always gives the same id.
+    pub fn event_id(&self, position: &str, index: usize) -> String {
+        match index {
+            0 => format!("{}/{position}", self.name),
+            n => format!("{}/{position}/{n}", self.name),
+        }
+    }
+
+    /// Appends events; returns once they are durable.
+    pub async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>, NodeError> {
+        let published = self.publisher.publish(topic, events).await?;
+        let new = published.iter().filter(|p| !p.duplicate).count() as u64;
+        crate::lock(&self.status).published += new;
+        Ok(published)
+    }
+
+    /// Says where the source has got to, and how far behind it is.
+    pub fn report(&self, position: String, lag_ms: Option<u64>) {
+        let mut status = crate::lock(&self.status);
+        status.position = Some(position);
+        status.lag_ms = lag_ms;
+    }
+
+    /// Whether the source has been told to stop.
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the source is told to stop.
+    pub async fn stopped(&mut self) {
+        let _ = self.stop.wait_for(|s| *s).await;
+    }
+
+    /// Sleeps for `d`; true if the source was told to stop meanwhile.
+    pub async fn sleep(&mut self, d: Duration) -> bool {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.stopped() => true,
+        };
+        stopped || self.is_stopped()
+    }
+}
