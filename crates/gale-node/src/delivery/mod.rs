@@ -12,11 +12,11 @@ pub mod replay;
 pub mod subscriptions;
 
 use crate::functions::Functions;
-use crate::http::ApiResult;
+use crate::http::{ApiResult, Json, Path};
 use crate::publisher::Publisher;
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::State;
 use axum::routing::post;
-use axum::{Json, Router};
 use gale_store::Topics;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ pub fn admin_routes(dispatch: Dispatch) -> Router {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReplayRequest {
     /// The function to run the events through.
     function: String,
