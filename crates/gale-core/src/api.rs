@@ -1,4 +1,7 @@
 //! The JSON shapes of the admin API (`/v1/...`), shared by node and CLI.
+//!
+//! Request bodies refuse fields they do not know, as the manifest does: a
+//! misspelt field silently ignored is a setting silently not applied.
 
 use crate::manifest::{FunctionSpec, Manifest};
 use serde::{Deserialize, Serialize};
@@ -8,6 +11,7 @@ use std::collections::BTreeMap;
 /// digest (`sha256:<hex>`) of an artifact already uploaded with
 /// `PUT /v1/artifacts/{digest}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub manifest: Manifest,
     pub artifacts: BTreeMap<String, String>,
@@ -74,12 +78,14 @@ pub struct VersionInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     pub version: u64,
 }
 
 /// `POST /v1/functions/{name}/invoke`: a request to send to the function.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InvokeRequest {
     #[serde(default)]
     pub method: Option<String>,
@@ -217,6 +223,7 @@ pub struct TokenInfo {
 
 /// `POST /v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub publish: Vec<String>,
 }

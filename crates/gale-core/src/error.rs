@@ -38,6 +38,21 @@ pub enum Code {
     Forbidden,
     /// The request itself was malformed.
     BadRequest,
+    /// No such endpoint in the API.
+    EndpointNotFound,
+    /// The endpoint exists but does not take this method (the answer's
+    /// `Allow` header lists the methods it does take).
+    MethodNotAllowed,
+    /// The request body is of a content type the endpoint does not take.
+    UnsupportedMediaType,
+    /// The request body is larger than the endpoint takes.
+    PayloadTooLarge,
+    /// No stored artifact has that digest.
+    ArtifactNotFound,
+    /// No publish token has that id.
+    TokenNotFound,
+    /// No asynchronous invocation has that id.
+    InvocationNotFound,
     /// The storage engine failed.
     Storage,
     /// Something unexpected inside the node.
@@ -45,6 +60,34 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in the order of the enum (the OpenAPI document lists
+    /// the same set; a test keeps the two equal).
+    pub const ALL: &[Code] = &[
+        Code::ManifestInvalid,
+        Code::RouteConflict,
+        Code::ComponentInvalid,
+        Code::ArtifactInvalid,
+        Code::FunctionNotFound,
+        Code::VersionNotFound,
+        Code::FunctionOwned,
+        Code::TopicNotFound,
+        Code::EventInvalid,
+        Code::EventTooLarge,
+        Code::Conflict,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::BadRequest,
+        Code::EndpointNotFound,
+        Code::MethodNotAllowed,
+        Code::UnsupportedMediaType,
+        Code::PayloadTooLarge,
+        Code::ArtifactNotFound,
+        Code::TokenNotFound,
+        Code::InvocationNotFound,
+        Code::Storage,
+        Code::Internal,
+    ];
+
     /// The code as it appears on the wire and in docs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,6 +105,13 @@ impl Code {
             Code::Unauthorized => "unauthorized",
             Code::Forbidden => "forbidden",
             Code::BadRequest => "bad_request",
+            Code::EndpointNotFound => "endpoint_not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::ArtifactNotFound => "artifact_not_found",
+            Code::TokenNotFound => "token_not_found",
+            Code::InvocationNotFound => "invocation_not_found",
             Code::Storage => "storage",
             Code::Internal => "internal",
         }
@@ -76,10 +126,18 @@ impl Code {
             | Code::ArtifactInvalid
             | Code::EventInvalid
             | Code::BadRequest => 400,
-            Code::EventTooLarge => 413,
+            Code::EventTooLarge | Code::PayloadTooLarge => 413,
+            Code::MethodNotAllowed => 405,
+            Code::UnsupportedMediaType => 415,
             Code::Unauthorized => 401,
             Code::Forbidden => 403,
-            Code::FunctionNotFound | Code::VersionNotFound | Code::TopicNotFound => 404,
+            Code::FunctionNotFound
+            | Code::VersionNotFound
+            | Code::TopicNotFound
+            | Code::EndpointNotFound
+            | Code::ArtifactNotFound
+            | Code::TokenNotFound
+            | Code::InvocationNotFound => 404,
             Code::FunctionOwned | Code::Conflict => 409,
             Code::Storage | Code::Internal => 500,
         }
@@ -129,4 +187,56 @@ impl Error {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The position of `code` in [`Code::ALL`]. A match without a wildcard:
+    /// a new code does not compile until it is listed here, and the test
+    /// below then fails until it is in `ALL` too.
+    fn position(code: Code) -> usize {
+        match code {
+            Code::ManifestInvalid => 0,
+            Code::RouteConflict => 1,
+            Code::ComponentInvalid => 2,
+            Code::ArtifactInvalid => 3,
+            Code::FunctionNotFound => 4,
+            Code::VersionNotFound => 5,
+            Code::FunctionOwned => 6,
+            Code::TopicNotFound => 7,
+            Code::EventInvalid => 8,
+            Code::EventTooLarge => 9,
+            Code::Conflict => 10,
+            Code::Unauthorized => 11,
+            Code::Forbidden => 12,
+            Code::BadRequest => 13,
+            Code::EndpointNotFound => 14,
+            Code::MethodNotAllowed => 15,
+            Code::UnsupportedMediaType => 16,
+            Code::PayloadTooLarge => 17,
+            Code::ArtifactNotFound => 18,
+            Code::TokenNotFound => 19,
+            Code::InvocationNotFound => 20,
+            Code::Storage => 21,
+            Code::Internal => 22,
+        }
+    }
+
+    #[test]
+    fn every_code_is_listed_once_and_spelled_as_on_the_wire() {
+        for (i, code) in Code::ALL.iter().enumerate() {
+            assert_eq!(position(*code), i, "{code} is out of place in Code::ALL");
+            let wire = serde_json::to_string(code).unwrap();
+            assert_eq!(wire, format!("\"{}\"", code.as_str()));
+            assert!((400..600).contains(&code.http_status()), "{code}");
+        }
+        // `Internal` stays last, so this is the number of codes.
+        assert_eq!(
+            Code::ALL.len(),
+            position(Code::Internal) + 1,
+            "a code is missing from Code::ALL"
+        );
+    }
 }

@@ -51,6 +51,25 @@ pub struct TopicSpec {
     pub dedup_window: HumanDuration,
 }
 
+impl TopicSpec {
+    /// Checks the settings (for the manifest's `[topics.NAME]` and the admin
+    /// API's `PUT /v1/topics/{name}` alike): the failing key, what is wrong
+    /// and how to fix it.
+    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+        if self.retention.0 < Duration::from_secs(1) {
+            return Err((
+                "retention",
+                "is under one second".into(),
+                "write it like \"7d\" or \"12h\"",
+            ));
+        }
+        if self.max_bytes.0 < 1024 {
+            return Err(("max_bytes", "is under 1KiB".into(), "write it like \"1GiB\""));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TopicSpec {
     fn default() -> Self {
         TopicSpec {
@@ -614,20 +633,8 @@ impl Manifest {
                     "use lowercase letters, digits, '-', '_' and '.', starting with a letter or digit (at most 100)",
                 ));
             }
-            if t.retention.0 < Duration::from_secs(1) {
-                return Err(invalid(
-                    &format!("{key}.retention"),
-                    "is under one second".into(),
-                    "write it like \"7d\" or \"12h\"",
-                ));
-            }
-            if t.max_bytes.0 < 1024 {
-                return Err(invalid(
-                    &format!("{key}.max_bytes"),
-                    "is under 1KiB".into(),
-                    "write it like \"1GiB\"",
-                ));
-            }
+            t.validate()
+                .map_err(|(k, message, hint)| invalid(&format!("{key}.{k}"), message, hint))?;
         }
         let mut routes = Vec::new();
         for (name, f) in &self.functions {

@@ -2,18 +2,23 @@
 //! described by the OpenAPI document at `/v1/openapi.json`.
 //!
 //! The CLI is a thin client of this API; anything the CLI does, a script can
-//! do with curl.
+//! do with curl. So the document is a promise, and the answers keep it:
+//! every error, down to a body that is not JSON, a wrong content type, an
+//! unknown endpoint or method, is `{"error": {"code", "message", "hint"}}`
+//! with a stable code (the extractors of `crate::http`, the fallbacks
+//! below, and `json_errors` around it all). `tests/admin_api.rs` runs a
+//! property-based client of the document against a live node.
 
 use super::Control;
 use crate::NodeError;
 use crate::auth::{Grant, Tokens};
-use crate::http::{ApiError, ApiResult, REQUEST_ID, request_id};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
-use axum::http::{HeaderMap, StatusCode, header};
+use crate::http::{ApiError, ApiResult, Json, Path, Query, REQUEST_ID, WholeBody, json_errors, request_id};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State as Ext};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use bytes::Bytes;
 use gale_core::TopicSpec;
 use gale_core::api::{
@@ -31,13 +36,24 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Largest artifact accepted.
 const MAX_ARTIFACT: usize = 256 << 20;
+/// Largest body of every other endpoint (a deploy's manifest is the largest
+/// JSON body; publishing reads at most `events::MAX_PUBLISH` itself).
+const MAX_BODY: usize = 8 << 20;
+/// Most records or events one page of logs or events holds; a larger
+/// `limit` is taken as this.
+const MAX_PAGE: usize = 1000;
 
 /// The admin API: control's own endpoints and `planes` (the other planes'
 /// admin endpoints), all behind the admin token.
 pub fn router(control: Control, planes: Vec<Router>) -> Router {
     let tokens = control.tokens.clone();
     let mut protected = Router::new()
-        .route("/v1/artifacts/{digest}", put(put_artifact).get(artifact_exists))
+        .route(
+            "/v1/artifacts/{digest}",
+            put(put_artifact)
+                .layer(DefaultBodyLimit::max(MAX_ARTIFACT))
+                .get(artifact_exists),
+        )
         .route("/v1/apps/{app}/deploy", post(deploy))
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{name}", get(describe).delete(remove))
@@ -54,16 +70,39 @@ pub fn router(control: Control, planes: Vec<Router>) -> Router {
     for plane in planes {
         protected = protected.merge(plane);
     }
+    // Set after the planes are merged: it applies to the routes there are.
     let protected = protected
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(tokens, authorize))
-        .layer(DefaultBodyLimit::max(MAX_ARTIFACT));
+        .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/health", get(health))
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(protected)
-        .fallback(|| async {
-            ApiError(Error::new(Code::BadRequest, "no such admin endpoint").with_hint("see /v1/openapi.json"))
-        })
+        .fallback(no_such_endpoint)
+        .layer(middleware::from_fn(json_errors))
+}
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError(
+        Error::new(
+            Code::EndpointNotFound,
+            format!("no admin endpoint {method} {}", uri.path()),
+        )
+        .with_hint("the endpoints are listed in /v1/openapi.json"),
+    )
+}
+
+/// A known path asked with a method it does not take; axum adds `Allow`.
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError(
+        Error::new(
+            Code::MethodNotAllowed,
+            format!("{} does not take {method}", uri.path()),
+        )
+        .with_hint("the answer's Allow header lists the methods it takes"),
+    )
 }
 
 pub async fn run(app: Router, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -92,15 +131,20 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-async fn health() -> impl IntoResponse {
+async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn put_artifact(
     Ext(c): Ext<Control>,
     Path(digest): Path<String>,
-    body: Bytes,
+    WholeBody(body): WholeBody,
 ) -> ApiResult<StatusCode> {
+    if body.is_empty() {
+        return Err(Error::new(Code::ArtifactInvalid, "the body is empty")
+            .with_hint("an artifact is a component or a process function's package: send its bytes")
+            .into());
+    }
     c.artifacts
         .put(&digest, body.to_vec())
         .await
@@ -111,14 +155,8 @@ async fn put_artifact(
 async fn deploy(
     Ext(c): Ext<Control>,
     Path(app): Path<String>,
-    body: Bytes,
+    Json(request): Json<DeployRequest>,
 ) -> ApiResult<Json<gale_core::api::DeployResponse>> {
-    let request: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
-        Error::new(
-            Code::BadRequest,
-            format!("the deploy request is not valid JSON of the right shape: {e}"),
-        )
-    })?;
     if request.manifest.app.name != app {
         return Err(Error::new(
             Code::BadRequest,
@@ -221,15 +259,18 @@ async fn invoke(
     Path(name): Path<String>,
     Json(req): Json<InvokeRequest>,
 ) -> ApiResult<Json<InvokeResponse>> {
-    let live = c
-        .functions
-        .get(&name)
-        .ok_or_else(|| NodeError::function_not_found(&name))?;
     let method = req
         .method
         .as_deref()
         .unwrap_or(if req.body.is_empty() { "GET" } else { "POST" });
     let path = req.path.clone().unwrap_or_else(|| "/".into());
+    if !valid_invoke_path(&path) {
+        return Err(Error::new(Code::BadRequest, format!("path {path:?} is not a request path"))
+            .with_hint(
+                "start it with '/', and percent-encode what is not a letter, a digit or one of -._~!$&'()*+,;=:@/?%",
+            )
+            .into());
+    }
     let mut builder = http::Request::builder()
         .method(method)
         .uri(&path)
@@ -242,6 +283,10 @@ async fn invoke(
         .header(header::CONTENT_LENGTH, body.len())
         .body(http_body_util::Full::new(body))
         .map_err(|e| Error::new(Code::BadRequest, format!("cannot build the request: {e}")))?;
+    let live = c
+        .functions
+        .get(&name)
+        .ok_or_else(|| NodeError::function_not_found(&name))?;
     let id = request_id();
     // A process function takes the body as its payload, as `aws lambda invoke` does.
     let response = if live.spec.runtime == gale_core::manifest::RuntimeKind::Process {
@@ -269,6 +314,17 @@ async fn invoke(
     }))
 }
 
+/// Whether `path` is a path (and query) a request may have: starting with
+/// '/', at most 8 KiB, of the characters RFC 3986 allows there unencoded.
+/// The OpenAPI document gives the same rule as a pattern.
+fn valid_invoke_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 8192
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     #[serde(default)]
@@ -286,7 +342,7 @@ async fn logs(
     if c.functions.get(&name).is_none() {
         return Err(NodeError::function_not_found(&name).into());
     }
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     Ok(Json(
         c.logs
             .query(&name, q.after, limit, q.tail)
@@ -312,6 +368,9 @@ async fn put_topic(
         );
     }
     let spec = body.map(|Json(s)| s).unwrap_or_default();
+    spec.validate().map_err(|(key, message, hint)| {
+        Error::new(Code::BadRequest, format!("`{key}`: {message}")).with_hint(hint)
+    })?;
     c.publisher
         .put_topic(&name, super::deploy::topic_config(&spec))
         .await?;
@@ -356,7 +415,7 @@ async fn read_events(
     Path(name): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> ApiResult<Json<Vec<StoredEventInfo>>> {
-    let limit = q.limit.unwrap_or(100).min(1000);
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     let events = c
         .topics
         .read(&name, q.after, limit)
@@ -390,15 +449,21 @@ async fn list_tokens(Ext(c): Ext<Control>) -> Json<Vec<TokenInfo>> {
 async fn delete_token(Ext(c): Ext<Control>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     match c.tokens.delete(&id).await? {
         true => Ok(StatusCode::NO_CONTENT),
-        false => Err(Error::new(Code::BadRequest, format!("no token with id {id}"))
-            .with_hint("`gale tokens ls` lists them")
-            .into()),
+        false => Err(
+            Error::new(Code::TokenNotFound, format!("no token with id {id:?}"))
+                .with_hint("`gale tokens ls` lists them")
+                .into(),
+        ),
     }
 }
 
 async fn artifact_exists(Ext(c): Ext<Control>, Path(digest): Path<String>) -> ApiResult<StatusCode> {
     match c.artifacts.contains(&digest).await.map_err(NodeError::from)? {
         true => Ok(StatusCode::NO_CONTENT),
-        false => Ok(StatusCode::NOT_FOUND),
+        false => Err(
+            Error::new(Code::ArtifactNotFound, format!("no artifact {digest}"))
+                .with_hint("upload it with PUT /v1/artifacts/{digest}")
+                .into(),
+        ),
     }
 }

@@ -3,10 +3,10 @@
 
 use super::dispatcher::Dispatch;
 use super::replay;
-use crate::http::ApiResult;
-use axum::extract::{Path, State};
+use crate::http::{ApiResult, Json, Path};
+use axum::Router;
+use axum::extract::State;
 use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
 
 pub fn routes(dispatch: Dispatch) -> Router {
@@ -17,6 +17,7 @@ pub fn routes(dispatch: Dispatch) -> Router {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReplayRequest {
     /// The function to run the events through.
     function: String,

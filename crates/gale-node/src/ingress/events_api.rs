@@ -5,9 +5,8 @@
 
 use super::context::Ingress;
 use crate::events::{MAX_PUBLISH, parse_for_store};
-use crate::http::{ApiError, ApiResult};
-use axum::Json;
-use axum::extract::{Path, Request, State};
+use crate::http::{ApiError, ApiResult, Json, Path};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;

@@ -9,8 +9,8 @@ use super::context::Ingress;
 use crate::NodeError;
 use crate::functions::invocations::{record, submit};
 use crate::functions::invoke::invoke_payload;
-use crate::http::{ApiError, ApiResult, request_id};
-use axum::extract::{Path, Query, Request, State};
+use crate::http::{ApiError, ApiResult, Path, Query, request_id};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gale_core::api::InvocationRecord;
@@ -116,8 +116,10 @@ pub async fn show(
     let kv = &*ingress.functions.runtimes().kv;
     match record(kv, &id).await? {
         Some(r) => Ok(axum::Json(r)),
-        None => Err(Error::new(Code::BadRequest, format!("no invocation {id}"))
-            .with_hint("use the invocation_id an async invocation answered with")
-            .into()),
+        None => Err(
+            Error::new(Code::InvocationNotFound, format!("no invocation {id:?}"))
+                .with_hint("use the invocation_id an async invocation answered with")
+                .into(),
+        ),
     }
 }
