@@ -177,12 +177,10 @@ fn gateway_router(ingress: Ingress) -> Router {
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_PUBLISH))
         .fallback(|| async {
-            ApiError(
-                Error::new(Code::EndpointNotFound, "no such Gale endpoint").with_hint(
-                    "Gale's gateway endpoints: POST /_gale/topics/{topic}/events and \
+            ApiError(Error::new(Code::BadRequest, "no such Gale endpoint").with_hint(
+                "Gale's gateway endpoints: POST /_gale/topics/{topic}/events and \
                  POST /_gale/functions/{name}/invocations; paths under /_gale/ are reserved",
-                ),
-            )
+            ))
         })
         .with_state(ingress)
 }
