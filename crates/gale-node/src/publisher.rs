@@ -51,10 +51,6 @@ impl Publisher {
         Ok(publisher)
     }
 
-    pub fn meters(&self) -> &Meters {
-        &self.meters
-    }
-
     /// Appends events to a topic; returns once they are durable.
     pub async fn publish(&self, topic: &str, events: Vec<NewEvent>) -> Result<Vec<Published>, NodeError> {
         check_sizes(events.iter())?;
