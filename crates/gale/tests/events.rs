@@ -468,17 +468,19 @@ dead_letter = "jobs-dlq"
 
     // Replay runs history through the function again: j-1 and j-5 succeed
     // (and publish again), j-2, j-3 and j-4 fail again and are reported.
-    let report: serde_json::Value = node
-        .http
-        .post(format!("{}/v1/topics/jobs/replay", node.admin))
-        .bearer_auth(&node.token)
-        .json(&serde_json::json!({ "function": "worker", "from_ms": 0 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replay = || async {
+        node.http
+            .post(format!("{}/v1/topics/jobs/replay", node.admin))
+            .bearer_auth(&node.token)
+            .json(&serde_json::json!({ "function": "worker", "from_ms": 0 }))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let report = replay().await;
     assert_eq!(
         (report["replayed"].as_u64(), report["failed"].as_u64()),
         (Some(5), Some(3)),
@@ -487,17 +489,7 @@ dead_letter = "jobs-dlq"
     assert_eq!(node.dead_letters("replies", 4).await.len(), 4);
     // Run again (a replay that failed part way is run once more), the same
     // invocations publish the same ids: what they published is stored once.
-    let again: serde_json::Value = node
-        .http
-        .post(format!("{}/v1/topics/jobs/replay", node.admin))
-        .bearer_auth(&node.token)
-        .json(&serde_json::json!({ "function": "worker", "from_ms": 0 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = replay().await;
     assert_eq!(again["replayed"].as_u64(), Some(5), "{again}");
     let topics: Vec<gale_core::api::TopicInfo> = node.admin_get("/v1/topics").await;
     let replies = topics.iter().find(|t| t.name == "replies").unwrap();

@@ -7,6 +7,7 @@
 //! dispatcher (which delivers events to `wasi:http` components as
 //! requests).
 
+use super::answers::{publish_failed, timed_out, too_large};
 use super::live::{Live, Loaded, Refused};
 use super::logs::Started;
 use crate::clock::now_ms;
@@ -171,15 +172,7 @@ where
     if let Pending::Filled(published) = pending
         && let Err(e) = commit(&live, id, published).await
     {
-        tracing::error!(function = %live.name, error = %e, "committing published events failed");
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "publish_failed",
-            &format!(
-                "function `{}` ran, but the events it published could not be stored: {e}",
-                live.name
-            ),
-        );
+        return publish_failed(&live.name, &e);
     }
     match served {
         // The guest got a truncated body; whatever it answered, the answer is 413.
@@ -208,15 +201,7 @@ where
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-        Err(Failure::Timeout) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            &format!(
-                "function `{}` did not answer within its timeout of {}",
-                live.name,
-                humantime::format_duration(timeout)
-            ),
-        ),
+        Err(Failure::Timeout) => timed_out(&live.name, timeout),
         Err(Failure::Body(message)) => error(
             StatusCode::BAD_REQUEST,
             "body_unreadable",
@@ -234,14 +219,6 @@ where
             )
         }
     }
-}
-
-pub(crate) fn too_large(max: u64) -> Response<Body> {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        &format!("the request body is larger than the function's max_body of {max} bytes"),
-    )
 }
 
 /// Stores what the request `id` published, named after it.

@@ -19,6 +19,7 @@
 //! registered, before the change returns: a deploy answers only once its
 //! routes, subscriptions and schedules are in place.
 
+pub mod answers;
 pub mod events;
 pub mod http;
 pub mod invocations;

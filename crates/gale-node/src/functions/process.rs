@@ -4,6 +4,7 @@
 //! ingress plane; what a process function's instances run as and publish
 //! through is set where it is loaded ([`super::live`]).
 
+use super::answers::{publish_failed, timed_out, too_large};
 use super::live::Live;
 use super::logs::Started;
 use super::payloads::{http_event, http_response};
@@ -94,39 +95,18 @@ where
     let body = body.map_err(|e| -> gale_wasm::BodyError { e.into() });
     let body = match http_body_util::Limited::new(body, max).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!("the request body is larger than the function's max_body of {max} bytes"),
-            );
-        }
+        Err(_) => return too_large(max as u64),
     };
     let event = http_event(&parts, &body, id);
     let c = invoke(&live, &pool, permit, event, id, timeout, None, Vec::new()).await;
     match c.result {
         Ok(answer) => {
             if let Err(e) = live.runtimes.publisher.publish_all(c.outbox).await {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "publish_failed",
-                    &format!(
-                        "function `{}` ran, but the events it published could not be stored: {e}",
-                        live.name
-                    ),
-                );
+                return publish_failed(&live.name, &e);
             }
             http_response(&answer)
         }
-        Err(e) if e.error_type == "Sandbox.Timedout" => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            &format!(
-                "function `{}` did not answer within its timeout of {}",
-                live.name,
-                humantime::format_duration(timeout)
-            ),
-        ),
+        Err(e) if e.error_type == "Sandbox.Timedout" => timed_out(&live.name, timeout),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "function_failed",
