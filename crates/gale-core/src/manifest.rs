@@ -554,8 +554,10 @@ pub fn check_routes<'a>(routes: impl IntoIterator<Item = (&'a str, &'a Route)>) 
                     .unwrap_or((owner, route)),
                 _ => (owner, route),
             };
-            return Err(conflict(owner, route, other_owner, other)
-                .with_hint(format!("{e}; give the routes distinct static segments")));
+            return Err(conflict(owner, route, other_owner, other).with_hint(
+                "the two paths take the same requests with differently named parameters; \
+                 name the parameters alike, or give the routes distinct static segments",
+            ));
         }
         owners.push(entries[0]);
     }
@@ -1035,7 +1037,13 @@ mod tests {
             source = "f.wasm"
             http = [{ route = "GET /users/{id}" }, { route = "POST /users/{name}" }]
         "#;
-        assert_eq!(parse(params).unwrap_err().code, Code::RouteConflict);
+        let err = parse(params).unwrap_err();
+        assert_eq!(err.code, Code::RouteConflict);
+        let hint = err.hint.clone().unwrap_or_default();
+        assert!(
+            hint.contains("name the parameters alike") && !hint.contains("Insertion failed"),
+            "{hint}"
+        );
 
         let fine = r#"
             [app]

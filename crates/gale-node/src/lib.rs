@@ -241,6 +241,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
 /// Starts a node: opens (and locks) the data directory, loads what is
 /// deployed, and serves the gateway and the admin API.
 pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
+    // Listen first: a port in use stops the start before anything is
+    // created in the data directory.
+    let gateway_listener = bind(options.listen).await?;
+    let admin_listener = bind(options.admin_listen).await?;
     let dir = &options.data_dir;
     let stores = gale_store::open(options.store, dir)?;
     let (token, token_created) = load_or_create(dir, "token", |b| format!("gale_{}", hex::encode(b)))?;
@@ -254,8 +258,6 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         .map_err(|e| NodeError::DataDir(e.to_string()))??;
     let processes =
         gale_process::Runtime::new(dir.join("process")).map_err(|e| NodeError::DataDir(e.to_string()))?;
-    let gateway_listener = bind(options.listen).await?;
-    let admin_listener = bind(options.admin_listen).await?;
 
     let meters = Arc::new(meters::Meters::new());
     let publisher = Publisher::new(stores.topics.clone(), meters).await?;

@@ -46,6 +46,21 @@ async fn versions_are_immutable_unchanged_deploys_change_nothing_rollback_switch
     assert_eq!(node.get("/greet/env").await.2, "GREETING=hello");
     assert_eq!(node.describe("greet").await.version, 1);
 
+    // Deploying v2's manifest again points back at v2: no new version of
+    // old code.
+    let forward = node.deploy(&greeter("bonjour")).await.unwrap();
+    assert!(forward.changed);
+    assert_eq!(forward.functions[0].version, 2);
+    assert_eq!(node.get("/greet/env").await.2, "GREETING=bonjour");
+    let versions: Vec<VersionInfo> = node.admin_get("/v1/functions/greet/versions").await;
+    assert_eq!(
+        versions.len(),
+        2,
+        "{:?}",
+        versions.iter().map(|v| v.version).collect::<Vec<_>>()
+    );
+    node.rollback("greet", 1).await;
+
     let r = node.rollback("greet", 9).await;
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();

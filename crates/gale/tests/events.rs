@@ -212,6 +212,20 @@ async fn publishing_refuses_bad_requests_with_clear_errors() {
 
     // A publish token may publish to its topics and do nothing else.
     node.deploy(&app(&["orders", "audit"], &[])).await.unwrap();
+    let typo = node
+        .http
+        .post(format!("{}/v1/tokens", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "publish": ["orders", "ordres"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(typo.status(), 404, "a token for a topic that does not exist");
+    let body = typo.text().await.unwrap();
+    assert!(
+        body.contains("topic_not_found") && body.contains("ordres"),
+        "{body}"
+    );
     let created: serde_json::Value = node
         .http
         .post(format!("{}/v1/tokens", node.admin))
@@ -498,6 +512,32 @@ dead_letter = "jobs-dlq"
         "a replayed invocation's events were stored twice"
     );
 
+    // A replay covers the events the topic held when it started: replaying
+    // `replies` through a function that publishes to `replies` does not
+    // run its own output through it again.
+    for id in ["r-1", "r-2", "r-3"] {
+        node.publish("replies", id, "publish", &[]).await;
+    }
+    let report: serde_json::Value = node
+        .http
+        .post(format!("{}/v1/topics/replies/replay", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "function": "worker", "from_ms": 0 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report["replayed"].as_u64(), report["failed"].as_u64()),
+        (Some(7), Some(0)),
+        "{report}"
+    );
+    let topics: Vec<gale_core::api::TopicInfo> = node.admin_get("/v1/topics").await;
+    let replies = topics.iter().find(|t| t.name == "replies").unwrap();
+    assert_eq!(replies.depth, 10, "each `publish` event replied once");
+
     // An event handler cannot take HTTP routes.
     let err = node
         .deploy(&manifest.replace(
@@ -508,6 +548,42 @@ dead_letter = "jobs-dlq"
         .unwrap_err();
     assert_eq!(err.code, gale_core::Code::ComponentInvalid);
     assert!(err.message.contains("event handler"), "{}", err.message);
+
+    // Nor does it answer requests: invoking it says what to do instead.
+    let answer: gale_core::api::InvokeResponse = node
+        .http
+        .post(format!("{}/v1/functions/worker/invoke", node.admin))
+        .bearer_auth(&node.token)
+        .json(&serde_json::json!({ "body": "{}" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        answer.body.contains("not_http_function") && answer.body.contains("mode=async"),
+        "{}",
+        answer.body
+    );
+
+    // A redrive sends dead letters back; a topic that is none is refused.
+    let n = &node;
+    let redrive = |topic: &'static str| async move {
+        n.http
+            .post(format!("{}/v1/topics/{topic}/redrive", n.admin))
+            .bearer_auth(&n.token)
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = redrive("replies").await;
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("not a dead-letter topic"), "{body}");
+    let moved: serde_json::Value = redrive("jobs-dlq").await.json().await.unwrap();
+    assert_eq!(moved["moved"], 3, "{moved}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

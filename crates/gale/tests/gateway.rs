@@ -67,6 +67,53 @@ async fn routes_params_not_found_and_wrong_method() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_specific_route_that_takes_the_method_wins() {
+    let node = TestNode::start().await;
+    node.deploy(&testbed_app(
+        "web",
+        &[
+            ("all", r#"http = [{ route = "/a/{*rest}" }]"#),
+            ("one", r#"http = [{ route = "GET /a/echo" }]"#),
+            (
+                "put",
+                r#"http = [{ route = "PUT /b/{id}" }, { route = "/b/{id}/echo" }]"#,
+            ),
+        ],
+    ))
+    .await
+    .unwrap();
+    let route_of = |r: &reqwest::Response| {
+        let seen = r.headers()["x-gale-headers"].to_str().unwrap().to_string();
+        seen.split(';')
+            .find_map(|h| h.strip_prefix("x-gale-route=").map(str::to_string))
+            .unwrap_or_default()
+    };
+    // The static route takes GET; every other method falls to the catch-all.
+    let get = node.http.get(node.url("/a/echo")).send().await.unwrap();
+    assert_eq!(
+        (get.status().as_u16(), route_of(&get)),
+        (200, "/a/echo".to_string())
+    );
+    for method in [reqwest::Method::POST, reqwest::Method::DELETE] {
+        let r = node
+            .http
+            .request(method, node.url("/a/echo"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), route_of(&r)),
+            (200, "/a/{*rest}".to_string()),
+            "the catch-all lost a request it matches"
+        );
+    }
+    // A path no route of the method matches still names the methods that do.
+    let r = node.http.get(node.url("/b/7")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "PUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_declared_or_streamed() {
     let node = TestNode::start().await;
     node.deploy(&testbed_app(

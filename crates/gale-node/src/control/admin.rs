@@ -438,6 +438,19 @@ async fn create_token(
     Ext(c): Ext<Control>,
     Json(req): Json<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    // A token for a topic that does not exist is a typo more often than a
+    // plan: name it now rather than on the first refused publish.
+    if let Some(missing) = req
+        .publish
+        .iter()
+        .find(|t| gale_core::manifest::valid_topic(t) && !c.publisher.exists(t))
+    {
+        return Err(Error::new(Code::TopicNotFound, format!("topic `{missing}` does not exist"))
+            .with_hint(format!(
+                "create it first (`gale topics create {missing}`, or declare [topics.{missing}] in an app's manifest)"
+            ))
+            .into());
+    }
     let (token, info) = c.tokens.create(req.publish).await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }

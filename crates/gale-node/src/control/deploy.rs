@@ -206,7 +206,19 @@ impl Control {
             };
             let (version, changed) = match current {
                 Some(c) if c.identity == id => (c.version, false),
-                _ => (registry.create_version(&app, name, digest, id, spec).await?, true),
+                // After a rollback, deploying the newer manifest again
+                // points back at the version that already holds it.
+                _ => match registry
+                    .versions(name)
+                    .await?
+                    .into_iter()
+                    .filter(|v| v.identity == id)
+                    .map(|v| v.version)
+                    .max()
+                {
+                    Some(existing) => (existing, true),
+                    None => (registry.create_version(&app, name, digest, id, spec).await?, true),
+                },
             };
             record.functions.insert(name.clone(), version);
             deployed.push(DeployedFunction {

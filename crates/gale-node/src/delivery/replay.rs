@@ -7,7 +7,7 @@ use crate::events::{self, FAILURE_ATTRIBUTES, attribute, decode, encode};
 use crate::functions::events::attempt;
 use crate::functions::triggers::triggers;
 use cloudevents::AttributesReader;
-use gale_core::EventTrigger;
+use gale_core::{Code, Error, EventTrigger};
 
 /// What a replay did.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -28,6 +28,10 @@ pub struct Replayed {
 /// `function`, oldest first, at most `limit`: for a new version or a fixed
 /// bug. The function's filters for the topic apply if it subscribes to
 /// it; what it publishes is stored; failures are reported, not retried.
+///
+/// A replay covers the events the topic held when it started: a function
+/// that publishes to the topic it replays would otherwise feed itself its
+/// own output until the limit.
 pub async fn replay(
     dispatch: &Dispatch,
     topic: &str,
@@ -50,12 +54,22 @@ pub async fn replay(
         last_seq: 0,
         errors: Vec::new(),
     };
+    let end = dispatch
+        .topics
+        .topics()
+        .await?
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map_or(0, |t| t.last_seq);
     let mut after = 0;
-    'pages: loop {
+    'pages: while after < end {
         let page = dispatch.topics.read(topic, after, 500).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for stored in page {
+            if stored.seq > end {
+                break 'pages;
+            }
             if stored.published_at < from_ms {
                 continue;
             }
@@ -92,8 +106,15 @@ pub async fn replay(
 
 /// Moves every event of the dead-letter topic `dlq` back to the topic
 /// named by its `galetopic` attribute, without Gale's failure attributes.
-/// Events without that attribute stay.
+/// Events without that attribute stay. A topic that no trigger names as
+/// its dead letter and that holds no dead-lettered event is refused, so a
+/// typo does not read as "nothing to move".
 pub async fn redrive(dispatch: &Dispatch, dlq: &str) -> Result<serde_json::Value, NodeError> {
+    let named = dispatch.functions.snapshot().values().any(|live| {
+        triggers(&live.name, &live.spec)
+            .iter()
+            .any(|t| t.dead_letter.as_deref() == Some(dlq))
+    });
     let (mut moved, mut kept, mut after) = (0, 0, 0);
     loop {
         let page = dispatch.topics.read(dlq, after, 500).await?;
@@ -115,6 +136,14 @@ pub async fn redrive(dispatch: &Dispatch, dlq: &str) -> Result<serde_json::Value
             moves.push((stored.seq, topic, encode(&event)));
         }
         moved += dispatch.publisher.move_events(dlq, moves).await?;
+    }
+    if moved == 0 && !named {
+        return Err(Error::new(
+            Code::BadRequest,
+            format!("topic `{dlq}` is not a dead-letter topic: no trigger names it as `dead_letter` and none of its {kept} events failed a delivery"),
+        )
+        .with_hint("a trigger's `dead_letter` key names its dead-letter topic; `gale describe FN` shows a function's")
+        .into());
     }
     Ok(serde_json::json!({ "moved": moved, "kept": kept }))
 }

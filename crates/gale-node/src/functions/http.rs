@@ -74,6 +74,15 @@ where
     run(live, permit, req, id, timeout, Vec::new(), Publishes::Commit).await
 }
 
+/// Why an event handler takes no request, and what to do instead.
+pub fn event_handler_refusal(function: &str) -> String {
+    format!(
+        "function `{function}` is an event handler: it takes events, not requests; \
+         publish to one of its topics, or invoke it asynchronously \
+         (`POST /_gale/functions/{function}/invocations?mode=async`)"
+    )
+}
+
 /// Runs one admitted request (`permit` is its instance slot) for at most
 /// `timeout`: cold start if needed, the guest, and the invocation log, which
 /// names `events` when the request carries events.
@@ -93,6 +102,13 @@ where
     let max_body = live.spec.max_body.0;
     let started_at = now_ms();
     let (prepared, cold) = match live.prepared().await {
+        Ok((Loaded::Wasm(p), _)) if p.world() == gale_wasm::World::Events => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "not_http_function",
+                &event_handler_refusal(&live.name),
+            );
+        }
         Ok((Loaded::Wasm(p), cold)) => (p, cold),
         Ok((Loaded::Process(pool), _)) => {
             return super::process::serve_http(live, pool, permit, req, id, timeout).await;

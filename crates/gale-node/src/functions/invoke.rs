@@ -3,7 +3,7 @@
 //! the payload as its event, a `wasi:http` function as the body of
 //! `POST /`, and an event handler is refused (it takes events from topics).
 
-use super::http::{Publishes, run};
+use super::http::{Publishes, event_handler_refusal, run};
 use super::live::{Live, Loaded, Refused};
 use super::payloads::aws_error;
 use super::process::invoke;
@@ -101,10 +101,7 @@ pub async fn sync_invoke(
             Err(aws_error(
                 StatusCode::BAD_REQUEST,
                 "InvalidRequestContentException",
-                &format!(
-                    "function `{}` is an event handler: publish to its topic instead",
-                    live.name
-                ),
+                &event_handler_refusal(&live.name),
             ))
         }
         Ok((Loaded::Wasm(_), _)) => {

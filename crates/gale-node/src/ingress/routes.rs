@@ -30,16 +30,22 @@ impl Follow for Routes {
     }
 }
 
+/// One router per method, each holding every route that accepts it, so a
+/// request is matched among the routes that accept its method: the most
+/// specific path wins (a static segment over a `{param}` over a
+/// `{*catch-all}`), and `GET /a/b` does not hide `/a/{*rest}` from a POST.
 #[derive(Default)]
 pub struct RouteTable {
-    router: matchit::Router<usize>,
-    entries: Vec<Entry>,
+    /// Routes of every method, for the methods no route names.
+    any: matchit::Router<usize>,
+    methods: Vec<(Method, matchit::Router<usize>)>,
+    targets: Vec<Target>,
 }
 
-struct Entry {
+struct Target {
     /// The route's path pattern, ready to pass to the guest as `x-gale-route`.
     pattern: Option<HeaderValue>,
-    targets: Vec<(Option<Method>, Arc<Live>)>,
+    live: Arc<Live>,
 }
 
 pub enum Lookup<'a> {
@@ -57,60 +63,84 @@ impl RouteTable {
     /// conflicts at deploy; one that still fails to insert is skipped and logged.
     pub fn build<'a>(functions: impl IntoIterator<Item = &'a Arc<Live>>) -> RouteTable {
         let mut table = RouteTable::default();
-        let mut index = std::collections::HashMap::new();
+        let mut any_method = Vec::new();
+        let mut named = std::collections::HashSet::new();
         for live in functions {
-            for route in live.spec.routes() {
-                let Route { method, path } = route;
-                let method = method.and_then(|m| Method::from_bytes(m.as_bytes()).ok());
-                let i = match index.get(&path) {
-                    Some(i) => *i,
-                    None => {
-                        if let Err(e) = table.router.insert(path.clone(), table.entries.len()) {
-                            tracing::error!(function = %live.name, %path, error = %e, "route skipped");
-                            continue;
-                        }
-                        table.entries.push(Entry {
-                            pattern: HeaderValue::from_str(&path).ok(),
-                            targets: Vec::new(),
-                        });
-                        index.insert(path, table.entries.len() - 1);
-                        table.entries.len() - 1
+            for Route { method, path } in live.spec.routes() {
+                let target = table.targets.len();
+                table.targets.push(Target {
+                    pattern: HeaderValue::from_str(&path).ok(),
+                    live: live.clone(),
+                });
+                match method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) {
+                    Some(method) => {
+                        let router = match table.methods.iter().position(|(m, _)| *m == method) {
+                            Some(i) => &mut table.methods[i].1,
+                            None => {
+                                table.methods.push((method.clone(), matchit::Router::new()));
+                                &mut table.methods.last_mut().expect("just pushed").1
+                            }
+                        };
+                        insert(router, &path, target, live);
+                        named.insert((method, path));
                     }
-                };
-                table.entries[i].targets.push((method, live.clone()));
+                    None => any_method.push((path, target, live.clone())),
+                }
             }
+        }
+        // A route for every method joins each method's router after the
+        // routes naming that method, which win on the same path.
+        for (path, target, live) in any_method {
+            for (method, router) in &mut table.methods {
+                if !named.contains(&(method.clone(), path.clone())) {
+                    insert(router, &path, target, &live);
+                }
+            }
+            insert(&mut table.any, &path, target, &live);
         }
         table
     }
 
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let Ok(found) = self.router.at(path) else {
-            return Lookup::NotFound;
-        };
-        let entry = &self.entries[*found.value];
-        let exact = |wanted: &Method| entry.targets.iter().find(|(m, _)| m.as_ref() == Some(wanted));
-        let target = exact(method)
-            .or_else(|| entry.targets.iter().find(|(m, _)| m.is_none()))
-            // HEAD is GET without the body (hyper drops the body).
-            .or_else(|| (method == Method::HEAD).then(|| exact(&Method::GET)).flatten());
-        match target {
-            Some((_, live)) => Lookup::Found {
-                live: live.clone(),
-                pattern: entry.pattern.as_ref(),
-                params: found
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
-            None => {
-                let allow: Vec<&str> = entry
-                    .targets
-                    .iter()
-                    .filter_map(|(m, _)| m.as_ref().map(Method::as_str))
-                    .collect();
-                Lookup::MethodNotAllowed(allow.join(", "))
-            }
+        let router = |m: &Method| self.methods.iter().find(|(own, _)| own == m).map(|(_, r)| r);
+        let found = match router(method) {
+            Some(r) => r.at(path).ok(),
+            None => self.any.at(path).ok(),
         }
+        // HEAD is GET without the body (hyper drops the body).
+        .or_else(|| {
+            (method == Method::HEAD)
+                .then(|| router(&Method::GET)?.at(path).ok())
+                .flatten()
+        });
+        let Some(found) = found else {
+            let allow: Vec<&str> = self
+                .methods
+                .iter()
+                .filter(|(_, r)| r.at(path).is_ok())
+                .map(|(m, _)| m.as_str())
+                .collect();
+            return if allow.is_empty() {
+                Lookup::NotFound
+            } else {
+                Lookup::MethodNotAllowed(allow.join(", "))
+            };
+        };
+        let target = &self.targets[*found.value];
+        Lookup::Found {
+            live: target.live.clone(),
+            pattern: target.pattern.as_ref(),
+            params: found
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+fn insert(router: &mut matchit::Router<usize>, path: &str, target: usize, live: &Live) {
+    if let Err(e) = router.insert(path, target) {
+        tracing::error!(function = %live.name, %path, error = %e, "route skipped");
     }
 }
