@@ -9,6 +9,7 @@ use crate::{
     Blob, Condition, NewEvent, ObjectAttrs, ObjectMeta, Page, PartInfo, Result, StoreError, UploadInfo,
 };
 use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const UPLOAD_COLUMNS: &str = "id, bucket, key, content_type, user_meta, created_at";
 
@@ -35,12 +36,20 @@ fn existing(c: &Connection, id: &str) -> Result<UploadInfo> {
     upload(c, id)?.ok_or_else(|| StoreError::NoSuchUpload(id.to_string()))
 }
 
-/// A new upload's id: the start time first, so that one key's uploads sort
-/// in the order they started, then random digits.
+/// A new upload's id: the start time and a count within its millisecond
+/// first, so that one key's uploads sort in the order they started, then
+/// random digits.
 pub(in crate::embedded) fn new_id(now: u64) -> Result<String> {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let stamp = now << 16;
+    let stamp = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        Some(stamp.max(last + 1))
+    }) {
+        Ok(last) | Err(last) => stamp.max(last + 1),
+    };
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| StoreError::Engine(format!("no random numbers: {e}")))?;
-    Ok(format!("{now:012x}{}", hex::encode(random)))
+    Ok(format!("{stamp:016x}{}", hex::encode(random)))
 }
 
 pub(in crate::embedded) fn create(
