@@ -7,8 +7,9 @@
 //! renamed, so a crash never leaves a half-written blob under a real name.
 //! Topics live in a database file of their own, written in group commits
 //! (see [`topics`]), and so does the index of object buckets, whose bytes
-//! are files beside it (see [`objects`]). The directory is locked for the life of the node: two nodes on one data
-//! directory would corrupt each other's view.
+//! are files beside it (see [`objects`]). The directory is locked for the
+//! life of the node: two nodes on one data directory would corrupt each
+//! other's view.
 
 use crate::{
     Artifacts, Change, Delivery, Entry, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Published,

@@ -230,7 +230,10 @@ pub trait ObjectReader: Send {
 ///
 /// Guarantees: a call that changes objects returned `Ok` only once the
 /// change and the events passed with it are durable, together; a call that
-/// fails changes nothing and appends none of its events. Writes to a bucket
+/// fails changes nothing and appends none of its events. Events are
+/// (topic, event) pairs appended as [`Topics::publish_all`](crate::Topics::publish_all)
+/// appends them, dedup included, so a retried call with the same event ids
+/// does not notify twice. Writes to a bucket
 /// are linearizable, so conditions ([`Condition`]) and quotas hold under
 /// concurrent writers. A read sees every write answered before it began.
 ///
