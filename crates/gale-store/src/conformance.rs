@@ -3,7 +3,8 @@
 //! instances, and every check below runs against one of them. The checks
 //! state the traits' guarantees as a caller sees them (compare-and-swap,
 //! durable topics, leases, dedup, the outbox's all-or-nothing, change
-//! feeds), so a second backend is done when this passes unchanged.
+//! feeds, object buckets and their events), so a second backend is done
+//! when this passes unchanged.
 
 use crate::{
     Artifacts, Change, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Settle, StoreError, Stores,
@@ -11,6 +12,8 @@ use crate::{
 };
 use gale_core::api::{InvocationLog, Outcome};
 use std::future::Future;
+
+pub mod objects;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +48,24 @@ where
     check!(topics_retention_drops_the_oldest, topics);
     check!(topics_waiting_fetch_wakes_on_publish, topics);
     check!(topics_watch_reports_topic_changes, topics);
+    macro_rules! check_objects {
+        ($($name:ident),* $(,)?) => {$({
+            let (_guard, stores) = fresh().await;
+            eprintln!("conformance: {}", stringify!($name));
+            objects::$name(&stores).await;
+        })*};
+    }
+    check_objects!(
+        objects_round_trip_with_metadata,
+        objects_overwrite_delete_and_empty_buckets,
+        objects_range_reads,
+        objects_conditional_writes,
+        objects_events_commit_with_the_change,
+        objects_list_like_list_objects_v2,
+        objects_multipart_uploads,
+        objects_copy_shares_content,
+        objects_read_survives_overwrite_and_delete,
+    );
     let (_guard, stores) = fresh().await;
     eprintln!("conformance: key_value_buckets_are_scoped_and_increments_atomic");
     key_value_buckets_are_scoped_and_increments_atomic(&stores.kv).await;

@@ -6,8 +6,10 @@
 //! files named by their digest, written to a temporary name, synced, then
 //! renamed, so a crash never leaves a half-written blob under a real name.
 //! Topics live in a database file of their own, written in group commits
-//! (see [`topics`]). The directory is locked for the life of the node: two nodes on one data
-//! directory would corrupt each other's view.
+//! (see [`topics`]), and so does the index of object buckets, whose bytes
+//! are files beside it (see [`objects`]). The directory is locked for the
+//! life of the node: two nodes on one data directory would corrupt each
+//! other's view.
 
 use crate::{
     Artifacts, Change, Delivery, Entry, Expect, InvocationLogs, KeyValue, Metadata, NewEvent, Published,
@@ -23,7 +25,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 mod logs;
+mod objects;
 mod topics;
+
+pub use objects::LOOSE_BLOB_TTL;
 
 use topics::Commit::{Durable, Relaxed};
 
@@ -50,6 +55,8 @@ struct Inner {
     changes: broadcast::Sender<Change>,
     /// Topics created, reconfigured or deleted.
     topic_changes: broadcast::Sender<String>,
+    /// Blob files of object buckets (see [`objects`]).
+    objects: Arc<objects::State>,
     /// Held (and locked) for as long as the backend lives.
     _lock: File,
 }
@@ -120,8 +127,11 @@ impl Embedded {
                  PRAGMA busy_timeout=5000;",
             )
             .and_then(|()| events.execute_batch(topics::SCHEMA))
+            .and_then(|()| events.execute_batch(objects::SCHEMA))
             .map_err(engine_err)?;
         topics::end_leases(&events, topics::now_ms())?;
+        let objects_dir = dir.join("objects");
+        objects::sweep_at_open(&events, &objects_dir)?;
         let events_read = Connection::open(&events_db).map_err(engine_err)?;
         events_read
             .execute_batch("PRAGMA query_only=ON; PRAGMA busy_timeout=5000;")
@@ -140,6 +150,7 @@ impl Embedded {
                 events_read: Mutex::new(events_read),
                 changes: broadcast::channel(CHANGES).0,
                 topic_changes: broadcast::channel(CHANGES).0,
+                objects: Arc::new(objects::State::new(objects_dir)),
                 _lock: lock,
             }),
         })

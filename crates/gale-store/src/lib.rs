@@ -15,6 +15,10 @@
 //! embedded backend and a NATS backend can honour the same contract; see
 //! `docs/ARCHITECTURE.md` for the mapping.
 //!
+//! Object buckets (the S3 API's storage) keep their index with the topics,
+//! because an object's commit and its notification events are one
+//! transaction; see [`objects`].
+//!
 //! A node holds its backend as [`Stores`]: one trait object per trait,
 //! chosen once at start ([`open`]), so nothing above this crate names a
 //! backend.
@@ -22,6 +26,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+pub mod objects;
 
 use async_trait::async_trait;
 use gale_core::api::{InvocationLog, TopicInfo};
@@ -31,6 +36,10 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use embedded::Embedded;
+pub use objects::{
+    Blob, BlobWriter, BucketConfig, BucketInfo, ByteRange, Condition, CopyFrom, ListQuery, Listing,
+    ObjectAttrs, ObjectMeta, ObjectRead, ObjectReader, ObjectWrite, Objects, Page, PartInfo, UploadInfo,
+};
 
 /// Everything that can go wrong in storage.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +69,41 @@ pub enum StoreError {
     NotANumber { key: String },
     #[error("storage engine failed: {0}")]
     Engine(String),
+    #[error("bucket `{0}` does not exist")]
+    UnknownBucket(String),
+    #[error("bucket `{0}` is not empty")]
+    BucketNotEmpty(String),
+    #[error("bucket `{bucket}` has no object `{key}`")]
+    NoSuchKey { bucket: String, key: String },
+    #[error("blob {0} does not exist, or a write took it already")]
+    UnknownBlob(String),
+    #[error("the condition on `{key}` in bucket `{bucket}` does not hold")]
+    PreconditionFailed { bucket: String, key: String },
+    #[error("bucket `{bucket}` may hold {max_bytes} bytes; the write would make it {needed}")]
+    QuotaExceeded {
+        bucket: String,
+        max_bytes: u64,
+        needed: u64,
+    },
+    #[error("the range names no byte of an object of {size} bytes")]
+    InvalidRange { size: u64 },
+    #[error("multipart upload `{0}` does not exist (it was completed, aborted, or never started)")]
+    NoSuchUpload(String),
+    #[error("part numbers go from 1 to {max}, not {0}", max = objects::MAX_PART_NUMBER)]
+    InvalidPartNumber(u32),
+    #[error("part {part} of upload `{upload}` was not uploaded, or its entity tag differs")]
+    InvalidPart { upload: String, part: u32 },
+    #[error("the parts to complete upload `{0}` with are not in strictly ascending order")]
+    InvalidPartOrder(String),
+    #[error("a multipart upload needs at least one part to complete")]
+    NoParts,
+    #[error("part {part} of upload `{upload}` has {size} bytes; every part but the last needs {min}")]
+    EntityTooSmall {
+        upload: String,
+        part: u32,
+        size: u64,
+        min: u64,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -316,20 +360,22 @@ pub struct Stores {
     pub logs: Arc<dyn InvocationLogs>,
     pub topics: Arc<dyn Topics>,
     pub kv: Arc<dyn KeyValue>,
+    pub objects: Arc<dyn Objects>,
 }
 
 impl Stores {
-    /// All five traits served by one value of a backend.
+    /// All six traits served by one value of a backend.
     pub fn of<B>(backend: B) -> Stores
     where
-        B: Metadata + Artifacts + InvocationLogs + Topics + KeyValue + Clone,
+        B: Metadata + Artifacts + InvocationLogs + Topics + KeyValue + Objects + Clone,
     {
         Stores {
             metadata: Arc::new(backend.clone()),
             artifacts: Arc::new(backend.clone()),
             logs: Arc::new(backend.clone()),
             topics: Arc::new(backend.clone()),
-            kv: Arc::new(backend),
+            kv: Arc::new(backend.clone()),
+            objects: Arc::new(backend),
         }
     }
 }
