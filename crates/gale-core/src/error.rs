@@ -53,6 +53,8 @@ pub enum Code {
     TokenNotFound,
     /// No asynchronous invocation has that id.
     InvocationNotFound,
+    /// No such bucket.
+    BucketNotFound,
     /// The storage engine failed.
     Storage,
     /// Something unexpected inside the node.
@@ -84,6 +86,7 @@ impl Code {
         Code::ArtifactNotFound,
         Code::TokenNotFound,
         Code::InvocationNotFound,
+        Code::BucketNotFound,
         Code::Storage,
         Code::Internal,
     ];
@@ -112,6 +115,7 @@ impl Code {
             Code::ArtifactNotFound => "artifact_not_found",
             Code::TokenNotFound => "token_not_found",
             Code::InvocationNotFound => "invocation_not_found",
+            Code::BucketNotFound => "bucket_not_found",
             Code::Storage => "storage",
             Code::Internal => "internal",
         }
@@ -137,7 +141,8 @@ impl Code {
             | Code::EndpointNotFound
             | Code::ArtifactNotFound
             | Code::TokenNotFound
-            | Code::InvocationNotFound => 404,
+            | Code::InvocationNotFound
+            | Code::BucketNotFound => 404,
             Code::FunctionOwned | Code::Conflict => 409,
             Code::Storage | Code::Internal => 500,
         }
@@ -219,8 +224,9 @@ mod tests {
             Code::ArtifactNotFound => 18,
             Code::TokenNotFound => 19,
             Code::InvocationNotFound => 20,
-            Code::Storage => 21,
-            Code::Internal => 22,
+            Code::BucketNotFound => 21,
+            Code::Storage => 22,
+            Code::Internal => 23,
         }
     }
 

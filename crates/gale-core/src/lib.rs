@@ -7,12 +7,14 @@
 //! crate (and the CLI) can use it cheaply.
 
 pub mod api;
+pub mod buckets;
 pub mod error;
 pub mod filter;
 pub mod manifest;
 pub mod sources;
 pub mod units;
 
+pub use buckets::{BucketFormat, BucketSpec, BucketTrigger};
 pub use error::{Code, Error};
 pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};

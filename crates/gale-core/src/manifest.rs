@@ -33,6 +33,9 @@ pub struct Manifest {
     /// Sources the app declares (`[sources.NAME]`), run while it is deployed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, crate::SourceSpec>,
+    /// Buckets the app declares (`[buckets.NAME]`), served by the S3 API.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, crate::BucketSpec>,
 }
 
 /// A `[topics.NAME]` table.
@@ -151,6 +154,13 @@ pub struct FunctionSpec {
     pub events: Vec<EventTrigger>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<ScheduleTrigger>,
+    /// Changes to objects in buckets that invoke the function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bucket: Vec<crate::BucketTrigger>,
+    /// Buckets the function may read and write besides those its bucket
+    /// triggers name (which it may always read and write).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<String>,
     /// How asynchronous invocations (`POST /_gale/functions/NAME/invocations`
     /// with `mode=async`) are retried, and where their records go.
     #[serde(default, rename = "async", skip_serializing_if = "AsyncPolicy::is_default")]
@@ -318,6 +328,11 @@ pub enum EventFormat {
     /// An SQS-style batch, `{"Records": [...]}`; the handler's
     /// `batchItemFailures` names the events to retry.
     Sqs,
+    /// S3's notification document, `{"Records": [...]}` of each event's
+    /// data; set by bucket triggers (`format = "s3"` there), not written
+    /// on an event trigger.
+    #[serde(skip_deserializing)]
+    S3,
 }
 
 impl EventFormat {
@@ -731,6 +746,22 @@ impl Manifest {
                     }
                 }
             }
+            for (i, b) in f.bucket.iter().enumerate() {
+                let key = |k: &str| format!("functions.{name}.bucket[{i}].{k}");
+                b.validate().map_err(|(k, message)| {
+                    invalid(&key(k), message, "see the bucket trigger keys in the README")
+                })?;
+                b.as_event_trigger("bucket".into())
+                    .validate()
+                    .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
+            }
+            if let Some(bad) = f.buckets.iter().find(|b| !crate::buckets::valid_bucket(b)) {
+                return Err(invalid(
+                    &key("buckets"),
+                    format!("{bad:?} is not a valid bucket name"),
+                    crate::buckets::BUCKET_NAME_RULE,
+                ));
+            }
             for (i, s) in f.schedule.iter().enumerate() {
                 let key = |k: &str| format!("functions.{name}.schedule[{i}].{k}");
                 s.cron()
@@ -739,6 +770,29 @@ impl Manifest {
                 s.as_event_trigger("schedule".into())
                     .validate()
                     .map_err(|(k, message, hint)| invalid(&key(k), message, hint))?;
+            }
+        }
+        for (name, b) in &self.buckets {
+            if !crate::buckets::valid_bucket(name) {
+                return Err(invalid(
+                    &format!("buckets.{name}"),
+                    format!("{name:?} is not a valid bucket name"),
+                    crate::buckets::BUCKET_NAME_RULE,
+                ));
+            }
+            if b.max_size.is_some_and(|s| s.0 == 0) {
+                return Err(invalid(
+                    &format!("buckets.{name}.max_size"),
+                    "must be more than 0".into(),
+                    "leave it out for no limit",
+                ));
+            }
+            if b.expire_after.is_some_and(|d| d.0.is_zero()) {
+                return Err(invalid(
+                    &format!("buckets.{name}.expire_after"),
+                    "must be more than 0".into(),
+                    "leave it out to keep objects until deleted",
+                ));
             }
         }
         for (name, source) in &self.sources {

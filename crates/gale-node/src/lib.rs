@@ -18,6 +18,7 @@
 //! held as trait objects.
 
 pub mod auth;
+pub mod buckets;
 mod clock;
 pub mod control;
 pub mod delivery;
@@ -262,6 +263,10 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     let meters = Arc::new(meters::Meters::new());
     let publisher = Publisher::new(stores.topics.clone(), meters).await?;
     let tokens = Tokens::load(token.clone(), stores.metadata.clone()).await?;
+    let buckets = buckets::Buckets {
+        objects: stores.objects.clone(),
+        publisher: publisher.clone(),
+    };
     let (logs, log_writer) = functions::logs::Logs::new(stores.logs.clone());
     let functions = Functions::new(
         Registry {
@@ -309,6 +314,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         functions: functions.clone(),
         publisher: publisher.clone(),
         tokens: tokens.clone(),
+        buckets: buckets.clone(),
         artifacts: stores.artifacts.clone(),
         logs: stores.logs.clone(),
         topics: stores.topics.clone(),

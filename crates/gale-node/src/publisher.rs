@@ -3,7 +3,7 @@
 //! Every path that stores events goes through [`Publisher`]: publishes over
 //! HTTP, schedules and other sources, asynchronous invocations, what a
 //! function published (its outbox, on its own or with a delivery's ack),
-//! dead letters, replays and redrives. So the size limit, the publish
+//! dead letters, replays and redrives, object notifications. So the size limit, the publish
 //! meter and the ids of events a function published without one are the
 //! same on every path, and a path cannot forget one of them.
 //!
@@ -72,6 +72,23 @@ impl Publisher {
             self.meters.published(&topic, n);
         }
         Ok(())
+    }
+
+    /// Appends `events` through `write`, a storage call that commits them
+    /// together with something else (an object and its notification), with
+    /// the checks and meters of every other append.
+    pub async fn along<T>(
+        &self,
+        events: Vec<(String, NewEvent)>,
+        write: impl AsyncFnOnce(Vec<(String, NewEvent)>) -> gale_store::Result<T>,
+    ) -> Result<T, NodeError> {
+        check_sizes(events.iter().map(|(_, e)| e))?;
+        let counts = per_topic(events.iter().map(|(t, _)| t.as_str()));
+        let written = write(events).await?;
+        for (topic, n) in counts {
+            self.meters.published(&topic, n);
+        }
+        Ok(written)
     }
 
     /// What an invocation published, as events ready to store.

@@ -93,6 +93,30 @@ impl Control {
             }
         }
 
+        // Every bucket a function names is declared here or exists already.
+        let buckets: BTreeSet<String> = self.buckets.list().await?.into_iter().map(|b| b.name).collect();
+        for (name, f) in &manifest.functions {
+            let named = f
+                .bucket
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (format!("bucket[{i}].bucket"), &b.bucket))
+                .chain(f.buckets.iter().map(|b| ("buckets".to_string(), b)));
+            for (key, bucket) in named {
+                if !manifest.buckets.contains_key(bucket) && !buckets.contains(bucket) {
+                    return Err(Error::new(
+                        Code::BucketNotFound,
+                        format!(
+                            "`functions.{name}.{key}`: bucket `{bucket}` is not declared in the manifest \
+                             and does not exist on the node"
+                        ),
+                    )
+                    .with_hint(format!("declare it with a [buckets.{bucket}] table"))
+                    .into());
+                }
+            }
+        }
+
         // Sources: each feeds a topic declared here or existing already, and
         // belongs to one app.
         let stored = registry.sources().await?;
@@ -159,6 +183,13 @@ impl Control {
         for (name, t) in &manifest.topics {
             self.publisher.put_topic(name, topic_config(t)).await?;
         }
+        for (name, b) in &manifest.buckets {
+            let config = gale_store::BucketConfig {
+                max_bytes: b.max_size.map(|s| s.0),
+                expire_after_ms: b.expire_after.map(|d| d.0.as_millis() as u64),
+            };
+            self.buckets.put(name, config).await?;
+        }
         let dead_letters: BTreeSet<&String> = manifest
             .functions
             .values()
@@ -167,6 +198,7 @@ impl Control {
                     .iter()
                     .filter_map(|t| t.dead_letter.as_ref())
                     .chain(f.schedule.iter().filter_map(|s| s.dead_letter.as_ref()))
+                    .chain(f.bucket.iter().filter_map(|b| b.dead_letter.as_ref()))
                     .chain(f.async_policy.on_success.iter())
                     .chain(f.async_policy.on_failure.iter())
             })

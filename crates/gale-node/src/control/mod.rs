@@ -8,6 +8,7 @@ pub mod admin;
 pub mod deploy;
 
 use crate::auth::Tokens;
+use crate::buckets::Buckets;
 use crate::functions::Functions;
 use crate::publisher::Publisher;
 use gale_store::{Artifacts, InvocationLogs, Topics};
@@ -19,6 +20,7 @@ pub struct Control {
     pub functions: Functions,
     pub publisher: Publisher,
     pub tokens: Tokens,
+    pub buckets: Buckets,
     pub artifacts: Arc<dyn Artifacts>,
     pub logs: Arc<dyn InvocationLogs>,
     /// Reading topics' events; appends go through the publisher.

@@ -268,6 +268,17 @@ pub fn events_payload(
         EventFormat::Sqs => {
             json!({ "Records": events.iter().map(|(e, attempts)| sqs_record(e, *attempts, topic, region)).collect::<Vec<_>>() })
         }
+        // A bucket notification's data is S3's record itself.
+        EventFormat::S3 => {
+            let records: Vec<Value> = events
+                .iter()
+                .map(|(e, _)| match e.data() {
+                    Some(Data::Json(v)) => v.clone(),
+                    _ => Value::Null,
+                })
+                .collect();
+            json!({ "Records": records })
+        }
     };
     Bytes::from(value.to_string())
 }

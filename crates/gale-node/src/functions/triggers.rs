@@ -5,8 +5,12 @@
 //! declare (they start with `_`):
 //! - `_schedule.<function>.<n>`: the firings of its `n`th schedule, which
 //!   the schedule's source publishes;
-//! - `_async.<function>`: its asynchronous invocations, made on the first.
+//! - `_async.<function>`: its asynchronous invocations, made on the first;
+//!
+//! and, for each bucket trigger, the bucket's notification topic
+//! `_bucket.<bucket>` (see `crate::buckets`).
 
+use crate::buckets::bucket_topic;
 use gale_core::{EventTrigger, FunctionSpec};
 use gale_store::TopicConfig;
 
@@ -39,7 +43,8 @@ pub fn async_topic(function: &str) -> String {
 }
 
 /// Every trigger of a function that takes events from a topic: its event
-/// triggers, then one per schedule (on the schedule's own topic), then its
+/// triggers, then one per schedule (on the schedule's own topic), then one
+/// per bucket trigger (on the bucket's notification topic), then its
 /// asynchronous invocations (on its own topic).
 pub fn triggers(name: &str, spec: &FunctionSpec) -> Vec<EventTrigger> {
     let schedules = spec
@@ -47,11 +52,16 @@ pub fn triggers(name: &str, spec: &FunctionSpec) -> Vec<EventTrigger> {
         .iter()
         .enumerate()
         .map(|(i, s)| s.as_event_trigger(schedule_topic(name, i)));
+    let buckets = spec
+        .bucket
+        .iter()
+        .map(|b| b.as_event_trigger(bucket_topic(&b.bucket)));
     let invocations = spec.async_policy.as_event_trigger(async_topic(name));
     spec.events
         .iter()
         .cloned()
         .chain(schedules)
+        .chain(buckets)
         .chain(std::iter::once(invocations))
         .collect()
 }
