@@ -579,7 +579,7 @@ dead_letter = "jobs-dlq"
             .unwrap()
     };
     let r = redrive("replies").await;
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 409);
     let body = r.text().await.unwrap();
     assert!(body.contains("not a dead-letter topic"), "{body}");
     let moved: serde_json::Value = redrive("jobs-dlq").await.json().await.unwrap();

@@ -139,7 +139,7 @@ pub async fn redrive(dispatch: &Dispatch, dlq: &str) -> Result<serde_json::Value
     }
     if moved == 0 && !named {
         return Err(Error::new(
-            Code::BadRequest,
+            Code::Conflict,
             format!("topic `{dlq}` is not a dead-letter topic: no trigger names it as `dead_letter` and none of its {kept} events failed a delivery"),
         )
         .with_hint("a trigger's `dead_letter` key names its dead-letter topic; `gale describe FN` shows a function's")
