@@ -235,9 +235,10 @@ pub enum ClientCommand {
         /// Keep printing new invocations as they happen.
         #[arg(short, long)]
         follow: bool,
-        /// How many of the newest invocations to show first.
-        #[arg(short = 'n', long, default_value_t = 20)]
-        limit: usize,
+        /// How many of the newest invocations to show first (default 20;
+        /// with --since, all of those since then).
+        #[arg(short = 'n', long)]
+        limit: Option<usize>,
         /// Only invocations started at or after this: an age (`15m`, `2h`)
         /// or an RFC 3339 time (`2026-11-30T07:00:00Z`).
         #[arg(long)]

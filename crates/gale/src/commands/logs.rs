@@ -29,9 +29,10 @@ pub async fn run(
     function: Option<String>,
     app: Option<String>,
     follow: bool,
-    limit: usize,
+    limit: Option<usize>,
     since_ms: Option<u64>,
 ) -> Result<()> {
+    let limit = limit.unwrap_or(if since_ms.is_some() { usize::MAX } else { 20 });
     let client = ctx.client()?;
     let format = ctx.format();
     // Per function, the seq of the last record read.
@@ -75,7 +76,10 @@ pub async fn run(
             }
             None => {
                 let tail: Vec<InvocationLog> = client
-                    .get(&format!("/v1/functions/{name}/logs?tail=true&limit={limit}"))
+                    .get(&format!(
+                        "/v1/functions/{name}/logs?tail=true&limit={}",
+                        limit.min(PAGE)
+                    ))
                     .await?;
                 if let Some(log) = tail.last() {
                     *last = log.seq;
