@@ -739,6 +739,39 @@ fn invoke_of_a_large_or_binary_file_says_what_is_wrong() {
     assert!(sent.stderr.contains("is not UTF-8 text"), "{sent:?}");
 }
 
+/// Item 8 of issue 22: a node that refuses a large upload with 413 and
+/// closes the connection (so the client may see a broken pipe instead)
+/// gets the same clear message.
+#[test]
+fn invoke_says_too_large_when_the_node_cuts_the_upload() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 21\r\nconnection: close\r\n\r\nlength limit exceeded",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.txt");
+    std::fs::write(&file, "a".repeat(4 << 20)).unwrap();
+    let mut c = gale();
+    c.args(["invoke", "f", "-d", &format!("@{}", file.display())])
+        .args(["--server", &format!("http://{addr}"), "--token", "t"]);
+    let out = run(c);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("payload_too_large") && out.stderr.contains("curl --data-binary"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.to_lowercase().contains("broken pipe"), "{out:?}");
+}
+
 /// Item 8 of issue 22: a port in use names the address and the flag, and
 /// nothing is created in the data directory.
 #[test]

@@ -8,7 +8,7 @@
 use super::{Ctx, read_arg};
 use crate::Exit;
 use crate::cli::{ClientCommand, Format};
-use crate::client::{Refused, error_chain};
+use crate::client::Refused;
 use crate::output;
 use anyhow::{Result, anyhow, bail};
 use gale_core::api::{FunctionInfo, InvokeRequest, InvokeResponse, RollbackRequest, VersionInfo};
@@ -107,10 +107,11 @@ async fn invoke(ctx: &Ctx, function: &str, request: &InvokeRequest) -> Result<()
         )
         .await;
     let answer = match sent {
+        // The node refused the size and closed the connection unread:
+        // what the socket says (a broken pipe, a reset) is beside the point.
         Err(e) if size > LARGE && !e.is_connect() => bail!(
-            "{}\n  (the node closed the connection while the request was sent: {})",
-            too_large(size),
-            error_chain(&e)
+            "{}\n  (the node closed the connection while the request was sent)",
+            too_large(size)
         ),
         Ok(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => bail!(too_large(size)),
         sent => client.check(sent).await?,
