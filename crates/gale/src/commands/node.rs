@@ -3,10 +3,10 @@
 //!
 //! Stopping lets running invocations finish (the node gives up after
 //! 15 s). Someone who pressed Ctrl-C and sees nothing happen presses it
-//! again, as with most servers; the second one stops the process at once
-//! (exit 130, like a shell's Ctrl-C): what was in flight is cut short as in
-//! a crash, which the node is built to survive (events not yet
-//! acknowledged are delivered again).
+//! again, as with most servers; the second one (or a second SIGTERM) stops
+//! the process at once (exit 130, like a shell's Ctrl-C): what was in
+//! flight is cut short as in a crash, which the node is built to survive
+//! (events not yet acknowledged are delivered again).
 
 use crate::cli::{Format, ServeArgs};
 use crate::client::Client;
@@ -100,9 +100,10 @@ async fn until_stopped(node: NodeHandle) -> Result<()> {
             if n == 1 { "" } else { "s" }
         ),
     }
+    // A second signal of either kind: whoever sent the first is done waiting.
     tokio::select! {
         _ = node.shutdown() => Ok(()),
-        _ = interrupt.recv() => {
+        _ = async { tokio::select! { _ = interrupt.recv() => {}, _ = terminate.recv() => {} } } => {
             eprintln!("stopped at once: invocations still running were cut short");
             // Now, without dropping the node's parts in turn.
             std::process::exit(130)
