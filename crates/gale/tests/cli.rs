@@ -684,6 +684,12 @@ fn dlq_ls_says_when_a_topic_is_not_a_dead_letter_topic() {
     assert_eq!(dlq.code, Some(0), "{dlq:?}");
     assert!(dlq.stdout.contains("refusing event"), "{dlq:?}");
     assert!(!dlq.stderr.contains("not a dead-letter topic"), "{dlq:?}");
+
+    // The node refuses to redrive a topic no trigger dead-letters to; the
+    // CLI says so and fails.
+    let redrive = n.gale(&["dlq", "redrive", "jobs"]);
+    assert_eq!(redrive.code, Some(1), "{redrive:?}");
+    assert!(redrive.stderr.contains("not a dead-letter topic"), "{redrive:?}");
 }
 
 /// Item 8 of issue 22: `--server` without a scheme, or naming the gateway.
