@@ -349,21 +349,18 @@ fn given(m: &ArgMatches, id: &str) -> bool {
 fn parsed(top: &ArgMatches) -> Result<Parsed, String> {
     let mut cli = Cli::from_arg_matches(top).map_err(|e| e.to_string())?;
     let (name, sub) = top.subcommand().expect("a subcommand is required");
-    // The matches a flag's value is read from: the command's own when given
-    // there (or when only it has the flag), else the top level's.
-    let source = |id: &str| -> Option<&ArgMatches> {
-        let sub_has = sub.try_contains_id(id).unwrap_or(false);
-        if given(sub, id) || (sub_has && !given(top, id)) {
-            Some(sub)
-        } else if given(top, id) {
-            Some(top)
-        } else {
-            None
-        }
-    };
     match &mut cli.command {
         Command::Client(_) => {
-            let get = |id: &str| source(id).unwrap_or(sub);
+            // A flag's value comes from the command's own matches when
+            // given there or not before the command (then they hold its
+            // environment variable or default), else from the top level's.
+            let get = |id: &str| {
+                if given(sub, id) || !given(top, id) {
+                    sub
+                } else {
+                    top
+                }
+            };
             let client = ClientArgs {
                 server: get("server")
                     .get_one::<String>("server")
