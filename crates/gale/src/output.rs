@@ -2,6 +2,7 @@
 
 use crate::cli::Format;
 use anyhow::Result;
+use gale_core::BucketTrigger;
 use gale_core::api::{FunctionInfo, InvocationLog, SourceInfo, StoredEventInfo, TopicInfo, VersionInfo};
 use gale_core::manifest::{AsyncPolicy, Backoff, EventTrigger, Ordering, RuntimeKind, ScheduleTrigger};
 use serde::Serialize;
@@ -66,6 +67,12 @@ pub fn describe(f: &FunctionInfo) -> String {
     }
     for t in &s.schedule {
         line("schedule", schedule(t));
+    }
+    for t in &s.bucket {
+        line("bucket", bucket_trigger(t));
+    }
+    if !s.buckets.is_empty() {
+        line("buckets", format!("{} (read and write)", s.buckets.join(", ")));
     }
     if s.async_policy != AsyncPolicy::default() {
         line("async", async_policy(&s.async_policy));
@@ -140,7 +147,26 @@ fn event_trigger(t: &EventTrigger) -> String {
     if !filters.is_empty() {
         out.push_str(&format!(" where {}", filters.join(", ")));
     }
-    out.push_str(&format!("; {}", retries(t.max_attempts, &t.backoff)));
+    out.push_str(&delivery(t));
+    out
+}
+
+/// One `[[functions.NAME.bucket]]` entry on one line.
+fn bucket_trigger(t: &BucketTrigger) -> String {
+    let mut out = format!("{} {}", t.bucket, t.events.join(", "));
+    if let Some(p) = &t.prefix {
+        out.push_str(&format!(" keys {p}*"));
+    }
+    if let Some(s) = &t.suffix {
+        out.push_str(&format!(" keys *{s}"));
+    }
+    out.push_str(&delivery(&t.as_event_trigger(String::new())));
+    out
+}
+
+/// How a trigger's events are delivered: "; 5 attempts, ...; dead letter ...".
+fn delivery(t: &EventTrigger) -> String {
+    let mut out = format!("; {}", retries(t.max_attempts, &t.backoff));
     match &t.dead_letter {
         Some(dl) => out.push_str(&format!("; dead letter {dl}")),
         None => out.push_str("; no dead letter (failures are dropped)"),

@@ -912,11 +912,15 @@ max_attempts = 5
 dead_letter = "orders-dlq"
 [[functions.h.schedule]]
 cron = "0 */5 * * * *"
+[buckets.uploads]
+[[functions.h.bucket]]
+bucket = "uploads"
+suffix = ".jpg"
 [functions.g]
 source = "testbed.wasm"
 "#;
 
-/// Item 10 of issue 22: describe shows triggers, schedules and env keys
+/// Item 10 of issue 22: describe shows event, schedule and bucket triggers and env keys
 /// (not their values).
 #[test]
 fn describe_shows_triggers_schedules_and_env_keys() {
@@ -928,6 +932,7 @@ fn describe_shows_triggers_schedules_and_env_keys() {
         "topic orders where type=order_placed; 5 attempts",
         "dead letter orders-dlq",
         "0 */5 * * * * (UTC)",
+        "uploads s3:ObjectCreated:* keys *.jpg; ",
         "REGION, SECRET_KEY (values hidden)",
     ] {
         assert!(d.stdout.contains(wanted), "no {wanted:?} in\n{}", d.stdout);
