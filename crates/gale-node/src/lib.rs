@@ -181,6 +181,19 @@ impl NodeHandle {
         &self.stores
     }
 
+    /// Invocations running or waiting for an instance right now, over all
+    /// functions: what [`NodeHandle::shutdown`] waits for.
+    pub fn in_flight(&self) -> u64 {
+        self.functions
+            .snapshot()
+            .values()
+            .map(|live| {
+                let stats = live.stats();
+                stats.active + stats.queued
+            })
+            .sum()
+    }
+
     /// Stops accepting, lets running requests finish, then flushes the
     /// invocation logs; gives up waiting after 15 s in all.
     pub async fn shutdown(self) {

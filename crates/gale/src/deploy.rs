@@ -1,6 +1,6 @@
 //! `gale deploy`: build, upload, deploy, with each step shown as it happens.
 
-use crate::Format;
+use crate::cli::Format;
 use crate::client::Client;
 use anyhow::{Context, Result, anyhow, bail};
 use gale_core::api::{DeployRequest, DeployResponse};

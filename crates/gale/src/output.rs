@@ -1,8 +1,10 @@
 //! Text and JSON rendering of CLI results.
 
-use crate::Format;
+use crate::cli::Format;
 use anyhow::Result;
+use gale_core::BucketTrigger;
 use gale_core::api::{FunctionInfo, InvocationLog, SourceInfo, StoredEventInfo, TopicInfo, VersionInfo};
+use gale_core::manifest::{AsyncPolicy, Backoff, EventTrigger, Ordering, RuntimeKind, ScheduleTrigger};
 use serde::Serialize;
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
@@ -60,6 +62,43 @@ pub fn describe(f: &FunctionInfo) -> String {
             f.routes.join(", ")
         },
     );
+    for t in &s.events {
+        line("events", event_trigger(t));
+    }
+    for t in &s.schedule {
+        line("schedule", schedule(t));
+    }
+    for t in &s.bucket {
+        line("bucket", bucket_trigger(t));
+    }
+    if !s.buckets.is_empty() {
+        line("buckets", format!("{} (read and write)", s.buckets.join(", ")));
+    }
+    if s.async_policy != AsyncPolicy::default() {
+        line("async", async_policy(&s.async_policy));
+    }
+    if s.runtime == RuntimeKind::Process {
+        let mut runtime = "process".to_string();
+        if !s.command.is_empty() {
+            runtime.push_str(&format!(", command {}", s.command.join(" ")));
+        }
+        if let Some(h) = &s.handler {
+            runtime.push_str(&format!(", handler {h}"));
+        }
+        line("runtime", runtime);
+    }
+    line(
+        "env",
+        if s.env.is_empty() {
+            "-".into()
+        } else {
+            let keys: Vec<&str> = s.env.keys().map(String::as_str).collect();
+            format!("{} (values hidden)", keys.join(", "))
+        },
+    );
+    if !s.allow_outbound.is_empty() {
+        line("allow_outbound", s.allow_outbound.join(", "));
+    }
     line("memory", s.memory.to_string());
     line("timeout", humantime::format_duration(s.timeout.0).to_string());
     line("max_instances", s.max_instances.to_string());
@@ -83,6 +122,101 @@ pub fn describe(f: &FunctionInfo) -> String {
     out
 }
 
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn retries(max_attempts: u32, b: &Backoff) -> String {
+    format!(
+        "{max_attempts} attempts, backoff {}..{} x{}",
+        duration(b.initial.0),
+        duration(b.max.0),
+        b.multiplier
+    )
+}
+
+/// One `[[functions.NAME.events]]` entry on one line.
+fn event_trigger(t: &EventTrigger) -> String {
+    let mut out = format!("topic {}", t.topic);
+    let mut filters: Vec<String> = t.filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    filters.extend(
+        t.filters
+            .iter()
+            .map(|f| serde_json::to_string(f).unwrap_or_default()),
+    );
+    if !filters.is_empty() {
+        out.push_str(&format!(" where {}", filters.join(", ")));
+    }
+    out.push_str(&delivery(t));
+    out
+}
+
+/// One `[[functions.NAME.bucket]]` entry on one line.
+fn bucket_trigger(t: &BucketTrigger) -> String {
+    let mut out = format!("{} {}", t.bucket, t.events.join(", "));
+    if let Some(p) = &t.prefix {
+        out.push_str(&format!(" keys {p}*"));
+    }
+    if let Some(s) = &t.suffix {
+        out.push_str(&format!(" keys *{s}"));
+    }
+    out.push_str(&delivery(&t.as_event_trigger(String::new())));
+    out
+}
+
+/// How a trigger's events are delivered: "; 5 attempts, ...; dead letter ...".
+fn delivery(t: &EventTrigger) -> String {
+    let mut out = format!("; {}", retries(t.max_attempts, &t.backoff));
+    match &t.dead_letter {
+        Some(dl) => out.push_str(&format!("; dead letter {dl}")),
+        None => out.push_str("; no dead letter (failures are dropped)"),
+    }
+    if let Some(ack) = &t.ack_timeout {
+        out.push_str(&format!("; ack timeout {}", duration(ack.0)));
+    }
+    if t.batch_size > 1 {
+        out.push_str(&format!(
+            "; batches of {} within {}",
+            t.batch_size,
+            duration(t.batch_window.0)
+        ));
+    }
+    out.push_str(&format!("; concurrency {}", t.max_concurrency));
+    if t.ordering == Ordering::PartitionKey {
+        out.push_str("; ordered by partition key");
+    }
+    out
+}
+
+/// One `[[functions.NAME.schedule]]` entry on one line.
+fn schedule(t: &ScheduleTrigger) -> String {
+    let missed = serde_json::to_value(t.missed)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut out = format!(
+        "{} ({}); missed firings: {missed}; {}",
+        t.cron,
+        t.timezone,
+        retries(t.max_attempts, &t.backoff)
+    );
+    if let Some(dl) = &t.dead_letter {
+        out.push_str(&format!("; dead letter {dl}"));
+    }
+    out
+}
+
+fn async_policy(p: &AsyncPolicy) -> String {
+    let mut out = retries(p.max_attempts, &p.backoff);
+    if let Some(t) = &p.on_success {
+        out.push_str(&format!("; on success {t}"));
+    }
+    if let Some(t) = &p.on_failure {
+        out.push_str(&format!("; on failure {t}"));
+    }
+    out
+}
+
 pub fn version_table(versions: &Vec<VersionInfo>) -> String {
     let mut out = format!(
         "{:<8} {:<8} {:<25} {:<20} {}\n",
@@ -101,7 +235,8 @@ pub fn version_table(versions: &Vec<VersionInfo>) -> String {
     out
 }
 
-pub fn print_log(format: Format, log: &InvocationLog) -> Result<()> {
+/// One invocation log record; `named` puts the function's name after the time.
+pub fn print_log(format: Format, log: &InvocationLog, named: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if format == Format::Json {
         writeln!(out, "{}", serde_json::to_string(log)?)?;
@@ -109,8 +244,13 @@ pub fn print_log(format: Format, log: &InvocationLog) -> Result<()> {
     }
     writeln!(
         out,
-        "{} {} v{} {} {} {}µs{}{}",
+        "{}{} {} v{} {} {} {}µs{}{}",
         time(log.started_at),
+        if named {
+            format!(" {}", log.function)
+        } else {
+            String::new()
+        },
         log.request_id,
         log.version,
         log.outcome.as_str(),
