@@ -292,3 +292,59 @@ pub struct SourceInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
+
+/// A bucket, as `GET /v1/buckets` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketInfo {
+    pub name: String,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// The most bytes its objects may hold together (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Objects expire this many milliseconds after their last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after_ms: Option<u64>,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// `PUT /v1/buckets/{name}`: creates a bucket, or changes its settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBucketRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<crate::units::HumanSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after: Option<crate::units::HumanDuration>,
+}
+
+/// An S3 access key, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The access key id clients send.
+    pub id: String,
+    /// The buckets it may use.
+    pub buckets: Vec<String>,
+    /// Whether it may only read.
+    pub read_only: bool,
+    /// Unix milliseconds.
+    pub created_at: u64,
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    pub buckets: Vec<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The answer to `POST /v1/keys`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub secret: String,
+    #[serde(flatten)]
+    pub info: KeyInfo,
+}

@@ -55,6 +55,8 @@ pub enum Code {
     InvocationNotFound,
     /// No such bucket.
     BucketNotFound,
+    /// No S3 key has that id.
+    KeyNotFound,
     /// The storage engine failed.
     Storage,
     /// Something unexpected inside the node.
@@ -87,6 +89,7 @@ impl Code {
         Code::TokenNotFound,
         Code::InvocationNotFound,
         Code::BucketNotFound,
+        Code::KeyNotFound,
         Code::Storage,
         Code::Internal,
     ];
@@ -116,6 +119,7 @@ impl Code {
             Code::TokenNotFound => "token_not_found",
             Code::InvocationNotFound => "invocation_not_found",
             Code::BucketNotFound => "bucket_not_found",
+            Code::KeyNotFound => "key_not_found",
             Code::Storage => "storage",
             Code::Internal => "internal",
         }
@@ -142,7 +146,8 @@ impl Code {
             | Code::ArtifactNotFound
             | Code::TokenNotFound
             | Code::InvocationNotFound
-            | Code::BucketNotFound => 404,
+            | Code::BucketNotFound
+            | Code::KeyNotFound => 404,
             Code::FunctionOwned | Code::Conflict => 409,
             Code::Storage | Code::Internal => 500,
         }
@@ -225,8 +230,9 @@ mod tests {
             Code::TokenNotFound => 19,
             Code::InvocationNotFound => 20,
             Code::BucketNotFound => 21,
-            Code::Storage => 22,
-            Code::Internal => 23,
+            Code::KeyNotFound => 22,
+            Code::Storage => 23,
+            Code::Internal => 24,
         }
     }
 

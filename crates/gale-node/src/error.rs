@@ -43,6 +43,15 @@ impl NodeError {
                     "declare it under [topics] in the manifest, or create it with `gale topics create`",
                 )
             }
+            NodeError::Store(StoreError::UnknownBucket(bucket)) => {
+                Error::new(Code::BucketNotFound, format!("no bucket named `{bucket}`"))
+                    .with_hint("`gale buckets` lists them; `gale buckets create NAME` makes one")
+            }
+            NodeError::Store(StoreError::BucketNotEmpty(bucket)) => {
+                Error::new(Code::Conflict, format!("bucket `{bucket}` is not empty")).with_hint(format!(
+                    "delete its objects first, e.g. `aws s3 rm --recursive s3://{bucket}`"
+                ))
+            }
             NodeError::Store(StoreError::BadDigest(_) | StoreError::DigestMismatch { .. }) => {
                 Error::new(Code::ArtifactInvalid, self.to_string())
             }

@@ -27,6 +27,7 @@ pub mod events;
 pub mod functions;
 pub mod http;
 pub mod ingress;
+pub mod keys;
 mod meters;
 pub mod publisher;
 pub mod registry;
@@ -276,6 +277,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     let meters = Arc::new(meters::Meters::new());
     let publisher = Publisher::new(stores.topics.clone(), meters).await?;
     let tokens = Tokens::load(token.clone(), stores.metadata.clone()).await?;
+    let keys = keys::Keys::load(token.clone(), stores.metadata.clone()).await?;
     let buckets = buckets::Buckets {
         objects: stores.objects.clone(),
         publisher: publisher.clone(),
@@ -328,6 +330,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         publisher: publisher.clone(),
         tokens: tokens.clone(),
         buckets: buckets.clone(),
+        keys: keys.clone(),
         artifacts: stores.artifacts.clone(),
         logs: stores.logs.clone(),
         topics: stores.topics.clone(),
@@ -371,7 +374,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         tokio::spawn(follow_changes(
             changes,
             functions.clone(),
-            tokens,
+            (tokens, keys),
             publisher,
             shutdown_rx,
         )),
@@ -400,7 +403,8 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
 #[derive(Default)]
 struct Seen {
     registry: bool,
-    tokens: bool,
+    /// Publish tokens or S3 keys.
+    credentials: bool,
     topics: bool,
 }
 
@@ -408,7 +412,9 @@ impl Seen {
     fn key(&mut self, r: Result<gale_store::Change, broadcast::error::RecvError>) {
         match r {
             Ok(c) if registry::is_registry_key(&c.key) => self.registry = true,
-            Ok(c) if Tokens::is_token_key(&c.key) => self.tokens = true,
+            Ok(c) if Tokens::is_token_key(&c.key) || keys::Keys::is_key_key(&c.key) => {
+                self.credentials = true
+            }
             Ok(_) => {}
             // Fell behind: look at everything again.
             Err(_) => *self = Seen::all(),
@@ -425,7 +431,7 @@ impl Seen {
     fn all() -> Seen {
         Seen {
             registry: true,
-            tokens: true,
+            credentials: true,
             topics: true,
         }
     }
@@ -440,7 +446,7 @@ async fn follow_changes(
         broadcast::Receiver<String>,
     ),
     functions: Functions,
-    tokens: Tokens,
+    (tokens, s3_keys): (Tokens, keys::Keys),
     publisher: Publisher,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -468,10 +474,13 @@ async fn follow_changes(
                 Ok(t) => seen.topic(Ok(t)),
             }
         }
-        if seen.tokens
-            && let Err(e) = tokens.reload().await
-        {
-            tracing::warn!(error = %e, "reading tokens again failed");
+        if seen.credentials {
+            if let Err(e) = tokens.reload().await {
+                tracing::warn!(error = %e, "reading tokens again failed");
+            }
+            if let Err(e) = s3_keys.reload().await {
+                tracing::warn!(error = %e, "reading S3 keys again failed");
+            }
         }
         if seen.topics
             && let Err(e) = publisher.refresh().await

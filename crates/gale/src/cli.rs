@@ -218,6 +218,16 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: TokensAction,
     },
+    /// Buckets of the S3 API: list, create, remove.
+    Buckets {
+        #[command(subcommand)]
+        action: Option<BucketsAction>,
+    },
+    /// S3 access keys: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Dead-letter topics: look at failed events, send them back.
     Dlq {
         #[command(subcommand)]
@@ -282,6 +292,39 @@ pub enum TokensAction {
     /// List publish tokens (their ids and topics, not the tokens).
     Ls,
     /// Revoke a publish token.
+    Rm { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum BucketsAction {
+    /// Create a bucket, or change its settings.
+    Create {
+        name: String,
+        /// The most its objects may hold together (e.g. `10GiB`; default: no limit).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Delete objects this long after their last change (e.g. `30d`; default: never).
+        #[arg(long)]
+        expire_after: Option<String>,
+    },
+    /// Delete an empty bucket.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeysAction {
+    /// Create an access key for buckets: prints its id and secret (shown once).
+    Create {
+        /// A bucket the key may use; repeatable.
+        #[arg(long = "bucket", required = true)]
+        buckets: Vec<String>,
+        /// The key may only read.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List access keys (their ids and buckets, not their secrets).
+    Ls,
+    /// Revoke an access key.
     Rm { id: String },
 }
 

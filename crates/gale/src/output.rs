@@ -3,7 +3,9 @@
 use crate::cli::Format;
 use anyhow::Result;
 use gale_core::BucketTrigger;
-use gale_core::api::{FunctionInfo, InvocationLog, SourceInfo, StoredEventInfo, TopicInfo, VersionInfo};
+use gale_core::api::{
+    BucketInfo, FunctionInfo, InvocationLog, SourceInfo, StoredEventInfo, TopicInfo, VersionInfo,
+};
 use gale_core::manifest::{AsyncPolicy, Backoff, EventTrigger, Ordering, RuntimeKind, ScheduleTrigger};
 use serde::Serialize;
 use std::io::Write;
@@ -355,6 +357,29 @@ pub fn dead_letter_table(events: &Vec<StoredEventInfo>) -> String {
             attr("galefunction"),
             attr("galeattempts"),
             attr("galeerror")
+        ));
+    }
+    out
+}
+
+pub fn bucket_table(buckets: &Vec<BucketInfo>) -> String {
+    if buckets.is_empty() {
+        return "no buckets; declare [buckets.NAME] in a manifest, or `gale buckets create NAME`\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:>9} {:>12} {:>12} {}\n",
+        "BUCKET", "OBJECTS", "BYTES", "MAX", "EXPIRE AFTER"
+    );
+    for b in buckets {
+        out.push_str(&format!(
+            "{:<24} {:>9} {:>12} {:>12} {}\n",
+            b.name,
+            b.objects,
+            b.bytes,
+            b.max_bytes.map_or("-".into(), |m| m.to_string()),
+            b.expire_after_ms.map_or("-".into(), |ms| {
+                humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+            })
         ));
     }
     out

@@ -275,8 +275,8 @@ async fn the_document_lists_every_error_code() {
 /// Valid data is not expected to be accepted where validity is more than a
 /// JSON schema can say: an artifact's bytes must hash to its digest, a
 /// deploy names uploaded artifacts and a manifest whose routes do not
-/// clash, a published body must be a CloudEvent, and a topic's settings are
-/// durations and sizes in words ("7d", "1GiB"). Those operations are still
+/// clash, a published body must be a CloudEvent, and a topic's or a
+/// bucket's settings are durations and sizes in words ("7d", "1GiB"). Those operations are still
 /// checked for everything else, negative data included.
 const CONFIG: &str = r#"
 [generation]
@@ -307,7 +307,7 @@ enabled = true
 enabled = true
 
 [[operations]]
-include-operation-id = ["putArtifact", "deploy", "publish", "putTopic"]
+include-operation-id = ["putArtifact", "deploy", "publish", "putTopic", "putBucket"]
 checks.positive_data_acceptance.enabled = false
 
 # An invocation id cannot be guessed: the record the test made is asked for.
@@ -325,6 +325,8 @@ const APP: &str = r#"
 name = "demo"
 
 [topics.orders]
+
+[buckets.uploads]
 
 [functions.hello]
 source = "testbed.wasm"

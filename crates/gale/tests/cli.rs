@@ -123,6 +123,8 @@ fn every_command_has_help() {
         vec!["dlq", "ls", "--help"],
         vec!["dlq", "redrive", "--help"],
         vec!["tokens", "create", "--help"],
+        vec!["buckets", "create", "--help"],
+        vec!["keys", "create", "--help"],
         vec!["replay", "--help"],
         vec!["invocations", "show", "--help"],
         vec!["version", "--help"],
@@ -1105,4 +1107,62 @@ mod reqwest {
             .unwrap();
         rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
     }
+}
+
+/// Buckets and S3 keys from the CLI: made, listed, refused when wrong,
+/// removed; a key's secret is shown once and never listed.
+#[test]
+fn buckets_and_keys_are_managed_from_the_cli() {
+    let n = InProcess::start("[app]\nname = \"files\"\n[buckets.uploads]\nmax_size = \"1GiB\"\n");
+    let made = n.gale(&["buckets", "create", "reports", "--expire-after", "30d"]);
+    assert_eq!(made.code, Some(0), "{made:?}");
+    let ls = n.gale(&["buckets"]);
+    assert_eq!(ls.code, Some(0), "{ls:?}");
+    assert!(
+        ls.stdout.contains("uploads") && ls.stdout.contains("1073741824"),
+        "{ls:?}"
+    );
+    assert!(
+        ls.stdout.contains("reports") && ls.stdout.contains("30days"),
+        "{ls:?}"
+    );
+    let bad = n.gale(&["buckets", "create", "Bad_Name"]);
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(bad.stderr.contains("not a valid bucket name"), "{bad:?}");
+
+    let key = n.gale(&[
+        "keys",
+        "create",
+        "--bucket",
+        "uploads",
+        "--read-only",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(key.code, Some(0), "{key:?}");
+    let key: serde_json::Value = serde_json::from_str(&key.stdout).unwrap();
+    let (id, secret) = (key["id"].as_str().unwrap(), key["secret"].as_str().unwrap());
+    assert!(id.starts_with("GALE") && id.len() == 20, "{key}");
+    assert_eq!(secret.len(), 40, "{key}");
+    let listed = n.gale(&["keys", "ls"]);
+    assert!(
+        listed.stdout.contains(id) && listed.stdout.contains("read "),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.stdout.contains(secret),
+        "a listing shows a secret: {listed:?}"
+    );
+    let nowhere = n.gale(&["keys", "create", "--bucket", "nosuch"]);
+    assert_eq!(nowhere.code, Some(1), "{nowhere:?}");
+    assert!(nowhere.stderr.contains("bucket_not_found"), "{nowhere:?}");
+    assert_eq!(n.gale(&["keys", "rm", id]).code, Some(0));
+    let again = n.gale(&["keys", "rm", id]);
+    assert_eq!(again.code, Some(1), "{again:?}");
+    assert!(again.stderr.contains("key_not_found"), "{again:?}");
+
+    assert_eq!(n.gale(&["buckets", "rm", "reports"]).code, Some(0));
+    let gone = n.gale(&["buckets", "rm", "reports"]);
+    assert_eq!(gone.code, Some(1), "{gone:?}");
+    assert!(gone.stderr.contains("bucket_not_found"), "{gone:?}");
 }

@@ -66,7 +66,8 @@ pub fn router(control: Control, planes: Vec<Router>) -> Router {
         .route("/v1/topics/{name}/events", get(read_events))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
-        .with_state(control);
+        .with_state(control.clone());
+    protected = protected.merge(super::buckets_api::routes(control.clone()));
     for plane in planes {
         protected = protected.merge(plane);
     }

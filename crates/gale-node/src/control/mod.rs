@@ -5,11 +5,13 @@
 //! functions (`functions::Follow`).
 
 pub mod admin;
+pub mod buckets_api;
 pub mod deploy;
 
 use crate::auth::Tokens;
 use crate::buckets::Buckets;
 use crate::functions::Functions;
+use crate::keys::Keys;
 use crate::publisher::Publisher;
 use gale_store::{Artifacts, InvocationLogs, Topics};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ pub struct Control {
     pub publisher: Publisher,
     pub tokens: Tokens,
     pub buckets: Buckets,
+    pub keys: Keys,
     pub artifacts: Arc<dyn Artifacts>,
     pub logs: Arc<dyn InvocationLogs>,
     /// Reading topics' events; appends go through the publisher.

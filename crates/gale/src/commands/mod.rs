@@ -1,7 +1,9 @@
 //! The commands, by area: [`node`] runs one (`serve`, `up`),
 //! [`functions`] and [`events`] are clients of its admin API, [`logs`]
-//! reads invocation logs, [`meta`] is about `gale` itself.
+//! reads invocation logs, [`buckets`] manages the S3 API's buckets and
+//! keys, [`meta`] is about `gale` itself.
 
+mod buckets;
 mod events;
 mod functions;
 mod logs;
@@ -79,6 +81,8 @@ async fn client_command(ctx: Ctx, command: ClientCommand) -> Result<()> {
             let since_ms = since.map(|s| unix_ms("since", &s)).transpose()?;
             logs::run(&ctx, function, app, follow, limit, since_ms).await
         }
+        ClientCommand::Buckets { action } => buckets::buckets(&ctx, action).await,
+        ClientCommand::Keys { action } => buckets::keys(&ctx, action).await,
         _ => events::run(&ctx, command).await,
     }
 }
