@@ -10,6 +10,12 @@
 //! The admin token is a secret too, under any access key id the node did
 //! not issue: an operator points the AWS CLI at the node with it and may
 //! do everything.
+//!
+//! A process function that names buckets gets a key of its own in its
+//! environment. Its id and secret are derived from the admin token and the
+//! function's name (HMAC-SHA512), so every node of a cluster derives the
+//! same key without storing it, and nothing outlives the function: the key
+//! is known while a node has the function loaded.
 
 use crate::NodeError;
 use crate::clock::now_ms;
@@ -60,6 +66,25 @@ struct Inner {
     admin: String,
     meta: Arc<dyn Metadata>,
     keys: Mutex<HashMap<String, Record>>,
+    /// Functions' derived keys, by id: the secret and the buckets.
+    functions: Mutex<HashMap<String, (String, Vec<String>)>>,
+}
+
+/// The id and secret of a key, from random or derived bytes.
+fn encode(id_bytes: &[u8], secret_bytes: &[u8]) -> (String, String) {
+    // AWS's shapes: a 20-character id of capitals and digits, a
+    // 40-character secret.
+    const ID: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let id = "GALE"
+        .chars()
+        .chain(id_bytes[..16].iter().map(|b| ID[(*b & 31) as usize] as char))
+        .collect();
+    let secret = secret_bytes[..40]
+        .iter()
+        .map(|b| SECRET[(*b & 63) as usize] as char)
+        .collect();
+    (id, secret)
 }
 
 impl Keys {
@@ -69,6 +94,7 @@ impl Keys {
                 admin,
                 meta,
                 keys: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
             }),
         };
         keys.reload().await?;
@@ -98,6 +124,13 @@ impl Keys {
     /// The secret a request signed under `access_key_id` must be signed
     /// with, and what such a request may do.
     pub fn secret(&self, access_key_id: &str) -> (String, Access) {
+        if let Some((secret, buckets)) = crate::lock(&self.inner.functions).get(access_key_id) {
+            let access = Access::Key {
+                buckets: buckets.clone(),
+                read_only: false,
+            };
+            return (secret.clone(), access);
+        }
         match crate::lock(&self.inner.keys).get(access_key_id) {
             Some(r) => (
                 r.secret.clone(),
@@ -124,18 +157,7 @@ impl Keys {
         let mut bytes = [0u8; 56];
         getrandom::fill(&mut bytes)
             .map_err(|e| NodeError::DataDir(format!("no randomness for a key: {e}")))?;
-        // AWS's shapes: a 20-character id of capitals and digits, a
-        // 40-character secret.
-        const ID: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-        const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let id: String = "GALE"
-            .chars()
-            .chain(bytes[40..].iter().map(|b| ID[(*b & 31) as usize] as char))
-            .collect();
-        let secret: String = bytes[..40]
-            .iter()
-            .map(|b| SECRET[(*b & 63) as usize] as char)
-            .collect();
+        let (id, secret) = encode(&bytes[40..], &bytes[..40]);
         let info = KeyInfo {
             id: id.clone(),
             buckets,
@@ -153,6 +175,24 @@ impl Keys {
             .await?;
         crate::lock(&self.inner.keys).insert(id, record);
         Ok((secret, info))
+    }
+
+    /// The key of a process function that may use `buckets` (read and
+    /// write), known from now on; the same for the same function on any
+    /// node that shares the admin token.
+    pub fn for_function(&self, function: &str, buckets: Vec<String>) -> (String, String) {
+        use hmac::{Hmac, Mac};
+        let derive = |purpose: &str| {
+            let mut mac = Hmac::<sha2::Sha512>::new_from_slice(self.inner.admin.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(purpose.as_bytes());
+            mac.update(b"\0");
+            mac.update(function.as_bytes());
+            mac.finalize().into_bytes()
+        };
+        let (id, secret) = encode(&derive("gale s3 key id"), &derive("gale s3 key secret"));
+        crate::lock(&self.inner.functions).insert(id.clone(), (secret.clone(), buckets));
+        (id, secret)
     }
 
     pub fn list(&self) -> Vec<KeyInfo> {
