@@ -72,6 +72,9 @@ struct ServeArgs {
     /// Address of the admin API.
     #[arg(long, env = "GALE_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
+    /// Address of the S3-compatible API.
+    #[arg(long, env = "GALE_S3_LISTEN", default_value = "127.0.0.1:8082")]
+    s3_listen: SocketAddr,
     /// How long a function stays warm without requests before it scales to zero.
     #[arg(long, env = "GALE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -299,6 +302,7 @@ fn node_options(data_dir: PathBuf, args: &ServeArgs) -> gale_node::Options {
     let mut options = gale_node::Options::new(data_dir);
     options.listen = args.listen;
     options.admin_listen = args.admin_listen;
+    options.s3_listen = args.s3_listen;
     options.idle_timeout = args.idle_timeout;
     options.log_retention = args.log_retention;
     options.log_keep = args.log_keep;
