@@ -51,3 +51,9 @@ async fn the_aws_cli_copies_lists_and_removes() {
     let node = TestNode::start().await;
     run(&node, "aws_cli.py").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_chunked_uploads_with_trailing_checksums_are_verified() {
+    let node = TestNode::start().await;
+    run(&node, "chunked.py").await;
+}
