@@ -90,7 +90,7 @@ pub async fn receive(
         }
     }
     let sent = trailers
-        .and_then(|t| t.read(|h| from_headers(h)))
+        .and_then(|t| t.read(from_headers))
         .unwrap_or_default();
     let got = hasher.finalize();
     let pairs = [
