@@ -316,6 +316,7 @@ async fn start_node(global: &Global, args: &ServeArgs) -> Result<gale_node::Node
         .map_err(|e| anyhow!(e.to_user().render()))?;
     eprintln!("gateway    http://{}", node.gateway);
     eprintln!("admin API  http://{}", node.admin);
+    eprintln!("S3 API     http://{}", node.s3);
     if node.token_created {
         eprintln!(
             "admin token (shown once; saved in {}): {}",

@@ -89,9 +89,7 @@ pub async fn receive(
             writer.write(&chunk).await.map_err(store_error)?;
         }
     }
-    let sent = trailers
-        .and_then(|t| t.read(from_headers))
-        .unwrap_or_default();
+    let sent = trailers.and_then(|t| t.read(from_headers)).unwrap_or_default();
     let got = hasher.finalize();
     let pairs = [
         (
