@@ -205,6 +205,7 @@ impl Node {
         let child = Command::new(release_bin("gale"))
             .args(["serve", "--listen", &format!("127.0.0.1:{gw}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--s3-listen", "127.0.0.1:0"])
             .args(args)
             .arg("--data-dir")
             .arg(&dir)

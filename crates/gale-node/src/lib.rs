@@ -1,7 +1,7 @@
 //! A Gale node: everything `gale serve` runs in one process, by plane:
 //!
 //! - [`ingress`]: the gateway (user routes, publishing, invocations, the
-//!   Lambda Invoke API);
+//!   Lambda Invoke API) and the S3-compatible API;
 //! - [`sources`]: what feeds topics from outside (schedules so far);
 //! - [`delivery`]: subscriptions and dispatchers, from topics to functions;
 //! - [`control`]: the admin API and deploys;
@@ -61,6 +61,8 @@ use tokio::sync::{broadcast, watch};
 pub struct Options {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The S3-compatible API.
+    pub s3_listen: SocketAddr,
     pub data_dir: PathBuf,
     /// The storage backend.
     pub store: Backend,
@@ -79,6 +81,7 @@ impl Options {
         Options {
             listen: ([127, 0, 0, 1], 8080).into(),
             admin_listen: ([127, 0, 0, 1], 8081).into(),
+            s3_listen: ([127, 0, 0, 1], 8082).into(),
             data_dir: data_dir.into(),
             store: Backend::Embedded,
             idle_timeout: Duration::from_secs(60),
@@ -105,6 +108,8 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub struct NodeHandle {
     pub gateway: SocketAddr,
     pub admin: SocketAddr,
+    /// The S3-compatible API.
+    pub s3: SocketAddr,
     /// The admin bearer token.
     pub token: String,
     /// Whether the token was created by this start (so it should be shown once).
@@ -260,6 +265,16 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     // created in the data directory.
     let gateway_listener = bind(options.listen).await?;
     let admin_listener = bind(options.admin_listen).await?;
+    let s3_listener = bind(options.s3_listen).await?;
+    let local = |l: &TcpListener, asked: SocketAddr| {
+        l.local_addr().map_err(|source| NodeError::Listen {
+            addr: asked.to_string(),
+            source,
+        })
+    };
+    let gateway = local(&gateway_listener, options.listen)?;
+    let admin = local(&admin_listener, options.admin_listen)?;
+    let s3 = local(&s3_listener, options.s3_listen)?;
     let dir = &options.data_dir;
     let stores = gale_store::open(options.store, dir)?;
     let (token, token_created) = load_or_create(dir, "token", |b| format!("gale_{}", hex::encode(b)))?;
@@ -294,6 +309,10 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
             kv: stores.kv.clone(),
             publisher: publisher.clone(),
             logs,
+            s3: functions::live::S3Env {
+                endpoint: format!("http://{s3}"),
+                keys: keys.clone(),
+            },
         },
     );
     let (deliveries, delivery_runtime) = Deliveries::start()?;
@@ -346,20 +365,14 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     );
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let local = |l: &TcpListener, asked: SocketAddr| {
-        l.local_addr().map_err(|source| NodeError::Listen {
-            addr: asked.to_string(),
-            source,
-        })
-    };
-    let gateway = local(&gateway_listener, options.listen)?;
-    let admin = local(&admin_listener, options.admin_listen)?;
+    let s3_api = ingress::s3::S3Api::new(buckets.clone(), keys.clone(), s3);
     let tasks = vec![
         tokio::spawn(ingress::gateway::serve(
             ingress,
             gateway_listener,
             shutdown_rx.clone(),
         )),
+        tokio::spawn(ingress::s3::serve(s3_api, s3_listener, shutdown_rx.clone())),
         tokio::spawn(control::admin::run(
             admin_api,
             admin_listener,
@@ -381,10 +394,11 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     ];
     let (flush, flush_rx) = watch::channel(false);
     let log_writer = (flush, tokio::spawn(log_writer.run(flush_rx)));
-    tracing::info!(%gateway, %admin, node = %node_id, data_dir = %dir.display(), "node started");
+    tracing::info!(%gateway, %admin, %s3, node = %node_id, data_dir = %dir.display(), "node started");
     Ok(NodeHandle {
         gateway,
         admin,
+        s3,
         token,
         token_created,
         node_id,

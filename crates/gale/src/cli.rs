@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Address of the admin API.
     #[arg(long, env = "GALE_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
+    /// Address of the S3-compatible API (buckets).
+    #[arg(long, env = "GALE_S3_LISTEN", default_value = "127.0.0.1:8082")]
+    pub s3_listen: SocketAddr,
     /// The node's data directory (created if missing).
     #[arg(long, env = "GALE_DATA_DIR", default_value = "./.gale")]
     pub data_dir: PathBuf,

@@ -19,6 +19,8 @@ fn gale() -> Command {
     ] {
         c.env_remove(var);
     }
+    // Every node of these tests listens on ephemeral ports, the S3 API too.
+    c.env("GALE_S3_LISTEN", "127.0.0.1:0");
     c
 }
 

@@ -17,6 +17,7 @@ use gale_core::manifest::RuntimeKind;
 use gale_core::{Code, Error, FunctionSpec};
 use gale_store::{Artifacts, KeyValue};
 use gale_wasm::Prepared;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +31,40 @@ pub struct Runtimes {
     pub kv: Arc<dyn KeyValue>,
     pub publisher: Publisher,
     pub logs: Logs,
+    /// The S3 API, for functions that use buckets.
+    pub s3: S3Env,
+}
+
+/// What a function that uses buckets is told of the S3 API.
+#[derive(Clone)]
+pub struct S3Env {
+    /// `http://ADDR` of the S3 API.
+    pub endpoint: String,
+    pub keys: crate::keys::Keys,
+}
+
+impl S3Env {
+    /// The variables that point an AWS SDK at Gale's S3 API with the
+    /// function's own key, unless the manifest's `env` sets them already.
+    pub fn apply(&self, function: &str, spec: &gale_core::FunctionSpec, env: &mut BTreeMap<String, String>) {
+        let buckets: Vec<String> = spec
+            .bucket
+            .iter()
+            .map(|b| b.bucket.clone())
+            .chain(spec.buckets.iter().cloned())
+            .collect();
+        if buckets.is_empty() {
+            return;
+        }
+        let (id, secret) = self.keys.for_function(function, buckets);
+        for (name, value) in [
+            ("AWS_ENDPOINT_URL_S3", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", id),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ] {
+            env.entry(name.to_string()).or_insert(value);
+        }
+    }
 }
 
 /// Counters of one function, kept across its versions.
@@ -231,7 +266,11 @@ impl Live {
             version: self.version,
             command: self.spec.command.clone(),
             handler: self.spec.handler.clone(),
-            env: self.spec.env.clone(),
+            env: {
+                let mut env = self.spec.env.clone();
+                self.runtimes.s3.apply(&self.name, &self.spec, &mut env);
+                env
+            },
             memory: self.spec.memory.0,
             user: user(&*self.runtimes.kv, &self.name).await?,
             publish: Some(publish_hook(self.runtimes.publisher.clone())),

@@ -5,6 +5,7 @@
 //! - [`events_api`]: publishing CloudEvents over HTTP;
 //! - [`invocations_api`]: invoking a function by name, sync or async;
 //! - [`invoke_api`] and [`sigv4`]: Lambda's Invoke API for AWS clients;
+//! - [`s3`]: the S3-compatible API on its own listener, over the buckets;
 //! - [`admin`]: this plane's endpoints on the admin API;
 //! - [`context`]: what serving requests takes.
 
@@ -15,4 +16,5 @@ pub mod gateway;
 pub mod invocations_api;
 pub mod invoke_api;
 pub mod routes;
+pub mod s3;
 pub mod sigv4;

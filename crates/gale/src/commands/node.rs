@@ -39,6 +39,7 @@ fn node_options(args: &ServeArgs) -> gale_node::Options {
     let mut options = gale_node::Options::new(args.data_dir.clone());
     options.listen = args.listen;
     options.admin_listen = args.admin_listen;
+    options.s3_listen = args.s3_listen;
     options.idle_timeout = args.idle_timeout;
     options.log_retention = args.log_retention;
     options.log_keep = args.log_keep;
@@ -53,6 +54,7 @@ async fn start_node(args: &ServeArgs) -> Result<NodeHandle> {
     })?;
     eprintln!("gateway    http://{}", node.gateway);
     eprintln!("admin API  http://{}", node.admin);
+    eprintln!("S3 API     http://{}", node.s3);
     if node.token_created {
         eprintln!(
             "admin token (shown once; saved in {}): {}",
@@ -65,22 +67,26 @@ async fn start_node(args: &ServeArgs) -> Result<NodeHandle> {
 
 /// A listener that could not be made, named by the flag that set its address.
 fn cannot_listen(args: &ServeArgs, addr: &str, source: &std::io::Error) -> String {
-    let gateway = args.listen.to_string() == addr;
-    let admin = args.admin_listen.to_string() == addr;
-    let (flag, hint) = match (gateway, admin) {
-        (true, true) => (
-            "--listen and --admin-listen",
-            "give the gateway and the admin API different addresses".to_string(),
+    let flags: Vec<(&str, &str)> = [
+        (args.listen, "--listen", "GALE_LISTEN"),
+        (args.admin_listen, "--admin-listen", "GALE_ADMIN_LISTEN"),
+        (args.s3_listen, "--s3-listen", "GALE_S3_LISTEN"),
+    ]
+    .into_iter()
+    .filter(|(a, _, _)| a.to_string() == addr)
+    .map(|(_, flag, env)| (flag, env))
+    .collect();
+    let (flag, hint) = match flags.as_slice() {
+        [(flag, env)] => (
+            flag.to_string(),
+            format!(
+                "stop what holds it (another `gale serve`?), or pick another address with {flag} ({env})"
+            ),
         ),
-        (false, true) => (
-            "--admin-listen",
-            "stop what holds it (another `gale serve`?), or pick another address with --admin-listen (GALE_ADMIN_LISTEN)"
-                .to_string(),
-        ),
-        _ => (
-            "--listen",
-            "stop what holds it (another `gale serve`?), or pick another address with --listen (GALE_LISTEN)"
-                .to_string(),
+        [] => ("--listen".to_string(), "pick another address".to_string()),
+        many => (
+            many.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(" and "),
+            "give the gateway, the admin API and the S3 API different addresses".to_string(),
         ),
     };
     format!("error: cannot listen on {addr} ({flag}): {source}\n  hint: {hint}")
@@ -120,6 +126,7 @@ mod tests {
         let args = ServeArgs {
             listen: "127.0.0.1:8080".parse().unwrap(),
             admin_listen: "127.0.0.1:8081".parse().unwrap(),
+            s3_listen: "127.0.0.1:8082".parse().unwrap(),
             data_dir: ".gale".into(),
             idle_timeout: std::time::Duration::from_secs(60),
             log_retention: std::time::Duration::from_secs(60),
@@ -129,5 +136,6 @@ mod tests {
         let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
         assert!(cannot_listen(&args, "127.0.0.1:8081", &in_use).contains("127.0.0.1:8081 (--admin-listen)"));
         assert!(cannot_listen(&args, "127.0.0.1:8080", &in_use).contains("127.0.0.1:8080 (--listen)"));
+        assert!(cannot_listen(&args, "127.0.0.1:8082", &in_use).contains("127.0.0.1:8082 (--s3-listen)"));
     }
 }

@@ -53,6 +53,8 @@ pub struct TestNode {
     pub http: reqwest::Client,
     pub gateway: String,
     pub admin: String,
+    /// The S3-compatible API.
+    pub s3: String,
     pub token: String,
 }
 
@@ -60,6 +62,7 @@ pub fn options(dir: &Path) -> gale_node::Options {
     let mut o = gale_node::Options::new(dir);
     o.listen = "127.0.0.1:0".parse().unwrap();
     o.admin_listen = "127.0.0.1:0".parse().unwrap();
+    o.s3_listen = "127.0.0.1:0".parse().unwrap();
     o
 }
 
@@ -75,6 +78,7 @@ impl TestNode {
         TestNode {
             gateway: format!("http://{}", node.gateway),
             admin: format!("http://{}", node.admin),
+            s3: format!("http://{}", node.s3),
             token: node.token.clone(),
             node: Some(node),
             dir,
