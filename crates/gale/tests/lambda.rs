@@ -31,7 +31,7 @@ fn python_package() -> &'static Path {
                 .expect("python3 -m pip runs");
             assert!(status.success(), "installing awslambdaric from PyPI failed");
         }
-        for file in ["app.py", "broken.py"] {
+        for file in ["app.py", "broken.py", "s3copy.py"] {
             std::fs::copy(root().join("tests/lambda/python").join(file), dir.join(file)).unwrap();
         }
         dir
@@ -677,4 +677,108 @@ async fn a_busy_function_is_throttled_the_way_lambda_clients_expect() {
         200,
         "the running invocation ends with its timeout error"
     );
+}
+
+/// Runs a boto3 snippet against the node's S3 API with the admin token;
+/// returns what it prints.
+async fn boto3(node: &TestNode, code: &str) -> String {
+    let script = format!("import boto3, sys\ns3 = boto3.client('s3')\n{code}\n");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &script])
+        .env("AWS_ACCESS_KEY_ID", "admin")
+        .env("AWS_SECRET_ACCESS_KEY", &node.token)
+        .env("AWS_ENDPOINT_URL", &node.s3)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_handler_runs_for_each_upload_and_writes_with_its_own_key() {
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"files\"\n[buckets.uploads]\n[buckets.results]\n[buckets.private]\n{}{}",
+        python_function(
+            "upper",
+            "s3copy.handler",
+            "buckets = [\"results\"]\nenv = { RESULTS = \"results\" }\n\
+             [[functions.upper.bucket]]\nbucket = \"uploads\"\nsuffix = \".txt\"\n\
+             max_attempts = 1",
+        ),
+        python_function(
+            "sneaky",
+            "s3copy.denied",
+            "env = { RESULTS = \"private\" }\n[[functions.sneaky.bucket]]\nbucket = \"uploads\"\n\
+             prefix = \"sneak/\"\nmax_attempts = 1",
+        ),
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+
+    boto3(
+        &node,
+        "s3.put_object(Bucket='uploads', Key='in/hello world.txt', Body=b'hello')\n\
+         s3.put_object(Bucket='uploads', Key='in/photo.bin', Body=b'raw')\n\
+         s3.put_object(Bucket='uploads', Key='sneak/x', Body=b'x')",
+    )
+    .await;
+
+    // The handler read the upload and wrote the result with its own key.
+    let mut copied = String::new();
+    for _ in 0..100 {
+        copied = boto3(
+            &node,
+            "try:\n    print(s3.get_object(Bucket='results', Key='in/hello world.txt')['Body'].read().decode())\n\
+             except s3.exceptions.NoSuchKey:\n    print('missing')",
+        )
+        .await;
+        if copied.trim() != "missing" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(copied.trim(), "HELLO");
+
+    // It received S3's notification document, key URL-encoded; the suffix
+    // filter kept it from the .bin upload.
+    let logs = node.logs("upper", 1).await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let event: Value = serde_json::from_str(
+        logs[0]
+            .stdout
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .expect("the handler printed its event"),
+    )
+    .unwrap();
+    let record = &event["Records"][0];
+    assert_eq!(record["eventSource"], "aws:s3");
+    assert_eq!(record["eventVersion"], "2.1");
+    assert_eq!(record["eventName"], "ObjectCreated:Put");
+    assert_eq!(record["s3"]["bucket"]["name"], "uploads");
+    assert_eq!(record["s3"]["object"]["key"], "in/hello+world.txt");
+    assert_eq!(record["s3"]["object"]["size"], 5);
+    assert_eq!(record["s3"]["object"]["eTag"], "5d41402abc4b2a76b9719d911017c592");
+    assert!(record["s3"]["object"]["sequencer"].is_string(), "{record}");
+
+    // A function's key reaches only the buckets its manifest names.
+    let logs = node.logs("sneaky", 1).await;
+    assert_eq!(logs[0].outcome, gale_core::api::Outcome::Error, "{logs:?}");
+    let said = format!("{}{}", logs[0].stdout, logs[0].stderr);
+    assert!(said.contains("403"), "{said}");
+    let private = boto3(
+        &node,
+        "print(s3.list_objects_v2(Bucket='private').get('KeyCount'))",
+    )
+    .await;
+    assert_eq!(private.trim(), "0");
 }
