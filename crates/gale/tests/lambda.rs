@@ -782,3 +782,93 @@ async fn an_s3_handler_runs_for_each_upload_and_writes_with_its_own_key() {
     .await;
     assert_eq!(private.trim(), "0");
 }
+
+/// `examples/csv-import`, as its README walks through it: `aws s3 cp` of a
+/// CSV, the boto3 handler's report in the other bucket, the event it
+/// published handled by `notify`; a broken CSV dead-lettered after retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_import_example_runs_as_its_readme_says() {
+    let node = TestNode::start().await;
+    let (manifest, dir) = build_example("csv-import");
+    node.deploy_from(&manifest, &dir).await.unwrap();
+    let aws = |args: Vec<String>| {
+        let mut cmd = std::process::Command::new("aws");
+        cmd.args(&args)
+            .env("AWS_ACCESS_KEY_ID", "admin")
+            .env("AWS_SECRET_ACCESS_KEY", &node.token)
+            .env("AWS_ENDPOINT_URL", &node.s3)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let csv = dir.join("orders.csv").display().to_string();
+    let (ok, _) = aws(vec![
+        "s3".into(),
+        "cp".into(),
+        csv,
+        "s3://imports/2026/orders.csv".into(),
+    ])
+    .await;
+    assert!(ok, "aws s3 cp failed");
+    let notified = node.logs("notify", 1).await;
+    assert!(
+        notified[0]
+            .stdout
+            .contains("3 orders worth 67.0 imported from s3://imports/2026/orders.csv"),
+        "{}",
+        notified[0].stdout
+    );
+    let (ok, report) = aws(vec![
+        "s3".into(),
+        "cp".into(),
+        "s3://reports/2026/orders.json".into(),
+        "-".into(),
+    ])
+    .await;
+    assert!(ok, "the report is missing");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["orders"], 3);
+    assert_eq!(report["customers"], json!(["ada", "grace"]));
+
+    let broken = std::env::temp_dir().join(format!("broken-{}.csv", std::process::id()));
+    std::fs::write(&broken, "id,who\n1,ada\n").unwrap();
+    let (ok, _) = aws(vec![
+        "s3".into(),
+        "cp".into(),
+        broken.display().to_string(),
+        "s3://imports/broken.csv".into(),
+    ])
+    .await;
+    std::fs::remove_file(&broken).ok();
+    assert!(ok);
+    let mut parked = Vec::new();
+    for _ in 0..300 {
+        parked = node
+            .admin_get::<Vec<gale_core::api::StoredEventInfo>>("/v1/topics/imports-failed/events")
+            .await;
+        if !parked.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(parked.len(), 1, "the broken CSV was not dead-lettered");
+    assert_eq!(parked[0].event["subject"], "broken.csv");
+    assert!(
+        parked[0].event["galeerror"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no column amount"),
+        "{}",
+        parked[0].event
+    );
+}
