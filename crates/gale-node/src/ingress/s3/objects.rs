@@ -340,12 +340,22 @@ impl S3Api {
         });
         let stream =
             futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        // The `response-*` overrides a signed request (a presigned
+        // download link above all) may ask for, as S3 honors them.
+        let i = req.input;
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(stream)),
             accept_ranges: Some("bytes".into()),
             content_length: Some((end - start) as i64),
             content_range: range.map(|_| format!("bytes {start}-{}/{}", end - 1, meta.size)),
-            content_type: meta.attrs.content_type.clone(),
+            content_type: i
+                .response_content_type
+                .or_else(|| meta.attrs.content_type.clone()),
+            content_disposition: i.response_content_disposition,
+            cache_control: i.response_cache_control,
+            content_encoding: i.response_content_encoding,
+            content_language: i.response_content_language,
+            expires: i.response_expires,
             e_tag: Some(etag(&meta.etag)),
             last_modified: Some(timestamp(meta.last_modified_ms)),
             metadata: metadata(&meta.attrs),
