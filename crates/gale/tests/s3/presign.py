@@ -212,6 +212,20 @@ got = [(e["type"].removeprefix("com.amazonaws.s3."), e["subject"]) for e in even
 assert got == [("ObjectCreated:Put", "by v2.txt"), ("ObjectCreated:Put", "by-v4.bin")], got
 assert events[0]["data"]["s3"]["object"]["size"] == len(up)
 assert events[1]["data"]["s3"]["object"]["size"] == len(up) + 2
+# A browser form upload (presigned POST) is named as S3 names it.
+form = v4.generate_presigned_post(D, "by-form.txt")
+boundary = "galeformboundary"
+parts = b"".join(
+    f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+    for k, v in form["fields"].items()
+)
+parts += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.txt"\r\n'
+          f"Content-Type: text/plain\r\n\r\n").encode() + b"form!\r\n" + f"--{boundary}--\r\n".encode()
+status, _, _, code = fetch(form["url"], "POST", parts,
+                           {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+assert status in (200, 204), (status, code)
+last = notifications(D)[-1]
+assert (last["type"], last["subject"]) == ("com.amazonaws.s3.ObjectCreated:Post", "by-form.txt"), last
 # Nothing changed in `share` (its two puts by the admin only).
 assert len(notifications(S)) == 2, notifications(S)
 print("ok")

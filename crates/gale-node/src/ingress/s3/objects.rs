@@ -236,10 +236,17 @@ impl S3Api {
         let (request_id, ip) = origin(&req);
         let S3Request {
             input,
+            method,
             headers,
             trailing_headers,
             ..
         } = req;
+        // A browser form upload (presigned POST) arrives here too; S3 names it apart.
+        let name = if method == http::Method::POST {
+            "ObjectCreated:Post"
+        } else {
+            "ObjectCreated:Put"
+        };
         check_key(&input.key)?;
         let cond = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let declared = Declared {
@@ -257,7 +264,7 @@ impl S3Api {
         let event = notify::event(Notice {
             bucket: &input.bucket,
             key: &input.key,
-            name: "ObjectCreated:Put",
+            name,
             object: Some((size, &md5)),
             request_id: &request_id,
             source_ip: &ip,
