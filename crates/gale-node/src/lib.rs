@@ -380,6 +380,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         )),
         tokio::spawn(housekeeping(
             stores.clone(),
+            buckets,
             functions.clone(),
             options.clone(),
             shutdown_rx.clone(),
@@ -518,6 +519,7 @@ async fn follow_changes(
 /// topic retention.
 async fn housekeeping(
     stores: Stores,
+    buckets: buckets::Buckets,
     functions: Functions,
     options: Options,
     mut shutdown: watch::Receiver<bool>,
@@ -533,6 +535,11 @@ async fn housekeeping(
             _ = shutdown.changed() => return,
         }
         functions.reap(options.idle_timeout);
+        match ingress::s3::expiry::expire(&buckets, clock::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(objects = n, "expired objects deleted"),
+            Err(e) => tracing::warn!(error = %e, "expiring objects failed"),
+        }
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();
             let retention = options.log_retention.as_millis() as u64;

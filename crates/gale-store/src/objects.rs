@@ -316,9 +316,20 @@ pub trait Objects: Send + Sync + 'static {
     /// found without reading every key under it.
     async fn list_objects(&self, bucket: &str, query: ListQuery) -> Result<Listing>;
     /// Up to `limit` objects last modified before `before_ms`, oldest first:
-    /// the node deletes them with [`delete_object`](Objects::delete_object)
+    /// the node deletes them with [`expire_object`](Objects::expire_object)
     /// so that expiry notifies like any delete.
     async fn expired(&self, bucket: &str, before_ms: u64, limit: usize) -> Result<Vec<ObjectMeta>>;
+    /// [`delete_object`](Objects::delete_object), but only if the object
+    /// was last modified before `before_ms`: one written again since it was
+    /// found [`expired`](Objects::expired) stays, and its events are not
+    /// appended.
+    async fn expire_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        before_ms: u64,
+        events: Vec<(String, NewEvent)>,
+    ) -> Result<Option<ObjectMeta>>;
 
     /// Starts a multipart upload to `key`; returns its id. Ids of one key
     /// sort in the order the uploads started.

@@ -57,3 +57,9 @@ async fn aws_chunked_uploads_with_trailing_checksums_are_verified() {
     let node = TestNode::start().await;
     run(&node, "chunked.py").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buckets_expire_after_deletes_old_objects_with_a_notification() {
+    let node = TestNode::start().await;
+    run(&node, "expiry.py").await;
+}

@@ -16,10 +16,12 @@
 //! - [`multipart`]: multipart uploads;
 //! - [`body`]: receiving an upload, its checksums checked before it counts;
 //! - [`notify`]: the notification events, S3's record in a CloudEvent;
-//! - [`access`]: who may do what.
+//! - [`access`]: who may do what;
+//! - [`expiry`]: deleting objects past their bucket's `expire_after`.
 
 mod access;
 mod body;
+pub mod expiry;
 mod multipart;
 mod notify;
 mod objects;

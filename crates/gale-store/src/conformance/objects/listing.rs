@@ -161,4 +161,19 @@ pub(in crate::conformance) async fn objects_list_like_list_objects_v2(s: &Stores
         due.windows(2)
             .all(|w| w[0].last_modified_ms <= w[1].last_modified_ms)
     );
+    // Expiring deletes only what is still older than the cut: an object
+    // written again after it was found stays, and notifies nothing.
+    let first = &due[0];
+    let kept = o
+        .expire_object("b", &first.key, first.last_modified_ms, vec![])
+        .await
+        .unwrap();
+    assert!(kept.is_none(), "an object as new as the cut was expired");
+    assert!(o.head_object("b", &first.key).await.unwrap().is_some());
+    let gone = o
+        .expire_object("b", &first.key, first.last_modified_ms + 1, vec![])
+        .await
+        .unwrap();
+    assert_eq!(gone.map(|m| m.key), Some(first.key.clone()));
+    assert!(o.head_object("b", &first.key).await.unwrap().is_none());
 }

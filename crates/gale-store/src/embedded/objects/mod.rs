@@ -335,6 +335,25 @@ impl Objects for Embedded {
             .await
     }
 
+    async fn expire_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        before_ms: u64,
+        events: Events,
+    ) -> Result<Option<ObjectMeta>> {
+        let (bucket, key) = owned(bucket, key);
+        self.change(topics_of(&events), move |c, freed| {
+            match index::head(c, &bucket, &key)? {
+                Some(meta) if meta.last_modified_ms < before_ms => {
+                    index::delete(c, &bucket, &key, events, topics::now_ms(), freed)
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn create_upload(&self, bucket: &str, key: &str, attrs: ObjectAttrs) -> Result<String> {
         let (bucket, key) = owned(bucket, key);
         let now = topics::now_ms();
