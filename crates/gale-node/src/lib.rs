@@ -309,6 +309,9 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
             kv: stores.kv.clone(),
             publisher: publisher.clone(),
             logs,
+            objects: Arc::new(functions::objects::FunctionObjects {
+                buckets: buckets.clone(),
+            }),
             s3: functions::live::S3Env {
                 endpoint: format!("http://{s3}"),
                 keys: keys.clone(),

@@ -21,7 +21,6 @@
 mod access;
 mod body;
 mod multipart;
-mod notify;
 mod objects;
 
 use crate::NodeError;
@@ -39,7 +38,7 @@ use tokio::sync::watch;
 
 /// The region Gale answers as: clients must sign for some region, and
 /// this is the one they default to.
-pub const REGION: &str = "us-east-1";
+pub use crate::buckets::REGION;
 
 /// The S3 API's state; cheap to clone.
 #[derive(Clone)]
