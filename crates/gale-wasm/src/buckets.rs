@@ -59,6 +59,10 @@ pub trait BucketHost: Send + Sync + 'static {
     ) -> Result<Listing, BucketError>;
 }
 
+/// The node's object storage and the function's name, for a call the
+/// function may make.
+type Granted = (std::sync::Arc<dyn BucketHost>, String);
+
 impl Host {
     /// The node's object storage, if this function may use `bucket` with
     /// `key` (or no key, for a listing); else the error to answer with.
@@ -66,7 +70,7 @@ impl Host {
         &mut self,
         bucket: &str,
         key: Option<&str>,
-    ) -> wasmtime::Result<Result<(std::sync::Arc<dyn BucketHost>, String), BucketError>> {
+    ) -> wasmtime::Result<Result<Granted, BucketError>> {
         let function = self.events()?.services.function.clone();
         let Some(host) = self.events()?.services.buckets.clone() else {
             return Ok(Err(BucketError::Other(

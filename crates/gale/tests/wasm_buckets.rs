@@ -80,7 +80,8 @@ async fn an_upload_triggers_a_wasm_function_that_writes_a_result_only_where_gran
     );
     let ok = node.logs("shout", 2).await;
     assert!(
-        ok.iter().any(|l| l.stdout.contains("wrote results/docs/hello world.txt")),
+        ok.iter()
+            .any(|l| l.stdout.contains("wrote results/docs/hello world.txt")),
         "{ok:?}"
     );
     // Nothing landed in the bucket it was refused.

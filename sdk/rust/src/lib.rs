@@ -278,7 +278,12 @@ pub mod buckets {
 
     /// One page of up to `limit` (at most 1000) objects whose keys start
     /// with `prefix`, after `start_after`; `next_start_after` continues it.
-    pub fn list(bucket: &str, prefix: &str, start_after: Option<&str>, limit: u32) -> Result<Listing, String> {
+    pub fn list(
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Listing, String> {
         objects::list(bucket, prefix, start_after, limit).map_err(describe)
     }
 

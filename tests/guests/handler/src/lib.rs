@@ -62,7 +62,11 @@ fn transform(event: &Event) -> Result<(), String> {
     let bucket = record["s3"]["bucket"]["name"].as_str().ok_or("no bucket")?;
     let key = form_decode(record["s3"]["object"]["key"].as_str().ok_or("no key")?);
     let data = buckets::get(bucket, &key)?.ok_or_else(|| format!("{bucket}/{key} is gone"))?;
-    let target = if key.starts_with("deny/") { "elsewhere" } else { "results" };
+    let target = if key.starts_with("deny/") {
+        "elsewhere"
+    } else {
+        "results"
+    };
     let etag = buckets::put(target, &key, &data.to_ascii_uppercase(), Some("text/plain"))?;
     let info = buckets::head(target, &key)?.ok_or("the result is missing")?;
     if info.etag != etag || info.size != data.len() as u64 {
