@@ -1,7 +1,8 @@
 //! Wasm functions use buckets through `gale:buckets` (`gale_sdk::buckets`):
 //! an upload through the S3 API triggers a handler that reads it and
-//! writes a result, notified as any put; a bucket the manifest does not
-//! grant is refused with the manifest key to add.
+//! writes a result, notified as any put (so it triggers the next
+//! function); a bucket the manifest does not grant is refused with the
+//! manifest key to add.
 
 mod common;
 
@@ -50,10 +51,14 @@ buckets = ["results"]
 [[functions.shout.bucket]]
 bucket = "uploads"
 max_attempts = 1
+[functions.after]
+source = "gale_test_handler.wasm"
+[[functions.after.bucket]]
+bucket = "results"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_triggers_a_wasm_function_that_writes_a_result_only_where_granted() {
+async fn an_upload_triggers_a_wasm_function_that_writes_a_result_only_where_granted_and_chains() {
     let node = TestNode::start().await;
     node.deploy(MANIFEST).await.unwrap();
     run(&node, "wasm_buckets.py").await;
@@ -83,6 +88,15 @@ async fn an_upload_triggers_a_wasm_function_that_writes_a_result_only_where_gran
         ok.iter()
             .any(|l| l.stdout.contains("wrote results/docs/hello world.txt")),
         "{ok:?}"
+    );
+    // The put was notified like any other: it triggered the function
+    // watching `results`, which read what `shout` wrote.
+    let after = node.logs("after", 1).await;
+    assert!(
+        after
+            .iter()
+            .any(|l| l.stdout.contains("saw results/docs/hello world.txt: HELLO, GALE")),
+        "{after:?}"
     );
     // Nothing landed in the bucket it was refused.
     let notified: Vec<serde_json::Value> = node.admin_get("/v1/topics/_bucket.elsewhere/events").await;
