@@ -1013,6 +1013,28 @@ mod tests {
     }
 
     #[test]
+    fn a_function_is_granted_its_trigger_buckets_and_its_listed_ones_once() {
+        let m = parse(
+            r#"
+            [app]
+            name = "pics"
+            [functions.f]
+            source = "f.wasm"
+            buckets = ["results", "uploads"]
+            [[functions.f.bucket]]
+            bucket = "uploads"
+            [[functions.f.bucket]]
+            bucket = "archive"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.functions["f"].granted_buckets(),
+            ["uploads", "archive", "results"]
+        );
+    }
+
+    #[test]
     fn full_manifest_parses_with_defaults() {
         let m = parse(
             r#"

@@ -102,3 +102,52 @@ async fn an_upload_triggers_a_wasm_function_that_writes_a_result_only_where_gran
     let notified: Vec<serde_json::Value> = node.admin_get("/v1/topics/_bucket.elsewhere/events").await;
     assert!(notified.is_empty(), "{notified:?}");
 }
+
+/// An HTTP function (`wasi:http/proxy` with `gale:http/handler`) imports
+/// `gale:buckets` too: it writes and reads objects of its granted bucket,
+/// each write notified, and is refused any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_functions_use_granted_buckets_too() {
+    let node = TestNode::start().await;
+    node.deploy(
+        "[app]\nname = \"notes\"\n[buckets.notes]\n[buckets.secret]\n[functions.sdk]\n\
+         source = \"gale_test_http_sdk.wasm\"\nbuckets = [\"notes\"]\n\
+         http = [{ route = \"/sdk/{*rest}\" }]\n",
+    )
+    .await
+    .unwrap();
+    let object = |method: reqwest::Method, bucket: &str, body: &'static str| {
+        node.http
+            .request(
+                method,
+                node.url(&format!("/sdk/object?bucket={bucket}&key=a.txt")),
+            )
+            .body(body)
+            .send()
+    };
+    let r = object(reqwest::Method::PUT, "notes", "a note").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.text().await.unwrap();
+    let r = object(reqwest::Method::GET, "notes", "").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "a note");
+
+    let r = object(reqwest::Method::PUT, "secret", "no").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let said = r.text().await.unwrap();
+    assert!(
+        said.contains(r#"add `buckets = ["secret"]` to [functions.sdk]"#),
+        "{said}"
+    );
+    let r = object(reqwest::Method::GET, "secret", "").await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    let notified: Vec<serde_json::Value> = node.admin_get("/v1/topics/_bucket.notes/events").await;
+    assert_eq!(notified.len(), 1, "{notified:?}");
+    let record = &notified[0]["event"]["data"];
+    assert_eq!(record["eventName"], "ObjectCreated:Put");
+    assert_eq!(record["s3"]["object"]["eTag"], etag.as_str());
+    assert_eq!(record["userIdentity"]["principalId"], "sdk");
+    let secret: Vec<serde_json::Value> = node.admin_get("/v1/topics/_bucket.secret/events").await;
+    assert!(secret.is_empty(), "{secret:?}");
+}
