@@ -977,6 +977,18 @@ impl FunctionSpec {
             .collect()
     }
 
+    /// The buckets the function may read and write: those its bucket
+    /// triggers watch, then those `buckets` lists, each once.
+    pub fn granted_buckets(&self) -> Vec<String> {
+        let mut granted: Vec<String> = Vec::new();
+        for b in self.bucket.iter().map(|b| &b.bucket).chain(&self.buckets) {
+            if !granted.contains(b) {
+                granted.push(b.clone());
+            }
+        }
+        granted
+    }
+
     /// Whether a guest may send a request to `authority` (`host` or `host:port`).
     pub fn allows_outbound(&self, authority: &str) -> bool {
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
@@ -998,6 +1010,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, Error> {
         Manifest::from_toml(text, "gale.toml")
+    }
+
+    #[test]
+    fn a_function_is_granted_its_trigger_buckets_and_its_listed_ones_once() {
+        let m = parse(
+            r#"
+            [app]
+            name = "pics"
+            [functions.f]
+            source = "f.wasm"
+            buckets = ["results", "uploads"]
+            [[functions.f.bucket]]
+            bucket = "uploads"
+            [[functions.f.bucket]]
+            bucket = "archive"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.functions["f"].granted_buckets(),
+            ["uploads", "archive", "results"]
+        );
     }
 
     #[test]

@@ -309,6 +309,9 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
             kv: stores.kv.clone(),
             publisher: publisher.clone(),
             logs,
+            objects: Arc::new(functions::objects::FunctionObjects {
+                buckets: buckets.clone(),
+            }),
             s3: functions::live::S3Env {
                 endpoint: format!("http://{s3}"),
                 keys: keys.clone(),
@@ -535,7 +538,7 @@ async fn housekeeping(
             _ = shutdown.changed() => return,
         }
         functions.reap(options.idle_timeout);
-        match ingress::s3::expiry::expire(&buckets, clock::now_ms()).await {
+        match buckets::expiry::expire(&buckets, clock::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(objects = n, "expired objects deleted"),
             Err(e) => tracing::warn!(error = %e, "expiring objects failed"),

@@ -1,7 +1,7 @@
 //! The `gale:events` host interfaces: publishing with the outbox rule and
 //! key-value buckets of the function's app, for every function (an HTTP
-//! component may import them too), and the `event-handler` world for
-//! functions that take events directly.
+//! component may import them too, and `gale:buckets`, see [`buckets`](crate::buckets)),
+//! and the `event-handler` world for functions that take events directly.
 //!
 //! The WIT lives in the repository's `wit/` directory. A publish during an
 //! invocation only records the event in the instance's outbox; the caller
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "gale:events/event-handler",
@@ -54,11 +54,13 @@ pub struct Services {
     pub kv: Arc<dyn gale_store::KeyValue>,
     /// Whether a topic exists (publishing to a missing one fails at once).
     pub topic_exists: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Object storage, for the buckets the function's manifest grants.
+    pub buckets: Option<Arc<dyn crate::buckets::BucketHost>>,
 }
 
 /// The per-instance part: the services and what was published so far.
 pub(crate) struct EventHost {
-    services: Arc<Services>,
+    pub(crate) services: Arc<Services>,
     pub(crate) outbox: Vec<(String, GuestEvent)>,
     /// Events published so far, readable while the guest runs.
     pub(crate) published: Arc<std::sync::atomic::AtomicUsize>,
@@ -91,7 +93,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 }
 
 impl Host {
-    fn events(&mut self) -> wasmtime::Result<&mut EventHost> {
+    pub(crate) fn events(&mut self) -> wasmtime::Result<&mut EventHost> {
         self.events.as_mut().ok_or_else(|| {
             wasmtime::Error::msg("publishing and key-value are not available to this function")
         })

@@ -54,6 +54,11 @@ impl Host {
         &mut self.table
     }
 
+    /// The manifest of the function this instance runs.
+    pub(crate) fn spec(&self) -> &FunctionSpec {
+        &self.hooks.spec
+    }
+
     /// The pipes capturing this instance's stdout and stderr.
     pub fn logs(&self) -> (LogPipe, LogPipe) {
         (self.stdout.clone(), self.stderr.clone())

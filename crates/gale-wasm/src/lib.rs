@@ -23,6 +23,7 @@
 //! A guest sees no files, no host environment and no sockets; only the env
 //! vars its manifest lists, and outbound HTTP only to allow-listed hosts.
 
+pub mod buckets;
 pub mod events;
 mod host;
 mod pipe;

@@ -24,6 +24,9 @@
 //! Events published during an invocation are stored only if it succeeds;
 //! a handler that returns an error (or traps) publishes nothing and its
 //! event is retried as the trigger's delivery policy says.
+//!
+//! Objects in the buckets a function's manifest grants are read and
+//! written with [`buckets`].
 
 pub mod http;
 
@@ -207,6 +210,93 @@ pub mod kv {
                     .trim()
                     .parse()
                     .map_err(|e| format!("the value of {key} is not a number: {e}")),
+            }
+        }
+    }
+}
+
+/// Objects in Gale's buckets (`gale:buckets`): the buckets the S3 API
+/// serves, read and written whole.
+///
+/// A function may use the buckets its bucket triggers watch and those its
+/// manifest lists in `buckets = ["NAME"]`; any other fails with an error
+/// that says which key to add. One call carries at most 64 MiB.
+///
+/// Unlike [`publish`](crate::publish), a change takes effect at once,
+/// whether or not the invocation then succeeds, and is notified like a
+/// change through the S3 API (`ObjectCreated:Put`, `ObjectRemoved:Delete`):
+/// a put into a bucket that triggers a function invokes it. So a handler
+/// retried after a put writes again; make the write idempotent (same key,
+/// same bytes).
+///
+/// ```ignore
+/// use gale_sdk::{Event, Handler, buckets};
+///
+/// struct Upper;
+///
+/// impl Handler for Upper {
+///     fn handle(event: Event) -> Result<(), String> {
+///         let key = event.subject.clone().ok_or("no key")?;
+///         let text = buckets::get("uploads", &key)?.ok_or("the object is gone")?;
+///         buckets::put("results", &key, &text.to_ascii_uppercase(), Some("text/plain"))?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub mod buckets {
+    use crate::bindings::gale::buckets::objects;
+
+    pub use crate::bindings::gale::buckets::types::{Error, Listing, ObjectInfo};
+
+    /// The error's message (each case carries one).
+    pub fn describe(e: Error) -> String {
+        match e {
+            Error::AccessDenied(m) | Error::NoSuchBucket(m) | Error::TooLarge(m) | Error::Other(m) => m,
+        }
+    }
+
+    /// The object's bytes; `None` when `key` holds no object.
+    pub fn get(bucket: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        objects::get(bucket, key).map_err(describe)
+    }
+
+    /// Stores `data` at `key`, replacing what is there; returns its entity tag.
+    pub fn put(bucket: &str, key: &str, data: &[u8], content_type: Option<&str>) -> Result<String, String> {
+        objects::put(bucket, key, data, content_type).map_err(describe)
+    }
+
+    /// Deletes the object at `key`; nothing there is no error.
+    pub fn delete(bucket: &str, key: &str) -> Result<(), String> {
+        objects::delete(bucket, key).map_err(describe)
+    }
+
+    /// The object's size, entity tag, content type and modification time;
+    /// `None` when `key` holds no object.
+    pub fn head(bucket: &str, key: &str) -> Result<Option<ObjectInfo>, String> {
+        objects::head(bucket, key).map_err(describe)
+    }
+
+    /// One page of up to `limit` (at most 1000) objects whose keys start
+    /// with `prefix`, after `start_after`; `next_start_after` continues it.
+    pub fn list(
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Listing, String> {
+        objects::list(bucket, prefix, start_after, limit).map_err(describe)
+    }
+
+    /// Every object whose key starts with `prefix`, in key order.
+    pub fn list_all(bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, String> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = list(bucket, prefix, after.as_deref(), 1000)?;
+            all.extend(page.objects);
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
             }
         }
     }

@@ -31,6 +31,8 @@ pub struct Runtimes {
     pub kv: Arc<dyn KeyValue>,
     pub publisher: Publisher,
     pub logs: Logs,
+    /// Object storage, for wasm functions' `gale:buckets` calls.
+    pub objects: Arc<super::objects::FunctionObjects>,
     /// The S3 API, for functions that use buckets.
     pub s3: S3Env,
 }
@@ -47,12 +49,7 @@ impl S3Env {
     /// The variables that point an AWS SDK at Gale's S3 API with the
     /// function's own key, unless the manifest's `env` sets them already.
     pub fn apply(&self, function: &str, spec: &gale_core::FunctionSpec, env: &mut BTreeMap<String, String>) {
-        let buckets: Vec<String> = spec
-            .bucket
-            .iter()
-            .map(|b| b.bucket.clone())
-            .chain(spec.buckets.iter().cloned())
-            .collect();
+        let buckets = spec.granted_buckets();
         if buckets.is_empty() {
             return;
         }
@@ -139,13 +136,15 @@ impl Live {
             .map(|p| p.slots.clone())
             .unwrap_or_else(|| Arc::new(Semaphore::new(spec.max_instances as usize)));
         // What its instances may reach: publishing (to topics that exist)
-        // and its app's key-value buckets.
+        // its app's key-value buckets, and the object buckets its manifest
+        // grants (the runtime checks the grant).
         let publisher = runtimes.publisher.clone();
         let services = Arc::new(gale_wasm::events::Services {
             function: name.clone(),
             scope: app.clone(),
             kv: runtimes.kv.clone(),
             topic_exists: Arc::new(move |topic: &str| publisher.exists(topic)),
+            buckets: Some(runtimes.objects.clone()),
         });
         Live {
             name,

@@ -26,6 +26,7 @@ pub mod invocations;
 pub mod invoke;
 pub mod live;
 pub mod logs;
+pub mod objects;
 pub mod payloads;
 pub mod process;
 pub mod triggers;

@@ -1,6 +1,7 @@
 //! An HTTP function written with `gale_sdk::http`, for the tests of that
 //! module: each path shows one part of the request and response API.
 
+use gale_sdk::buckets;
 use gale_sdk::http::{Handler, Request, Response};
 
 struct Sdk;
@@ -51,9 +52,28 @@ impl Handler for Sdk {
             // A line break in a value must not start a header of its own.
             "injected-header" => Response::text(200, "never sent").with_header("x-a", "1\nx-injected: yes"),
             "panic" => panic!("the handler gave up"),
+            // `gale_sdk::buckets` from an HTTP function: PUT stores the
+            // body at `?bucket=&key=`, GET answers the object.
+            "object" => object(request),
             other => Response::text(404, format!("no {other}\n")),
         }
     }
+}
+
+fn object(request: Request) -> Response {
+    let bucket = request.query("bucket").unwrap_or_default();
+    let key = request.query("key").unwrap_or_default();
+    let done = match request.method().as_str() {
+        "PUT" => request
+            .body()
+            .and_then(|body| buckets::put(&bucket, &key, &body, Some("text/plain")))
+            .map(|etag| Response::text(200, etag)),
+        _ => buckets::get(&bucket, &key).map(|data| match data {
+            Some(data) => Response::new(200).with_body(data),
+            None => Response::text(404, "no such object"),
+        }),
+    };
+    done.unwrap_or_else(|e| Response::text(403, e))
 }
 
 gale_sdk::http_handler!(Sdk);

@@ -16,14 +16,11 @@
 //! - [`multipart`]: multipart uploads;
 //! - [`body`]: receiving an upload, its checksums checked before it counts;
 //! - [`notify`]: the notification events, S3's record in a CloudEvent;
-//! - [`access`]: who may do what;
-//! - [`expiry`]: deleting objects past their bucket's `expire_after`.
+//! - [`access`]: who may do what.
 
 mod access;
 mod body;
-pub mod expiry;
 mod multipart;
-mod notify;
 mod objects;
 
 use crate::NodeError;
@@ -41,7 +38,7 @@ use tokio::sync::watch;
 
 /// The region Gale answers as: clients must sign for some region, and
 /// this is the one they default to.
-pub const REGION: &str = "us-east-1";
+pub use crate::buckets::REGION;
 
 /// The S3 API's state; cheap to clone.
 #[derive(Clone)]

@@ -7,9 +7,9 @@
 //! checks in the same transaction.
 
 use super::body::{self, Declared};
-use super::notify::{self, Notice};
 use super::objects::{attrs, check_key, etag, origin, timestamp, url_encode};
 use super::{S3Api, s3_error, store_error};
+use crate::buckets::notify::{self, Notice};
 use gale_store::UploadInfo;
 use gale_store::objects::{MAX_PART_NUMBER, S3_MIN_PART_SIZE, bare_etag, multipart_etag};
 use s3s::dto::*;
@@ -130,6 +130,7 @@ impl S3Api {
             object: Some((size, &tag)),
             request_id: &request_id,
             source_ip: &ip,
+            principal: notify::PRINCIPAL,
         });
         let objects = &self.buckets.objects;
         let meta = self

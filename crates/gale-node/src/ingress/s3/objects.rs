@@ -5,8 +5,8 @@
 //! committed together or not at all.
 
 use super::body::{self, Declared};
-use super::notify::{self, Notice};
 use super::{ClientIp, S3Api, s3_error, store_error};
+use crate::buckets::notify::{self, Notice};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gale_core::buckets::valid_bucket;
@@ -268,6 +268,7 @@ impl S3Api {
             object: Some((size, &md5)),
             request_id: &request_id,
             source_ip: &ip,
+            principal: notify::PRINCIPAL,
         });
         let write = ObjectWrite {
             blob,
@@ -415,6 +416,7 @@ impl S3Api {
             object: None,
             request_id: &request_id,
             source_ip: &ip,
+            principal: notify::PRINCIPAL,
         });
         let objects = &self.buckets.objects;
         self.buckets
@@ -451,6 +453,7 @@ impl S3Api {
                     object: None,
                     request_id: &request_id,
                     source_ip: &ip,
+                    principal: notify::PRINCIPAL,
                 });
                 (o.key.clone(), vec![event])
             })
@@ -536,6 +539,7 @@ impl S3Api {
                 object: Some((source.size, &source.etag)),
                 request_id: &request_id,
                 source_ip: &ip,
+                principal: notify::PRINCIPAL,
             });
             let from = CopyFrom {
                 bucket: bucket.to_string(),

@@ -11,9 +11,12 @@
 //! The event id derives from the request id and the sequencer: a client
 //! retrying a request makes a new request, so a new event, while the same
 //! request never yields two.
+//!
+//! It sits on the bottom floor because two planes change objects: the S3
+//! API (ingress) and wasm functions writing through `gale:buckets`
+//! (functions), and both must notify alike.
 
-use super::REGION;
-use crate::buckets::bucket_topic;
+use super::{REGION, bucket_topic};
 use crate::events;
 use cloudevents::{EventBuilder, EventBuilderV10};
 use gale_core::buckets::EVENT_TYPE_PREFIX;
@@ -22,7 +25,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Who makes every change until the node issues keys.
+/// Who makes a change through the S3 API.
 pub const PRINCIPAL: &str = "gale";
 
 /// What changed.
@@ -35,6 +38,8 @@ pub struct Notice<'a> {
     pub object: Option<(u64, &'a str)>,
     pub request_id: &'a str,
     pub source_ip: &'a str,
+    /// Who made it: [`PRINCIPAL`], or the function that wrote it.
+    pub principal: &'a str,
 }
 
 /// Characters S3 leaves as they are in a record's key: letters, digits,
@@ -84,7 +89,7 @@ pub fn event(n: Notice<'_>) -> (String, NewEvent) {
         "awsRegion": REGION,
         "eventTime": time,
         "eventName": n.name,
-        "userIdentity": {"principalId": PRINCIPAL},
+        "userIdentity": {"principalId": n.principal},
         "requestParameters": {"sourceIPAddress": n.source_ip},
         "responseElements": {"x-amz-request-id": n.request_id, "x-amz-id-2": n.request_id},
         "s3": {

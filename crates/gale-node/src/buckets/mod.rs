@@ -6,13 +6,21 @@
 //! functions' bucket triggers subscribe to that topic like any other. So
 //! retries, dead letters, replay, redrive and `gale topics` work on uploads
 //! as on every event. The S3 API (ingress) and deploys (control) both go
-//! through this handle, which is why it sits on the bottom floor.
+//! through this handle, which is why it sits on the bottom floor, with the
+//! notification record ([`notify`]) that the S3 API and functions writing
+//! through `gale:buckets` both commit with their changes.
+
+pub mod expiry;
+pub mod notify;
 
 use crate::NodeError;
 use crate::publisher::Publisher;
 use gale_core::{Code, Error};
 use gale_store::{BucketConfig, BucketInfo, Objects, TopicConfig};
 use std::sync::Arc;
+
+/// The region the S3 API names, in notifications too.
+pub const REGION: &str = "us-east-1";
 
 pub const BUCKET_PREFIX: &str = "_bucket.";
 

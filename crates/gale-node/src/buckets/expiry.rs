@@ -6,9 +6,9 @@
 //! Each object is deleted only if it is still older than the cut when its
 //! delete commits: one written again in between stays.
 
+use super::Buckets;
 use super::notify::{self, Notice};
 use crate::NodeError;
-use crate::buckets::Buckets;
 
 /// Objects looked at per page.
 const PAGE: usize = 100;
@@ -32,6 +32,7 @@ pub async fn expire(buckets: &Buckets, now_ms: u64) -> Result<u64, NodeError> {
                     object: None,
                     request_id: &request_id,
                     source_ip: "",
+                    principal: notify::PRINCIPAL,
                 });
                 let objects = &buckets.objects;
                 let gone = buckets
