@@ -12,7 +12,8 @@
 //! host name (`bucket.localhost`), and both would collide with the
 //! gateway's user routes.
 //!
-//! - [`objects`]: buckets, objects, listings, copies;
+//! - [`objects`]: buckets, objects, copies;
+//! - [`listing`]: listings;
 //! - [`multipart`]: multipart uploads;
 //! - [`body`]: receiving an upload, its checksums checked before it counts;
 //! - [`notify`]: the notification events, S3's record in a CloudEvent;
@@ -20,6 +21,7 @@
 
 mod access;
 mod body;
+mod listing;
 mod multipart;
 mod objects;
 

@@ -7,7 +7,8 @@
 //! checks in the same transaction.
 
 use super::body::{self, Declared};
-use super::objects::{attrs, check_key, etag, origin, timestamp, url_encode};
+use super::listing::url_encode;
+use super::objects::{attrs, check_key, etag, origin, timestamp};
 use super::{S3Api, s3_error, store_error};
 use crate::buckets::notify::{self, Notice};
 use gale_store::UploadInfo;
