@@ -13,7 +13,7 @@
 //! gateway's user routes.
 //!
 //! - [`objects`]: buckets, objects, copies;
-//! - [`listing`]: listings;
+//! - [`listing`]: object listings, paged as S3 pages them;
 //! - [`multipart`]: multipart uploads;
 //! - [`body`]: receiving an upload, its checksums checked before it counts;
 //! - [`notify`]: the notification events, S3's record in a CloudEvent;
