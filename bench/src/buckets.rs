@@ -131,9 +131,14 @@ impl S3 {
                         );
                         tokio::spawn(async move {
                             loop {
-                                let i = next.fetch_add(1, Relaxed);
-                                if i >= limit || started.elapsed() >= within {
+                                // Time first: every key taken is then done, so
+                                // the keys written are `0..ops`.
+                                if started.elapsed() >= within {
                                     return Ok::<_, anyhow::Error>(());
+                                }
+                                let i = next.fetch_add(1, Relaxed);
+                                if i >= limit {
+                                    return Ok(());
                                 }
                                 let key = match op {
                                     Op::Get => format!("{prefix}/{}", i % keys.max(1)),
@@ -208,8 +213,11 @@ fn plain(
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     loop {
+                        if started.elapsed() >= within {
+                            return Ok(());
+                        }
                         let i = next.fetch_add(1, Relaxed);
-                        if i >= limit || started.elapsed() >= within {
+                        if i >= limit {
                             return Ok(());
                         }
                         match op {
