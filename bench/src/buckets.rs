@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The object sizes measured.
 const SIZES: [(usize, &str); 2] = [(4 << 10, "4 KiB"), (1 << 20, "1 MiB")];
 /// The most bytes one PUT measurement writes (the disk is shared).
-const MAX_BYTES: u64 = 768 << 20;
+const MAX_BYTES: u64 = 256 << 20;
 /// The bucket of the throughput measurements (no trigger) and that of the
 /// latency measurement (one wasm handler).
 const BUCKET: &str = "bench";
