@@ -5,7 +5,7 @@
 #   cargo install wasmtime-cli@48.0.8 --locked
 #
 # Usage: bench/run.sh [SCENARIO [OPTIONS...]]...
-#   SCENARIO: http, cold-start, spike, idle, events, lambda (default: all).
+#   SCENARIO: http, cold-start, spike, idle, events, lambda, buckets (default: all).
 #   OPTIONS go to that scenario (see target/release/gale-bench SCENARIO --help),
 #   e.g. bench/run.sh http --seconds 6 --rounds 3 cold-start
 #
@@ -18,7 +18,7 @@ command=$(printf '%q ' "$0" "$@")
 command=${command% }
 cd "$(dirname "$0")/.."
 
-names=(http cold-start spike idle events lambda)
+names=(http cold-start spike idle events lambda buckets)
 is_scenario() {
   local n
   for n in "${names[@]}"; do [ "$1" = "$n" ] && return 0; done

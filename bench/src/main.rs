@@ -4,7 +4,7 @@
 //!
 //! Run with `bench/run.sh` (builds release binaries, runs the scenarios and
 //! writes their output to `bench/RESULTS.md`), or one scenario by hand:
-//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda`.
+//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod buckets;
 mod events;
 mod lambda;
 
@@ -87,6 +88,26 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// Buckets: S3 PUT and GET throughput (4 KiB and 1 MiB objects)
+    /// against writing (durably) and reading plain files, and upload →
+    /// handler start latency at a steady upload rate.
+    Buckets {
+        /// Seconds per throughput measurement, at most.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent clients (and plain-file tasks).
+        #[arg(long, default_value_t = 16)]
+        clients: u32,
+        /// Rounds of all throughput measurements; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Steady upload rate of the latency measurement (uploads/s).
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds of the latency measurement.
+        #[arg(long, default_value_t = 10)]
+        latency_seconds: u32,
+    },
     /// A plain axum hello server: the ceiling for `http`.
     AxumHello {
         #[arg(long)]
@@ -114,6 +135,13 @@ fn main() -> Result<()> {
             rounds,
         } => rt.block_on(events::run(events, publishers, rate, seconds, rounds)),
         Scenario::Lambda { iterations, seconds } => rt.block_on(lambda::run(iterations, seconds)),
+        Scenario::Buckets {
+            seconds,
+            clients,
+            rounds,
+            rate,
+            latency_seconds,
+        } => rt.block_on(buckets::run(seconds, clients, rounds, rate, latency_seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
             let listener = tokio::net::TcpListener::bind(&listen).await?;
@@ -191,6 +219,8 @@ pub(crate) struct Node {
     dir: PathBuf,
     gateway: String,
     admin: String,
+    /// The S3 API's address, `host:port`.
+    s3: String,
 }
 
 impl Node {
@@ -201,11 +231,11 @@ impl Node {
     fn start_with(args: &[&str]) -> Result<Node> {
         let dir = std::env::temp_dir().join(format!("gale-bench-{}-{}", std::process::id(), free_port()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (gw, admin) = (free_port(), free_port());
+        let (gw, admin, s3) = (free_port(), free_port(), free_port());
         let child = Command::new(release_bin("gale"))
             .args(["serve", "--listen", &format!("127.0.0.1:{gw}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--s3-listen", "127.0.0.1:0"])
+            .args(["--s3-listen", &format!("127.0.0.1:{s3}")])
             .args(args)
             .arg("--data-dir")
             .arg(&dir)
@@ -219,9 +249,13 @@ impl Node {
             dir,
             gateway: format!("http://127.0.0.1:{gw}"),
             admin: format!("http://127.0.0.1:{admin}"),
+            s3: format!("127.0.0.1:{s3}"),
         };
         for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() && node.dir.join("token").exists() {
+            if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
+                && node.dir.join("token").exists()
+            {
                 return Ok(node);
             }
             std::thread::sleep(Duration::from_millis(25));
