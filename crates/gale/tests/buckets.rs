@@ -63,3 +63,9 @@ async fn a_buckets_expire_after_deletes_old_objects_with_a_notification() {
     let node = TestNode::start().await;
     run(&node, "expiry.py").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_parts_copy_ranges_of_existing_objects() {
+    let node = TestNode::start().await;
+    run(&node, "part_copy.py").await;
+}

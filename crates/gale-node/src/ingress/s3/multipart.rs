@@ -8,11 +8,11 @@
 
 use super::body::{self, Declared};
 use super::listing::url_encode;
-use super::objects::{attrs, check_key, etag, origin, timestamp};
+use super::objects::{attrs, check_key, check_read, etag, origin, timestamp};
 use super::{S3Api, s3_error, store_error};
 use crate::buckets::notify::{self, Notice};
-use gale_store::UploadInfo;
 use gale_store::objects::{MAX_PART_NUMBER, S3_MIN_PART_SIZE, bare_etag, multipart_etag};
+use gale_store::{ByteRange, UploadInfo};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result, s3_error};
 
@@ -80,6 +80,59 @@ impl S3Api {
             .map_err(store_error)?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&tag)),
+            ..Default::default()
+        }))
+    }
+
+    /// A part copied from (a range of) an existing object: its bytes are
+    /// read and written as a new blob, so the part does not depend on the
+    /// source staying as it is.
+    pub(super) async fn upload_part_copy_op(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let i = req.input;
+        let number = u32::try_from(i.part_number)
+            .ok()
+            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+            .ok_or_else(|| s3_error!(InvalidArgument, "part numbers go from 1 to 10000"))?;
+        self.upload_of(&i.bucket, &i.key, &i.upload_id).await?;
+        let CopySource::Bucket { bucket, key, .. } = &i.copy_source else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copies name their source as bucket/key"
+            ));
+        };
+        let range = i.copy_source_range.as_deref().map(copy_range).transpose()?;
+        let objects = &*self.buckets.objects;
+        let mut read = objects
+            .get_object(bucket, key, range)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| s3_error!(NoSuchKey, "the copy's source does not exist"))?;
+        check_read(
+            &read.meta,
+            i.copy_source_if_match.as_ref(),
+            i.copy_source_if_none_match.as_ref(),
+            i.copy_source_if_modified_since.as_ref(),
+            i.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|_| s3_error!(PreconditionFailed))?;
+        let mut writer = objects.blob_writer().await.map_err(store_error)?;
+        while let Some(chunk) = read.body.next_chunk().await.map_err(store_error)? {
+            writer.write(&chunk).await.map_err(store_error)?;
+        }
+        let blob = writer.finish().await.map_err(store_error)?;
+        let tag = objects
+            .put_part(&i.upload_id, number, blob)
+            .await
+            .map_err(store_error)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&tag)),
+                last_modified: Some(timestamp(crate::clock::now_ms())),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
@@ -274,4 +327,20 @@ impl S3Api {
             ..Default::default()
         }))
     }
+}
+
+/// `x-amz-copy-source-range`: `bytes=FIRST-LAST`, both given.
+fn copy_range(range: &str) -> S3Result<ByteRange> {
+    range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .filter(|(a, b)| a <= b)
+        .map(|(start, end)| ByteRange::Span { start, end })
+        .ok_or_else(|| {
+            s3_error!(
+                InvalidArgument,
+                "x-amz-copy-source-range must look like bytes=FIRST-LAST"
+            )
+        })
 }

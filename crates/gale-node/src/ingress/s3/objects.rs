@@ -90,7 +90,7 @@ fn matches(cond: &ETagCondition, bare: &str) -> bool {
 /// S3's read preconditions: `If-Match` and `If-Unmodified-Since` fail
 /// with 412, `If-None-Match` and `If-Modified-Since` with 304 (each of a
 /// pair ignored when the first is present and holds, as in RFC 9110).
-fn check_read(
+pub(super) fn check_read(
     meta: &ObjectMeta,
     if_match: Option<&IfMatch>,
     if_none_match: Option<&IfNoneMatch>,
