@@ -582,6 +582,70 @@ fn run(mut c: Command) -> Ran {
     }
 }
 
+/// Uploads acknowledged before a kill -9 are all there after the restart,
+/// each with exactly one notification, and no notification names an
+/// object that is not there (a crash between an object's commit and its
+/// event is impossible: they are one transaction).
+#[test]
+fn kill_9_while_uploading_loses_no_acknowledged_object_or_notification() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = || {
+        let mut c = gale();
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path());
+        let mut node = Running::spawn(c);
+        let admin = node.wait_for("admin API", Duration::from_secs(30));
+        let s3 = node.wait_for("S3 API", Duration::from_secs(5));
+        (node, admin, s3)
+    };
+    let scripts = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3");
+    let python = |script: &str, admin: &str, s3: &str, acked: &std::path::Path| {
+        let token = std::fs::read_to_string(data.path().join("token")).unwrap();
+        let mut c = Command::new("python3");
+        c.arg(scripts.join(script))
+            .arg(acked)
+            .current_dir(&scripts)
+            .env("AWS_ACCESS_KEY_ID", "admin")
+            .env("AWS_SECRET_ACCESS_KEY", token.trim())
+            .env("AWS_ENDPOINT_URL", s3)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("GALE_ADMIN", admin)
+            .env("GALE_TOKEN", token.trim());
+        c
+    };
+    let acked = data.path().join("acked.txt");
+    let (mut node, admin, s3) = serve();
+    let mut uploads = python("crash_upload.py", &admin, &s3, &acked).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&acked).map_or(0, |t| t.lines().count()) < 300 {
+        assert!(Instant::now() < deadline, "uploads did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    assert!(uploads.wait().unwrap().success(), "the uploader failed");
+
+    let (node, admin, s3) = serve();
+    let check = python("crash_check.py", &admin, &s3, &acked).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&check.stdout));
+    assert!(node.stop().success());
+}
+
 /// Item 4 of issue 22: any answer but a 2xx exits 1, with the status and
 /// the error on stderr (or the JSON answer on stdout with --output json).
 #[test]
