@@ -149,7 +149,8 @@ async fn embedded_reclaims_blobs_no_write_took() {
     let (dir, o) = embedded();
     let dropped = {
         let mut w = o.blob_writer().await.unwrap();
-        w.write(b"half an upload").await.unwrap();
+        // More than a writer buffers: the temporary file exists.
+        w.write(&pattern(1_500_000, 3)).await.unwrap();
         assert_eq!(files(dir.path()).1.len(), 1);
         w
     };
@@ -217,7 +218,7 @@ async fn embedded_crash_leaves_no_stray_event_or_blob() {
     // Mid-way: an upload still streaming, one finished but not yet
     // committed as an object, one whose commit failed.
     let mut streaming = o.blob_writer().await.unwrap();
-    streaming.write(&pattern(10_000, 2)).await.unwrap();
+    streaming.write(&pattern(1_500_000, 2)).await.unwrap();
     let _finished = blob(&o, b"finished, not committed").await;
     let failed = blob(&o, b"failed").await;
     let err = o

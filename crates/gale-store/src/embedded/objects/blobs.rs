@@ -166,36 +166,40 @@ pub(in crate::embedded) fn sweep_at_open(c: &Connection, objects: &Path) -> Resu
 
 /// Writes a blob to `objects/tmp/<id>`, hashing as it goes; `finish` syncs
 /// it, registers it, then moves it to `objects/<first two digits>/<id>`.
+///
+/// Each trip to a blocking thread does as much as it can: the file is
+/// created by the first write of a full buffer (or by `finish`, for a
+/// small blob), and `finish` writes the rest and syncs in one trip, since
+/// every trip is a thread handover on the upload's path.
 pub(super) struct Writer {
     store: Embedded,
     id: String,
     tmp: PathBuf,
-    /// `None` while a write is under way, or after one failed.
-    file: Option<File>,
+    file: FileState,
     buf: Vec<u8>,
     md5: Md5,
     size: u64,
     finished: bool,
 }
 
+/// The writer's file.
+enum FileState {
+    /// Not created yet.
+    None,
+    Open(File),
+    /// A write is under way on a blocking thread, or one failed.
+    Away,
+}
+
 impl Writer {
-    pub async fn start(store: Embedded) -> Result<Writer> {
+    pub fn start(store: Embedded) -> Result<Writer> {
         let id = new_id()?;
         let tmp = tmp_dir(&store.inner.objects.dir).join(&id);
-        let path = tmp.clone();
-        let file = blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(io_err(&path))
-        })
-        .await?;
         Ok(Writer {
             store,
             id,
             tmp,
-            file: Some(file),
+            file: FileState::None,
             buf: Vec::with_capacity(WRITE_BUFFER),
             md5: Md5::new(),
             size: 0,
@@ -203,21 +207,46 @@ impl Writer {
         })
     }
 
-    async fn flush(&mut self) -> Result<()> {
-        let mut file = self.file.take().ok_or_else(|| StoreError::Io {
-            path: self.tmp.clone(),
-            source: std::io::Error::other("an earlier write of this blob failed"),
-        })?;
+    /// Writes the buffer out on a blocking thread (creating the file
+    /// first, if need be), then runs `then` on the file there too.
+    async fn write_out<T: Send + 'static>(
+        &mut self,
+        then: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<(File, T)> {
+        let file = match std::mem::replace(&mut self.file, FileState::Away) {
+            FileState::Open(f) => Some(f),
+            FileState::None => None,
+            FileState::Away => {
+                return Err(StoreError::Io {
+                    path: self.tmp.clone(),
+                    source: std::io::Error::other("an earlier write of this blob failed"),
+                });
+            }
+        };
         let buf = std::mem::take(&mut self.buf);
         let tmp = self.tmp.clone();
-        let (file, mut buf) = blocking(move || {
+        let (file, mut buf, out) = blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(io_err(&tmp))?,
+            };
             file.write_all(&buf).map_err(io_err(&tmp))?;
-            Ok((file, buf))
+            let out = then(&file).map_err(io_err(&tmp))?;
+            Ok((file, buf, out))
         })
         .await?;
         buf.clear();
         self.buf = buf;
-        self.file = Some(file);
+        Ok((file, out))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let (file, ()) = self.write_out(|_| Ok(())).await?;
+        self.file = FileState::Open(file);
         Ok(())
     }
 }
@@ -235,14 +264,7 @@ impl BlobWriter for Writer {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Blob> {
-        self.flush().await?;
-        let file = self.file.take();
-        let tmp = self.tmp.clone();
-        blocking(move || match file {
-            Some(f) => f.sync_all().map_err(io_err(&tmp)),
-            None => Ok(()),
-        })
-        .await?;
+        self.write_out(File::sync_all).await?;
         let blob = Blob {
             id: self.id.clone(),
             size: self.size,

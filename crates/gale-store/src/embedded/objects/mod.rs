@@ -208,7 +208,7 @@ impl Objects for Embedded {
     }
 
     async fn blob_writer(&self) -> Result<Box<dyn BlobWriter>> {
-        Ok(Box::new(blobs::Writer::start(self.clone()).await?))
+        Ok(Box::new(blobs::Writer::start(self.clone())?))
     }
 
     async fn put_object(
