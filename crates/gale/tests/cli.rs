@@ -605,21 +605,12 @@ fn kill_9_while_uploading_loses_no_acknowledged_object_or_notification() {
         let s3 = node.wait_for("S3 API", Duration::from_secs(5));
         (node, admin, s3)
     };
-    let scripts = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3");
+    let scripts = common::s3_scripts();
     let python = |script: &str, admin: &str, s3: &str, acked: &std::path::Path| {
         let token = std::fs::read_to_string(data.path().join("token")).unwrap();
         let mut c = Command::new("python3");
-        c.arg(scripts.join(script))
-            .arg(acked)
-            .current_dir(&scripts)
-            .env("AWS_ACCESS_KEY_ID", "admin")
-            .env("AWS_SECRET_ACCESS_KEY", token.trim())
-            .env("AWS_ENDPOINT_URL", s3)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("GALE_ADMIN", admin)
-            .env("GALE_TOKEN", token.trim());
+        c.arg(scripts.join(script)).arg(acked).current_dir(&scripts);
+        common::aws_env(&mut c, s3, admin, token.trim());
         c
     };
     let acked = data.path().join("acked.txt");

@@ -684,13 +684,8 @@ async fn a_busy_function_is_throttled_the_way_lambda_clients_expect() {
 async fn boto3(node: &TestNode, code: &str) -> String {
     let script = format!("import boto3, sys\ns3 = boto3.client('s3')\n{code}\n");
     let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-c", &script])
-        .env("AWS_ACCESS_KEY_ID", "admin")
-        .env("AWS_SECRET_ACCESS_KEY", &node.token)
-        .env("AWS_ENDPOINT_URL", &node.s3)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    cmd.args(["-c", &script]);
+    common::aws_env(&mut cmd, &node.s3, &node.admin, &node.token);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -793,13 +788,8 @@ async fn the_csv_import_example_runs_as_its_readme_says() {
     node.deploy_from(&manifest, &dir).await.unwrap();
     let aws = |args: Vec<String>| {
         let mut cmd = std::process::Command::new("aws");
-        cmd.args(&args)
-            .env("AWS_ACCESS_KEY_ID", "admin")
-            .env("AWS_SECRET_ACCESS_KEY", &node.token)
-            .env("AWS_ENDPOINT_URL", &node.s3)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        cmd.args(&args);
+        common::aws_env(&mut cmd, &node.s3, &node.admin, &node.token);
         async move {
             let out = tokio::task::spawn_blocking(move || cmd.output())
                 .await

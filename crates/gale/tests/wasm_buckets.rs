@@ -6,38 +6,8 @@
 
 mod common;
 
-use common::TestNode;
-use std::path::PathBuf;
-use std::process::Command;
+use common::{TestNode, s3_script};
 use std::time::Duration;
-
-/// Runs a script of `tests/s3` against the node with boto3; panics with
-/// its output if it fails.
-async fn run(node: &TestNode, script: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3");
-    let mut cmd = Command::new("python3");
-    cmd.arg(dir.join(script))
-        .current_dir(&dir)
-        .env("AWS_ACCESS_KEY_ID", "anything")
-        .env("AWS_SECRET_ACCESS_KEY", &node.token)
-        .env("AWS_ENDPOINT_URL", &node.s3)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("GALE_ADMIN", &node.admin)
-        .env("GALE_TOKEN", &node.token)
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("python3 runs (boto3: pip install boto3)");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 const MANIFEST: &str = r#"
 [app]
@@ -61,7 +31,7 @@ bucket = "results"
 async fn an_upload_triggers_a_wasm_function_that_writes_a_result_only_where_granted_and_chains() {
     let node = TestNode::start().await;
     node.deploy(MANIFEST).await.unwrap();
-    run(&node, "wasm_buckets.py").await;
+    s3_script(&node, "wasm_buckets.py").await;
 
     // The second upload (under `deny/`) made the function write to a
     // bucket its manifest does not grant: that invocation failed, naming

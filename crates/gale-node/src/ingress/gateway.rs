@@ -17,84 +17,41 @@ use axum::routing::post;
 use gale_core::{Code, Error};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 /// The route pattern that matched, for the guest.
 const ROUTE: HeaderName = HeaderName::from_static("x-gale-route");
 
-/// Largest request head (request line and headers) accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves until `shutdown`, then lets open connections finish their
 /// requests (graceful shutdown) for up to 10 s.
-pub async fn serve(ingress: Ingress, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    // Every connection task holds a clone; the count tells when all are done.
-    let open = Arc::new(());
+pub async fn serve(ingress: Ingress, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let gale = gateway_router(ingress.clone());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let ingress = ingress.clone();
-        let gale = gale.clone();
-        let mut shutdown = shutdown.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let ingress = ingress.clone();
-                let gale = gale.clone();
-                async move {
-                    let path = req.uri().path();
-                    Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
-                        match events_api::publish_topic(path).filter(|_| req.method() == http::Method::POST) {
-                            Some(topic) => {
-                                let id = request_id();
-                                let response = events_api::publish_on_gateway(&ingress, &topic, req).await;
-                                with_request_id(from_axum(response).await, &id)
-                            }
-                            None => own_endpoint(gale, req).await,
+    super::listener::serve(listener, shutdown, move |peer| {
+        let (ingress, gale) = (ingress.clone(), gale.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let ingress = ingress.clone();
+            let gale = gale.clone();
+            async move {
+                let path = req.uri().path();
+                Ok::<_, std::convert::Infallible>(if path.starts_with("/_gale/") {
+                    match events_api::publish_topic(path).filter(|_| req.method() == http::Method::POST) {
+                        Some(topic) => {
+                            let id = request_id();
+                            let response = events_api::publish_on_gateway(&ingress, &topic, req).await;
+                            with_request_id(from_axum(response).await, &id)
                         }
-                    } else if path.starts_with("/2015-03-31/") {
-                        let id = request_id();
-                        with_request_id(invoke_api::invoke_api(&ingress, req, &id).await, &id)
-                    } else {
-                        handle(&ingress, req, Peer(peer)).await
-                    })
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_header_size(MAX_HEAD)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                        None => own_endpoint(gale, req).await,
+                    }
+                } else if path.starts_with("/2015-03-31/") {
+                    let id = request_id();
+                    with_request_id(invoke_api::invoke_api(&ingress, req, &id).await, &id)
+                } else {
+                    handle(&ingress, req, Peer(peer)).await
+                })
             }
-        });
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        })
+    })
+    .await
 }
 
 /// Gale's own endpoints under `/_gale/`, answered by an axum router.

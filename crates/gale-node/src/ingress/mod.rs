@@ -7,7 +7,8 @@
 //! - [`invoke_api`] and [`sigv4`]: Lambda's Invoke API for AWS clients;
 //! - [`s3`]: the S3-compatible API on its own listener, over the buckets;
 //! - [`admin`]: this plane's endpoints on the admin API;
-//! - [`context`]: what serving requests takes.
+//! - [`context`]: what serving requests takes;
+//! - [`listener`]: serving connections, shared by the gateway and the S3 API.
 
 pub mod admin;
 pub mod context;
@@ -15,6 +16,7 @@ pub mod events_api;
 pub mod gateway;
 pub mod invocations_api;
 pub mod invoke_api;
+mod listener;
 pub mod routes;
 pub mod s3;
 pub mod sigv4;

@@ -209,3 +209,44 @@ pub fn testbed_app(app: &str, functions: &[(&str, &str)]) -> String {
     }
     m
 }
+
+/// `tests/s3`: the Python scripts that drive the S3 API with real clients.
+pub fn s3_scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3")
+}
+
+/// Points an AWS client (boto3, the AWS CLI) at a node's S3 API as an
+/// operator would: any access key id, the admin token as the secret, no
+/// profile or config of the machine's; and tells the scripts where the
+/// admin API is.
+pub fn aws_env(cmd: &mut std::process::Command, s3: &str, admin: &str, token: &str) {
+    cmd.env("AWS_ACCESS_KEY_ID", "operator")
+        .env("AWS_SECRET_ACCESS_KEY", token)
+        .env("AWS_ENDPOINT_URL", s3)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("GALE_ADMIN", admin)
+        .env("GALE_TOKEN", token)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_REQUEST_CHECKSUM_CALCULATION")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+}
+
+/// Runs a script of `tests/s3` against the node; panics with its output
+/// if it fails.
+pub async fn s3_script(node: &TestNode, script: &str) {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(s3_scripts().join(script)).current_dir(s3_scripts());
+    aws_env(&mut cmd, &node.s3, &node.admin, &node.token);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("python3 runs (boto3 and awscli: pip install boto3 awscli)");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -33,8 +33,6 @@ use s3s::dto::*;
 use s3s::host::{S3Host, VirtualHost};
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -75,52 +73,17 @@ impl S3Api {
 
 /// Serves until `shutdown`, then lets open connections finish their
 /// requests for up to 10 s, as the gateway does.
-pub async fn serve(api: S3Api, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(api: S3Api, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let service = api.service();
-    let open = Arc::new(());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let mut shutdown = shutdown.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let ip = ClientIp(peer.ip());
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ip);
-                let service = service.clone();
-                async move { service.call(req.map(s3s::Body::from)).await }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_header_size(64 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::listener::serve(listener, shutdown, move |peer| {
+        let (service, ip) = (service.clone(), ClientIp(peer.ip()));
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ip);
+            let service = service.clone();
+            async move { service.call(req.map(s3s::Body::from)).await }
+        })
+    })
+    .await
 }
 
 /// Virtual-host addressing: `BUCKET.localhost` (and `BUCKET.` + the

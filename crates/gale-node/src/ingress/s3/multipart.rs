@@ -8,7 +8,7 @@
 
 use super::body::{self, Declared};
 use super::listing::url_encode;
-use super::objects::{attrs, check_key, check_read, etag, origin, timestamp};
+use super::objects::{attrs, check_key, check_read, copy_source, etag, origin, timestamp};
 use super::{S3Api, s3_error, store_error};
 use crate::buckets::notify::{self, Notice};
 use gale_store::objects::{MAX_PART_NUMBER, S3_MIN_PART_SIZE, bare_etag, multipart_etag};
@@ -58,10 +58,7 @@ impl S3Api {
             trailing_headers,
             ..
         } = req;
-        let number = u32::try_from(input.part_number)
-            .ok()
-            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
-            .ok_or_else(|| s3_error!(InvalidArgument, "part numbers go from 1 to 10000"))?;
+        let number = part_number(input.part_number)?;
         self.upload_of(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let declared = Declared {
@@ -92,17 +89,9 @@ impl S3Api {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let i = req.input;
-        let number = u32::try_from(i.part_number)
-            .ok()
-            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
-            .ok_or_else(|| s3_error!(InvalidArgument, "part numbers go from 1 to 10000"))?;
+        let number = part_number(i.part_number)?;
         self.upload_of(&i.bucket, &i.key, &i.upload_id).await?;
-        let CopySource::Bucket { bucket, key, .. } = &i.copy_source else {
-            return Err(s3_error!(
-                NotImplemented,
-                "copies name their source as bucket/key"
-            ));
-        };
+        let (bucket, key) = copy_source(&i.copy_source)?;
         let range = i.copy_source_range.as_deref().map(copy_range).transpose()?;
         let objects = &*self.buckets.objects;
         let mut read = objects
@@ -343,4 +332,12 @@ fn copy_range(range: &str) -> S3Result<ByteRange> {
                 "x-amz-copy-source-range must look like bytes=FIRST-LAST"
             )
         })
+}
+
+/// A part number as S3 allows it, 1 to 10000.
+fn part_number(n: i32) -> S3Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| s3_error!(InvalidArgument, "part numbers go from 1 to 10000"))
 }

@@ -110,6 +110,17 @@ pub(super) fn check_read(
     }
 }
 
+/// The bucket and key a copy reads.
+pub(super) fn copy_source(source: &CopySource) -> S3Result<(&str, &str)> {
+    match source {
+        CopySource::Bucket { bucket, key, .. } => Ok((bucket, key)),
+        _ => Err(s3_error!(
+            NotImplemented,
+            "copies name their source as bucket/key"
+        )),
+    }
+}
+
 pub(super) fn owner() -> Owner {
     Owner {
         display_name: Some(notify::PRINCIPAL.into()),
@@ -451,17 +462,12 @@ impl S3Api {
         let (request_id, ip) = origin(&req);
         let i = &req.input;
         check_key(&i.key)?;
-        let CopySource::Bucket { bucket, key, .. } = &i.copy_source else {
-            return Err(s3_error!(
-                NotImplemented,
-                "copies name their source as bucket/key"
-            ));
-        };
+        let (bucket, key) = copy_source(&i.copy_source)?;
         let replace = i
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && **bucket == *i.bucket && **key == *i.key {
+        if !replace && bucket == i.bucket.as_str() && key == i.key.as_str() {
             return Err(s3_error!(
                 InvalidRequest,
                 "copying an object to itself needs the REPLACE metadata directive"
