@@ -287,6 +287,10 @@ pub struct SourceInfo {
     /// How far behind what it reads it is, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_ms: Option<u64>,
+    /// How far behind what it reads it is, in bytes of the log it reads
+    /// (a database's write-ahead log or binlog), where that is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
     /// Events it published since the node started.
     pub published: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,6 +29,10 @@ pub enum NodeError {
     DataDir(String),
     #[error("could not start the event delivery threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// A source could not read what it follows; the message says what is
+    /// wrong and how to fix it.
+    #[error("{0}")]
+    Source(String),
 }
 
 impl NodeError {
@@ -66,7 +70,7 @@ impl NodeError {
                 };
                 Error::new(Code::ComponentInvalid, self.to_string()).with_hint(hint)
             }
-            NodeError::Wasm(_) | NodeError::Listen { .. } | NodeError::Threads(_) => {
+            NodeError::Wasm(_) | NodeError::Listen { .. } | NodeError::Threads(_) | NodeError::Source(_) => {
                 Error::new(Code::Internal, self.to_string())
             }
         }

@@ -17,6 +17,13 @@ pub trait Source: Send + 'static {
     /// Runs until [`Context::stopped`]; an error ends this run, and the
     /// source runs again (from its checkpoint) after a pause.
     async fn run(&mut self, cx: &mut Context) -> Result<(), NodeError>;
+
+    /// Releases what the source holds outside Gale (a replication slot, a
+    /// publication) once it is removed for good. Runs after the last `run`
+    /// ended.
+    async fn forget(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
 }
 
 /// A source the node should run: a declared one, or a function's schedule.

@@ -24,6 +24,9 @@
 //! in [`build`], and a test against the real system it reads.
 
 pub mod context;
+pub mod mysql;
+pub mod postgres;
+pub mod rows;
 pub mod schedule;
 
 use crate::NodeError;
@@ -57,6 +60,8 @@ const RESTART: (Duration, Duration) = (Duration::from_secs(1), Duration::from_se
 pub fn build(wanted: &Wanted) -> Box<dyn Source> {
     match &wanted.spec {
         SourceSpec::Schedule(s) => Box::new(schedule::Schedule::new(wanted, s)),
+        SourceSpec::Postgres(s) => Box::new(postgres::Postgres::new(wanted, s)),
+        SourceSpec::Mysql(s) => Box::new(mysql::Mysql::new(wanted, s)),
     }
 }
 
@@ -136,6 +141,7 @@ impl Sources {
             node: None,
             position: None,
             lag_ms: None,
+            lag_bytes: None,
             published: 0,
             last_error: None,
         }));
@@ -202,8 +208,11 @@ impl Follow for Sources {
         for (r, removed) in gone {
             let _ = r.task.await;
             if removed {
-                // A source added again later starts afresh.
                 let name = &r.wanted.name;
+                if let Err(e) = build(&r.wanted).forget().await {
+                    tracing::warn!(source = %name, error = %e, "the removed source could not release what it holds");
+                }
+                // A source added again later starts afresh.
                 self.meta.delete(&checkpoint_key(name), Expect::Any).await?;
                 self.meta.delete(&lease_key(name), Expect::Any).await?;
             }
