@@ -122,6 +122,11 @@ impl Context {
         status.lag_ms = lag_ms;
     }
 
+    /// Says how many bytes of the log it reads the source is behind.
+    pub fn report_log_lag(&self, bytes: Option<u64>) {
+        crate::lock(&self.status).lag_bytes = bytes;
+    }
+
     /// Whether the source has been told to stop.
     pub fn is_stopped(&self) -> bool {
         *self.stop.borrow()

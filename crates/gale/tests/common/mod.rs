@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod process;
+
 use gale_core::Manifest;
 use gale_core::api::{DeployRequest, DeployResponse, FunctionInfo, InvocationLog};
 use gale_core::error::ErrorBody;
@@ -86,6 +89,22 @@ impl TestNode {
                 .pool_max_idle_per_host(200)
                 .build()
                 .unwrap(),
+        }
+    }
+
+    /// A client of a node running in another process (`gale serve` on
+    /// `dir`; addresses as it prints them), whose token is in the data
+    /// directory.
+    pub fn attach(dir: tempfile::TempDir, gateway: &str, admin: &str) -> TestNode {
+        let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+        TestNode {
+            node: None,
+            gateway: gateway.to_string(),
+            admin: admin.to_string(),
+            s3: String::new(),
+            token: token.trim().to_string(),
+            dir,
+            http: reqwest::Client::new(),
         }
     }
 

@@ -1,22 +1,856 @@
-//! PostgreSQL change data capture (in progress).
+//! PostgreSQL change data capture: committed row changes of the tables a
+//! user names, read from a logical replication slot with the `pgoutput`
+//! plugin, published to a topic in commit order.
+//!
+//! Everything runs on one replication connection (`replication=database`),
+//! which takes plain SQL until it starts streaming: the checks (so a
+//! missing setting or privilege is named, not left to a cryptic failure),
+//! the publication Gale keeps of the tables, the slot, and the initial
+//! snapshot, read in the very transaction that creates the slot so that
+//! streaming continues from exactly the snapshot's position.
+//!
+//! Nothing is lost: the server is told a position is done (the slot's
+//! `confirmed_flush_lsn`) only once every event up to it is durable in
+//! the topic, and a restart streams from the slot's position. Whatever was
+//! read after it is read again and gets the same event ids (commit LSN and
+//! row index), so the topic's dedup drops it. Nothing is left behind:
+//! positions are confirmed as soon as they are durable, also while the
+//! followed tables are idle (keepalives move the slot along other
+//! databases' WAL), and removing the source drops its slot and publication.
+//!
+//! Memory stays bounded however large a transaction: changes are published
+//! in batches as they arrive, and only positions at transaction ends are
+//! confirmed.
 
 pub mod pgoutput;
 
 use super::context::{Context, Source, Wanted};
+use super::rows::{Op, Position, RowChange};
 use crate::NodeError;
-use gale_core::PostgresSource;
+use crate::clock::now_ms;
+use futures_util::FutureExt;
+use gale_core::{PostgresSource, SnapshotMode};
+use gale_store::NewEvent;
+use pgoutput::Decoder;
+use pgwire_replication::client::ReplicationEvent;
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, SslMode, TlsConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::time::{Duration, Instant};
 
-pub struct Postgres;
+/// Events published at once; also the most a transaction holds in memory.
+const BATCH: usize = 2_000;
+/// Rows fetched at once while snapshotting.
+const FETCH: usize = 2_000;
+/// How often the checkpoint in `Metadata` follows the slot (the slot itself
+/// is confirmed at every batch).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+pub struct Postgres {
+    name: String,
+    spec: PostgresSource,
+    server: Server,
+    slot: String,
+    publication: String,
+}
+
+/// Where and as whom to connect, from the source's URL.
+#[derive(Clone)]
+struct Server {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    database: String,
+    tls: SslMode,
+}
+
+/// The checkpoint: the slot holds the position; this says how far the
+/// source got, for `gale sources` and for a node that takes over.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    slot: String,
+    /// The last position confirmed to the server.
+    lsn: Option<String>,
+    /// Whether the initial snapshot was published in full.
+    snapshot_done: bool,
+}
+
+/// One table the source follows.
+struct Table {
+    schema: String,
+    name: String,
+    primary_key: Vec<String>,
+}
 
 impl Postgres {
-    pub fn new(_wanted: &Wanted, _spec: &PostgresSource) -> Postgres {
-        Postgres
+    pub fn new(wanted: &Wanted, spec: &PostgresSource) -> Postgres {
+        let slot = spec.slot.clone().unwrap_or_else(|| {
+            let mut s = format!("gale_{}_{}", wanted.app.as_deref().unwrap_or("node"), wanted.name)
+                .replace(['-', '.'], "_");
+            s.truncate(63);
+            s
+        });
+        Postgres {
+            name: wanted.name.clone(),
+            publication: spec.publication.clone().unwrap_or_else(|| slot.clone()),
+            server: Server::parse(&spec.url),
+            spec: spec.clone(),
+            slot,
+        }
+    }
+
+    /// Whether Gale keeps the publication (made from `tables`).
+    fn owns_publication(&self) -> bool {
+        self.spec.publication.is_none()
+    }
+
+    /// A replication session that takes SQL until it is started.
+    async fn session(&self) -> Result<ReplicationClient, NodeError> {
+        let s = &self.server;
+        let config = ReplicationConfig::new(
+            &s.host,
+            &s.user,
+            &s.password,
+            &s.database,
+            &self.slot,
+            self.publication.as_str(),
+        )
+        .with_port(s.port)
+        .with_tls(TlsConfig {
+            mode: s.tls,
+            ..TlsConfig::default()
+        })
+        .with_status_interval(Duration::from_secs(1))
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(4 * BATCH)
+        .with_application_name(format!("gale {}", self.name))
+        .with_options("-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3");
+        ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|e| self.failure(e))
+    }
+
+    /// A server error as a message that says what to do.
+    fn failure(&self, e: PgWireError) -> NodeError {
+        let s = &self.server;
+        let text = e.to_string();
+        let hint = match &e {
+            PgWireError::Io(_) => format!(
+                "cannot reach PostgreSQL at {}:{} ({text}); check the host and port in the source's url and that the server runs",
+                s.host, s.port
+            ),
+            PgWireError::Auth(_) => format!(
+                "PostgreSQL at {}:{} refused user `{}` ({text}); check the user and password in the source's url (or PGPASSWORD)",
+                s.host, s.port, s.user
+            ),
+            _ if text.contains("superuser or replication role")
+                || text.contains("permission denied to start WAL sender") =>
+            {
+                format!(
+                    "role `{}` may not replicate ({text}); as a superuser run: ALTER ROLE \"{}\" WITH REPLICATION",
+                    s.user, s.user
+                )
+            }
+            _ if text.contains("password authentication failed") => format!(
+                "PostgreSQL at {}:{} refused user `{}` ({text}); check the user and password in the source's url (or PGPASSWORD)",
+                s.host, s.port, s.user
+            ),
+            _ => format!("PostgreSQL at {}:{}: {text}", s.host, s.port),
+        };
+        NodeError::Source(hint)
+    }
+
+    async fn query(
+        &self,
+        session: &mut ReplicationClient,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, NodeError> {
+        let rows = session.simple_query(sql).await.map_err(|e| self.failure(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    async fn value(&self, session: &mut ReplicationClient, sql: &str) -> Result<Option<String>, NodeError> {
+        let rows = self.query(session, sql).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .flatten())
+    }
+
+    /// Checks what replication needs, keeps the publication, and returns
+    /// the tables it holds.
+    async fn prepare(&self, session: &mut ReplicationClient) -> Result<Vec<Table>, NodeError> {
+        let level = self.value(session, "SHOW wal_level").await?.unwrap_or_default();
+        if level != "logical" {
+            return Err(NodeError::Source(format!(
+                "PostgreSQL's wal_level is `{level}`; change data capture needs `logical`: run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) and restart the server"
+            )));
+        }
+        for t in &self.spec.tables {
+            let (schema, name) = split_table(t);
+            check_table(self, session, &schema, &name).await?;
+        }
+        if self.owns_publication() {
+            self.keep_publication(session).await?;
+        } else if self
+            .value(
+                session,
+                &format!(
+                    "SELECT 1 FROM pg_publication WHERE pubname = '{}'",
+                    self.publication
+                ),
+            )
+            .await?
+            .is_none()
+        {
+            return Err(NodeError::Source(format!(
+                "there is no publication `{}` in database `{}`; create it (CREATE PUBLICATION {} FOR TABLE ...) or list the tables with `tables` instead",
+                self.publication, self.server.database, self.publication
+            )));
+        }
+        let rows = self
+            .query(
+                session,
+                &format!(
+                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = '{}' ORDER BY 1, 2",
+                    self.publication
+                ),
+            )
+            .await?;
+        let mut tables = Vec::new();
+        for row in rows {
+            let [Some(schema), Some(name)] = <[Option<String>; 2]>::try_from(row).unwrap_or([None, None])
+            else {
+                continue;
+            };
+            if !self.owns_publication() {
+                check_table(self, session, &schema, &name).await?;
+            }
+            let primary_key = self
+                .query(
+                    session,
+                    &format!(
+                        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                         WHERE i.indrelid = '{}'::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                        quoted(&schema, &name)
+                    ),
+                )
+                .await?
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect();
+            tables.push(Table {
+                schema,
+                name,
+                primary_key,
+            });
+        }
+        Ok(tables)
+    }
+
+    /// Creates the publication of `tables`, or sets its tables if they
+    /// changed.
+    async fn keep_publication(&self, session: &mut ReplicationClient) -> Result<(), NodeError> {
+        let list = self
+            .spec
+            .tables
+            .iter()
+            .map(|t| {
+                let (s, n) = split_table(t);
+                quoted(&s, &n)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let p = &self.publication;
+        let exists = self
+            .value(
+                session,
+                &format!("SELECT 1 FROM pg_publication WHERE pubname = '{p}'"),
+            )
+            .await?
+            .is_some();
+        let sql = if exists {
+            let have: Vec<String> = self
+                .query(
+                    session,
+                    &format!("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = '{p}' ORDER BY 1"),
+                )
+                .await?
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect();
+            let mut want: Vec<String> = self
+                .spec
+                .tables
+                .iter()
+                .map(|t| {
+                    let (s, n) = split_table(t);
+                    format!("{s}.{n}")
+                })
+                .collect();
+            want.sort();
+            if have == want {
+                return Ok(());
+            }
+            format!("ALTER PUBLICATION {p} SET TABLE {list}")
+        } else {
+            format!("CREATE PUBLICATION {p} FOR TABLE {list}")
+        };
+        self.query(session, &sql).await.map_err(|e| {
+            NodeError::Source(format!(
+                "could not keep publication `{p}`: {e}; a table's owner (or a superuser) can run: {sql}, and name it in the source with publication = \"{p}\""
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// The slot's confirmed position, if the slot exists.
+    async fn slot_position(&self, session: &mut ReplicationClient) -> Result<Option<Lsn>, NodeError> {
+        let rows = self
+            .query(
+                session,
+                &format!(
+                    "SELECT confirmed_flush_lsn, plugin FROM pg_replication_slots WHERE slot_name = '{}'",
+                    self.slot
+                ),
+            )
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        if row.get(1).cloned().flatten().as_deref() != Some("pgoutput") {
+            return Err(NodeError::Source(format!(
+                "slot `{}` exists but is not a pgoutput logical slot; drop it or name another with `slot`",
+                self.slot
+            )));
+        }
+        Ok(row.first().cloned().flatten().and_then(|l| Lsn::parse(&l).ok()))
+    }
+
+    async fn drop_slot(&self, session: &mut ReplicationClient) -> Result<(), NodeError> {
+        let drop = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.slot
+        );
+        for attempt in 0..20 {
+            match self.query(session, &drop).await {
+                Ok(_) => return Ok(()),
+                // The session that streamed from it may still be ending.
+                Err(e) if e.to_string().contains("is active") && attempt < 19 => {
+                    if attempt == 10 {
+                        let _ = self
+                            .query(
+                                session,
+                                &format!(
+                                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+                                    self.slot
+                                ),
+                            )
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the slot; with a snapshot, publishes every row of `tables`
+    /// as it was at the slot's position, in the slot's own transaction.
+    async fn create_slot(
+        &self,
+        cx: &mut Context,
+        session: &mut ReplicationClient,
+        tables: &[Table],
+        snapshot: bool,
+    ) -> Result<Lsn, NodeError> {
+        if !snapshot {
+            let rows = self
+                .query(
+                    session,
+                    &format!(
+                        "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                        self.slot
+                    ),
+                )
+                .await?;
+            return consistent_point(&rows);
+        }
+        self.query(session, "BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+            .await?;
+        let rows = self
+            .query(
+                session,
+                &format!(
+                    "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput USE_SNAPSHOT",
+                    self.slot
+                ),
+            )
+            .await?;
+        let at = consistent_point(&rows)?;
+        let position = Position {
+            connector: "postgresql",
+            name: self.name.clone(),
+            db: self.server.database.clone(),
+            lsn: Some(at.to_string()),
+            gtid: None,
+            tx_id: None,
+            commit_ms: now_ms() as i64,
+            snapshot: true,
+        };
+        for table in tables {
+            let columns = self
+                .query(
+                    session,
+                    &format!(
+                        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = '{}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        quoted(&table.schema, &table.name)
+                    ),
+                )
+                .await?;
+            let columns: Vec<(String, u32)> = columns
+                .into_iter()
+                .filter_map(|r| match r.as_slice() {
+                    [Some(name), Some(oid)] => Some((name.clone(), oid.parse().unwrap_or(25))),
+                    _ => None,
+                })
+                .collect();
+            let list = columns
+                .iter()
+                .map(|(n, _)| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.query(
+                session,
+                &format!(
+                    "DECLARE gale_snapshot NO SCROLL CURSOR FOR SELECT {list} FROM {}",
+                    quoted(&table.schema, &table.name)
+                ),
+            )
+            .await?;
+            loop {
+                let rows = self
+                    .query(session, &format!("FETCH FORWARD {FETCH} FROM gale_snapshot"))
+                    .await?;
+                if rows.is_empty() {
+                    break;
+                }
+                let now = now_ms() as i64;
+                let events: Vec<NewEvent> = rows
+                    .into_iter()
+                    .map(|row| {
+                        let after: Map<String, Value> = columns
+                            .iter()
+                            .zip(row)
+                            .map(|((name, oid), v)| {
+                                let v = v.map_or(Value::Null, |t| pgoutput::typed(*oid, t.as_bytes()));
+                                (name.clone(), v)
+                            })
+                            .collect();
+                        let key = table
+                            .primary_key
+                            .iter()
+                            .map(|k| after.get(k).cloned().unwrap_or(Value::Null))
+                            .collect();
+                        let change = RowChange {
+                            op: Op::Snapshot,
+                            schema: table.schema.clone(),
+                            table: table.name.clone(),
+                            before: None,
+                            after: Some(after),
+                            unchanged: Vec::new(),
+                            key,
+                        };
+                        // Named by the row, so a snapshot redone after a
+                        // crash stores each row once.
+                        let row_id = change.partition_key().unwrap_or_else(|| {
+                            Value::Object(change.after.clone().unwrap_or_default()).to_string()
+                        });
+                        let id =
+                            cx.event_id(&format!("snapshot/{}.{}/{row_id}", table.schema, table.name), 0);
+                        change.event(id, &position, now)
+                    })
+                    .collect();
+                cx.publish(&self.spec.topic, events).await?;
+            }
+            self.query(session, "CLOSE gale_snapshot").await?;
+        }
+        self.query(session, "COMMIT").await?;
+        Ok(at)
+    }
+
+    /// Streams changes until told to stop.
+    async fn stream(
+        &self,
+        cx: &mut Context,
+        session: &mut ReplicationClient,
+        mut decoder: Decoder,
+        from: Lsn,
+    ) -> Result<(), NodeError> {
+        let mut acked = from;
+        let mut batch: Vec<NewEvent> = Vec::with_capacity(BATCH);
+        // The open transaction: its commit position, id, time and rows so far.
+        let mut open: Option<(String, u32, i64, usize)> = None;
+        // The last commit whose events are all in `batch`, not yet confirmed.
+        let mut done: Option<(Lsn, i64)> = None;
+        let mut saved = Instant::now();
+        let mut position = Position {
+            connector: "postgresql",
+            name: self.name.clone(),
+            db: self.server.database.clone(),
+            lsn: None,
+            gtid: None,
+            tx_id: None,
+            commit_ms: 0,
+            snapshot: false,
+        };
+        cx.report(acked.to_string(), None);
+        loop {
+            let next = if batch.is_empty() && done.is_none() {
+                tokio::select! {
+                    r = session.recv() => r,
+                    _ = cx.stopped() => break,
+                }
+            } else {
+                match session.recv().now_or_never() {
+                    Some(r) => r,
+                    None => {
+                        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
+                            .await?;
+                        continue;
+                    }
+                }
+            };
+            let event = match next {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    return Err(NodeError::Source(
+                        "PostgreSQL ended the replication stream".into(),
+                    ));
+                }
+                Err(e) => return Err(self.failure(e)),
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    open = Some((final_lsn.to_string(), xid, pg_time_ms(commit_time_micros), 0));
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let changes = decoder
+                        .decode(&data)
+                        .map_err(|e| NodeError::Source(e.to_string()))?;
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    let Some((lsn, xid, commit_ms, index)) = open.as_mut() else {
+                        return Err(NodeError::Source("a change outside a transaction".into()));
+                    };
+                    position.lsn = Some(lsn.clone());
+                    position.tx_id = Some(u64::from(*xid));
+                    position.commit_ms = *commit_ms;
+                    let now = now_ms() as i64;
+                    for change in changes {
+                        batch.push(change.event(cx.event_id(lsn, *index), &position, now));
+                        *index += 1;
+                    }
+                    if batch.len() >= BATCH {
+                        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
+                            .await?;
+                    }
+                }
+                ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
+                    open = None;
+                    done = Some((end_lsn, pg_time_ms(commit_time_micros)));
+                    if batch.len() >= BATCH {
+                        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
+                            .await?;
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // With nothing in flight, all WAL up to here is done:
+                    // confirming it lets the server recycle WAL written for
+                    // tables the source does not follow.
+                    if open.is_none() && batch.is_empty() && done.is_none() {
+                        if wal_end > acked {
+                            session.update_applied_lsn(wal_end);
+                            acked = wal_end;
+                        }
+                        cx.report(acked.to_string(), Some(0));
+                        cx.report_log_lag(Some(0));
+                    } else {
+                        cx.report_log_lag(Some(wal_end.as_u64().saturating_sub(acked.as_u64())));
+                    }
+                }
+                ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            }
+        }
+        // Told to stop: what is read is published; only whole transactions
+        // are confirmed.
+        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
+            .await?;
+        self.save(cx, acked).await?;
+        session.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(2), session.shutdown()).await;
+        Ok(())
+    }
+
+    /// Publishes the batch; then confirms the last whole transaction in it.
+    async fn flush(
+        &self,
+        cx: &mut Context,
+        session: &ReplicationClient,
+        batch: &mut Vec<NewEvent>,
+        done: &mut Option<(Lsn, i64)>,
+        acked: &mut Lsn,
+        saved: &mut Instant,
+    ) -> Result<(), NodeError> {
+        if !batch.is_empty() {
+            cx.publish(&self.spec.topic, std::mem::take(batch)).await?;
+        }
+        if let Some((end, commit_ms)) = done.take() {
+            session.update_applied_lsn(end);
+            *acked = end;
+            let lag = (now_ms() as i64 - commit_ms).max(0) as u64;
+            cx.report(end.to_string(), Some(lag));
+            if saved.elapsed() >= SAVE_EVERY {
+                self.save(cx, end).await?;
+                *saved = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    async fn save(&self, cx: &mut Context, lsn: Lsn) -> Result<(), NodeError> {
+        cx.save(&Checkpoint {
+            slot: self.slot.clone(),
+            lsn: Some(lsn.to_string()),
+            snapshot_done: true,
+        })
+        .await
     }
 }
 
 #[async_trait::async_trait]
 impl Source for Postgres {
-    async fn run(&mut self, _cx: &mut Context) -> Result<(), NodeError> {
-        Err(NodeError::Source("the postgres source is not built yet".into()))
+    async fn run(&mut self, cx: &mut Context) -> Result<(), NodeError> {
+        let checkpoint: Option<Checkpoint> = cx.checkpoint().await?;
+        let mut session = self.session().await?;
+        let tables = self.prepare(&mut session).await?;
+        let mut decoder = Decoder::default();
+        for t in &tables {
+            decoder
+                .primary_keys
+                .insert(format!("{}.{}", t.schema, t.name), t.primary_key.clone());
+        }
+
+        // A snapshot cut short (the node stopped while publishing it) is
+        // taken again, on a new slot: the rows already published keep
+        // their ids.
+        let snapshot = self.spec.snapshot == SnapshotMode::Initial
+            && !checkpoint
+                .as_ref()
+                .is_some_and(|c| c.slot == self.slot && c.snapshot_done);
+        let mut from = self.slot_position(&mut session).await?;
+        if from.is_some() && snapshot {
+            self.drop_slot(&mut session).await?;
+            from = None;
+        }
+        let from = match from {
+            Some(lsn) => lsn,
+            None => {
+                cx.save(&Checkpoint {
+                    slot: self.slot.clone(),
+                    lsn: None,
+                    snapshot_done: false,
+                })
+                .await?;
+                let at = self.create_slot(cx, &mut session, &tables, snapshot).await?;
+                self.save(cx, at).await?;
+                tracing::info!(source = %self.name, slot = %self.slot, at = %at, snapshot, "replication slot created");
+                at
+            }
+        };
+        session.start().await.map_err(|e| self.failure(e))?;
+        session.wait_started().await.map_err(|e| self.failure(e))?;
+        tracing::info!(source = %self.name, slot = %self.slot, from = %from, "streaming changes");
+        self.stream(cx, &mut session, decoder, from).await
+    }
+
+    async fn forget(&mut self) -> Result<(), NodeError> {
+        let mut session = self.session().await?;
+        self.drop_slot(&mut session).await?;
+        if self.owns_publication() {
+            self.query(
+                &mut session,
+                &format!("DROP PUBLICATION IF EXISTS {}", self.publication),
+            )
+            .await?;
+        }
+        tracing::info!(source = %self.name, slot = %self.slot, "replication slot dropped");
+        Ok(())
+    }
+}
+
+impl Server {
+    /// The URL was checked when the manifest was read; what it lacks
+    /// takes libpq's defaults.
+    fn parse(text: &str) -> Server {
+        let url = url::Url::parse(text).ok();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let query = |key: &str| {
+            url.as_ref().and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.into_owned())
+            })
+        };
+        let user = url
+            .as_ref()
+            .map(|u| decode(u.username()))
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("PGUSER").ok())
+            .unwrap_or_else(|| "postgres".into());
+        let password = url
+            .as_ref()
+            .and_then(|u| u.password().map(decode))
+            .or_else(|| std::env::var("PGPASSWORD").ok())
+            .unwrap_or_default();
+        let database = url
+            .as_ref()
+            .map(|u| decode(u.path().trim_start_matches('/')))
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone());
+        let tls = match query("sslmode").as_deref() {
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-ca") => SslMode::VerifyCa,
+            Some("verify-full") => SslMode::VerifyFull,
+            _ => SslMode::Prefer,
+        };
+        Server {
+            host: url
+                .as_ref()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: url.as_ref().and_then(|u| u.port()).unwrap_or(5432),
+            user,
+            password,
+            database,
+            tls,
+        }
+    }
+}
+
+/// Refuses a table whose updates and deletes replication could not
+/// carry (or that would make the user's own updates fail once published).
+async fn check_table(
+    pg: &Postgres,
+    session: &mut ReplicationClient,
+    schema: &str,
+    name: &str,
+) -> Result<(), NodeError> {
+    let rows = pg
+        .query(
+            session,
+            &format!(
+                "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = '{schema}' AND c.relname = '{name}' AND c.relkind IN ('r', 'p')"
+            ),
+        )
+        .await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Err(NodeError::Source(format!(
+            "there is no table `{schema}.{name}` in database `{}`; check `tables` in the source",
+            pg.server.database
+        )));
+    };
+    let identity = row.first().cloned().flatten().unwrap_or_default();
+    let has_key = row.get(1).cloned().flatten().as_deref() == Some("t");
+    match identity.as_str() {
+        "f" | "i" => Ok(()),
+        "d" if has_key => Ok(()),
+        "n" => Err(NodeError::Source(format!(
+            "table `{schema}.{name}` has REPLICA IDENTITY NOTHING, so its updates and deletes cannot be captured; run ALTER TABLE {schema}.{name} REPLICA IDENTITY FULL"
+        ))),
+        _ => Err(NodeError::Source(format!(
+            "table `{schema}.{name}` has no primary key, so its updates and deletes cannot be captured (and would fail once it is published); add a primary key or run ALTER TABLE {schema}.{name} REPLICA IDENTITY FULL"
+        ))),
+    }
+}
+
+fn split_table(t: &str) -> (String, String) {
+    match t.split_once('.') {
+        Some((s, n)) => (s.to_string(), n.to_string()),
+        None => ("public".to_string(), t.to_string()),
+    }
+}
+
+fn quoted(schema: &str, name: &str) -> String {
+    format!("\"{schema}\".\"{name}\"")
+}
+
+/// The `consistent_point` of a CREATE_REPLICATION_SLOT answer.
+fn consistent_point(rows: &[Vec<Option<String>>]) -> Result<Lsn, NodeError> {
+    rows.first()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .and_then(|l| Lsn::parse(&l).ok())
+        .ok_or_else(|| NodeError::Source("CREATE_REPLICATION_SLOT gave no consistent point".into()))
+}
+
+/// PostgreSQL's microseconds since 2000 as Unix milliseconds.
+fn pg_time_ms(micros: i64) -> i64 {
+    (micros + PG_EPOCH_MICROS) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_the_server_and_libpq_defaults() {
+        let s = Server::parse("postgres://app:p%40ss@db.local:6543/shop?sslmode=require");
+        assert_eq!(
+            (
+                s.host.as_str(),
+                s.port,
+                s.user.as_str(),
+                s.password.as_str(),
+                s.database.as_str()
+            ),
+            ("db.local", 6543, "app", "p@ss", "shop")
+        );
+        assert_eq!(s.tls, SslMode::Require);
+        let s = Server::parse("postgresql://gale@127.0.0.1");
+        assert_eq!(
+            (s.port, s.database.as_str(), s.tls),
+            (5432, "gale", SslMode::Prefer)
+        );
+        assert_eq!(split_table("orders"), ("public".into(), "orders".into()));
+        assert_eq!(pg_time_ms(0), 946_684_800_000);
     }
 }
