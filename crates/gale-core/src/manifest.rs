@@ -328,6 +328,12 @@ pub enum EventFormat {
     /// An SQS-style batch, `{"Records": [...]}`; the handler's
     /// `batchItemFailures` names the events to retry.
     Sqs,
+    /// DynamoDB Streams' batch, `{"Records": [...]}`, of row changes from
+    /// a `postgres` or `mysql` source: `INSERT`, `MODIFY` or `REMOVE` with
+    /// typed `Keys`, `NewImage` and `OldImage`. As for a stream, the
+    /// handler's `batchItemFailures` retries the first record it names and
+    /// every later one.
+    Dynamodb,
     /// S3's notification document, `{"Records": [...]}` of each event's
     /// data; set by bucket triggers (`format = "s3"` there), not written
     /// on an event trigger.

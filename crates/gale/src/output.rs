@@ -312,16 +312,19 @@ pub fn source_table(sources: &Vec<SourceInfo>) -> String {
             .into();
     }
     let mut out = format!(
-        "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>9} {}\n",
+        "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>16} {}\n",
         "SOURCE", "TYPE", "TOPIC", "STATE", "PUBLISHED", "POSITION", "LAG", "LAST ERROR"
     );
     for s in sources {
-        let lag = s
+        let mut lag = s
             .lag_ms
             .map(|ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string())
             .unwrap_or_else(|| "-".into());
+        if let Some(bytes) = s.lag_bytes {
+            lag = format!("{lag} ({bytes} B)");
+        }
         out.push_str(&format!(
-            "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>9} {}\n",
+            "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>16} {}\n",
             s.name,
             s.kind,
             s.topic,

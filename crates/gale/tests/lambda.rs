@@ -862,3 +862,59 @@ async fn the_csv_import_example_runs_as_its_readme_says() {
         parked[0].event
     );
 }
+
+/// examples/orders-db as its README walks through it, on a throwaway
+/// PostgreSQL with `wal_level = logical`: an HTTP request writes a row,
+/// the row change reaches an unmodified DynamoDB Streams handler, whose
+/// own update of the row is captured too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_db_example_runs_as_its_readme_says() {
+    let pg = common::postgres::Pg::start();
+    pg.psql("CREATE DATABASE shop");
+    let (manifest, dir) = build_example("orders-db");
+    pg.psql_in("shop", &std::fs::read_to_string(dir.join("schema.sql")).unwrap());
+    let manifest = manifest.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", pg.port));
+    let node = TestNode::start().await;
+    node.deploy_from(&manifest, &dir).await.unwrap();
+
+    let place = |body: Value| {
+        let http = node.http.clone();
+        let url = node.url("/orders");
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = place(json!({"customer": "ada", "item": "tea", "qty": 2})).await;
+    assert_eq!((status, &body["status"]), (201, &json!("placed")), "{body}");
+    let id = body["id"].as_i64().unwrap();
+    let (status, _) = place(json!({"customer": "ada"})).await;
+    assert_eq!(status, 400);
+
+    let shipped = node.logs("ship", 1).await;
+    assert!(
+        shipped[0].stdout.contains(&format!("shipping order {id}: 2 x tea to ada")),
+        "{}",
+        shipped[0].stdout
+    );
+    let status = || pg.psql_in("shop", &format!("SELECT status FROM orders WHERE id = {id}"));
+    for _ in 0..100 {
+        if status() == "shipped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(), "shipped");
+    // The insert and ship's update are both on the topic, in order.
+    let mut types = Vec::new();
+    for _ in 0..100 {
+        let events: Vec<gale_core::api::StoredEventInfo> =
+            node.admin_get("/v1/topics/order-rows/events").await;
+        types = events.iter().map(|e| e.event["type"].clone()).collect();
+        if types.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(types, vec![json!("gale.db.row.inserted"), json!("gale.db.row.updated")]);
+}

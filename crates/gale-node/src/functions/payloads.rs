@@ -268,6 +268,9 @@ pub fn events_payload(
         EventFormat::Sqs => {
             json!({ "Records": events.iter().map(|(e, attempts)| sqs_record(e, *attempts, topic, region)).collect::<Vec<_>>() })
         }
+        EventFormat::Dynamodb => {
+            json!({ "Records": events.iter().map(|(e, _)| dynamodb_record(e, topic, region)).collect::<Vec<_>>() })
+        }
         // A bucket notification's data is S3's record itself.
         EventFormat::S3 => {
             let records: Vec<Value> = events
@@ -324,6 +327,60 @@ fn sqs_record(event: &Event, attempts: u32, topic: &str, region: &str) -> Value 
     })
 }
 
+/// A DynamoDB Streams record of a row-change event (`NEW_AND_OLD_IMAGES`);
+/// its `SequenceNumber` is the event id, which `batchItemFailures` names.
+fn dynamodb_record(event: &Event, topic: &str, region: &str) -> Value {
+    let data = match event.data() {
+        Some(Data::Json(v)) => v.clone(),
+        _ => Value::Null,
+    };
+    let name = match data["op"].as_str() {
+        Some("u") => "MODIFY",
+        Some("d" | "t") => "REMOVE",
+        _ => "INSERT",
+    };
+    let image = |v: &Value| v.as_object().map(|o| attribute_map(o));
+    let mut change = json!({
+        "ApproximateCreationDateTime": event.time().map_or(0, |t| t.timestamp()),
+        "Keys": image(&data["key"]).unwrap_or_default(),
+        "SequenceNumber": event.id(),
+        "SizeBytes": data.to_string().len(),
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    });
+    if let Some(new) = image(&data["after"]) {
+        change["NewImage"] = Value::Object(new);
+    }
+    if let Some(old) = image(&data["before"]) {
+        change["OldImage"] = Value::Object(old);
+    }
+    let table = data["source"]["table"].as_str().unwrap_or(topic);
+    json!({
+        "eventID": event.id(),
+        "eventName": name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": region,
+        "dynamodb": change,
+        "eventSourceARN": format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}/stream/{topic}"),
+    })
+}
+
+/// A row's columns as DynamoDB attribute values.
+fn attribute_map(row: &Map<String, Value>) -> Map<String, Value> {
+    row.iter().map(|(k, v)| (k.clone(), attribute(v))).collect()
+}
+
+fn attribute(v: &Value) -> Value {
+    match v {
+        Value::Null => json!({ "NULL": true }),
+        Value::Bool(b) => json!({ "BOOL": b }),
+        Value::Number(n) => json!({ "N": n.to_string() }),
+        Value::String(s) => json!({ "S": s }),
+        Value::Array(items) => json!({ "L": items.iter().map(attribute).collect::<Vec<_>>() }),
+        Value::Object(o) => json!({ "M": attribute_map(o) }),
+    }
+}
+
 /// EventBridge's scheduled event for a schedule firing (`rule` is the
 /// schedule topic's `<function>.<n>`).
 fn scheduled_event(event: &Event, rule: &str, region: &str) -> Bytes {
@@ -349,7 +406,8 @@ fn scheduled_event(event: &Event, rule: &str, region: &str) -> Bytes {
 
 /// Which events of a chunk failed, from the handler's answer: all of them
 /// for an error, none for success, or those an SQS-format answer names in
-/// `batchItemFailures` (a malformed answer fails the whole batch).
+/// `batchItemFailures` (with the DynamoDB format, those and every later
+/// one; a malformed answer fails the whole batch).
 pub fn failures(
     format: gale_core::manifest::EventFormat,
     result: &Result<Bytes, FunctionError>,
@@ -360,7 +418,8 @@ pub fn failures(
         Err(e) => return all(format!("{}: {}", e.error_type, e.message())),
         Ok(a) => a,
     };
-    if format != gale_core::manifest::EventFormat::Sqs {
+    use gale_core::manifest::EventFormat;
+    if !matches!(format, EventFormat::Sqs | EventFormat::Dynamodb) {
         return vec![None; ids.len()];
     }
     let value: Value = match serde_json::from_slice(answer) {
@@ -382,11 +441,21 @@ pub fn failures(
         }
         Some(_) => return all("the handler's batchItemFailures is not a list".into()),
     };
+    // A stream is retried from its first failed record on, in order.
+    let from = match format {
+        EventFormat::Dynamodb => ids.iter().position(|id| failed.contains(id)),
+        _ => None,
+    };
     ids.iter()
-        .map(|id| {
-            failed
-                .contains(id)
-                .then(|| "the handler listed it in batchItemFailures".to_string())
+        .enumerate()
+        .map(|(i, id)| {
+            if failed.contains(id) {
+                Some("the handler listed it in batchItemFailures".to_string())
+            } else if from.is_some_and(|first| i > first) {
+                Some("an earlier record of the batch failed".to_string())
+            } else {
+                None
+            }
         })
         .collect()
 }
@@ -470,6 +539,38 @@ mod tests {
         assert_eq!(r.headers()["content-type"], "application/json");
         let r = http_response(br#"{"statusCode":"teapot"}"#);
         assert_eq!(r.status(), 502);
+    }
+
+    #[test]
+    fn row_changes_become_dynamodb_stream_records_retried_from_the_first_failure() {
+        let event: Event = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "db/0/16B3748/1", "source": "/gale/postgresql/shop/public.orders",
+            "type": "gale.db.row.updated", "time": "2026-12-07T10:00:00Z", "datacontenttype": "application/json",
+            "data": {"op": "u", "key": {"id": 7}, "before": {"id": 7, "paid": false},
+                     "after": {"id": 7, "paid": true, "amount": "12.50", "doc": {"tags": ["a"]}, "note": null},
+                     "source": {"table": "orders"}}
+        }))
+        .unwrap();
+        let payload: Value =
+            serde_json::from_slice(&events_payload(EventFormat::Dynamodb, "order-rows", "local", &[(&event, 1)])).unwrap();
+        let record = &payload["Records"][0];
+        assert_eq!(record["eventName"], "MODIFY");
+        assert_eq!(record["eventSource"], "aws:dynamodb");
+        let change = &record["dynamodb"];
+        assert_eq!(change["Keys"], json!({"id": {"N": "7"}}));
+        assert_eq!(change["OldImage"]["paid"], json!({"BOOL": false}));
+        assert_eq!(
+            change["NewImage"],
+            json!({"id": {"N": "7"}, "paid": {"BOOL": true}, "amount": {"S": "12.50"},
+                   "doc": {"M": {"tags": {"L": [{"S": "a"}]}}}, "note": {"NULL": true}})
+        );
+        assert_eq!(change["SequenceNumber"], "db/0/16B3748/1");
+        assert_eq!(change["ApproximateCreationDateTime"], 1_796_637_600);
+
+        let ids = ["a", "b", "c"];
+        let answer = Ok(Bytes::from(r#"{"batchItemFailures":[{"itemIdentifier":"b"}]}"#));
+        let failed = failures(EventFormat::Dynamodb, &answer, &ids);
+        assert!(failed[0].is_none() && failed[1].is_some() && failed[2].is_some());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! database and table in `source` (and the `table` extension, for
 //! filters), carries the row's primary key as `partitionkey` (so
 //! `ordering = "partition-key"` keeps each row's changes in order) and
-//! the commit time as `time`. Its id comes from the change's position in
+//! the commit time as `time`; the data adds the key's columns as `key`. Its id comes from the change's position in
 //! the database's log, so a change read twice is stored once.
 
 use serde_json::{Map, Value, json};
@@ -61,9 +61,10 @@ pub struct RowChange {
     /// Columns whose value the log did not carry because it did not change
     /// (PostgreSQL's unchanged TOAST values); absent from `after`.
     pub unchanged: Vec<String>,
-    /// The primary key's value(s), in key order; empty for truncates and
-    /// for tables without a key.
-    pub key: Vec<Value>,
+    /// The primary key's columns and values, in key order (without a
+    /// primary key, the columns that identify a row in the log); empty for
+    /// truncates.
+    pub key: Vec<(String, Value)>,
 }
 
 /// Where a change sits in the database's log.
@@ -90,9 +91,9 @@ impl RowChange {
     pub fn partition_key(&self) -> Option<String> {
         match self.key.as_slice() {
             [] => None,
-            [Value::String(s)] => Some(s.clone()),
-            [v] => Some(v.to_string()),
-            many => Some(Value::Array(many.to_vec()).to_string()),
+            [(_, Value::String(s))] => Some(s.clone()),
+            [(_, v)] => Some(v.to_string()),
+            many => Some(Value::Array(many.iter().map(|(_, v)| v.clone()).collect()).to_string()),
         }
     }
 
@@ -126,6 +127,9 @@ impl RowChange {
             "source": meta,
             "ts_ms": now_ms,
         });
+        if !self.key.is_empty() {
+            data["key"] = Value::Object(self.key.iter().cloned().collect());
+        }
         if !self.unchanged.is_empty() {
             data["unchanged"] = json!(self.unchanged);
         }
@@ -188,7 +192,7 @@ mod tests {
                 ("qty".to_string(), json!(2)),
             ])),
             unchanged: vec!["note".into()],
-            key: vec![json!(7)],
+            key: vec![("id".into(), json!(7))],
         };
         let at = Position {
             connector: "postgresql",
@@ -214,6 +218,7 @@ mod tests {
         assert_eq!(data["source"]["lsn"], "0/16B3748");
         assert_eq!(data["source"]["txId"], 731);
         assert_eq!(data["unchanged"], json!(["note"]));
+        assert_eq!(data["key"], json!({"id": 7}));
     }
 
     #[test]

@@ -462,7 +462,7 @@ impl Postgres {
                         let key = table
                             .primary_key
                             .iter()
-                            .map(|k| after.get(k).cloned().unwrap_or(Value::Null))
+                            .map(|k| (k.clone(), after.get(k).cloned().unwrap_or(Value::Null)))
                             .collect();
                         let change = RowChange {
                             op: Op::Snapshot,

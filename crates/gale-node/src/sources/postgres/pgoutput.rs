@@ -235,17 +235,15 @@ impl Decoder {
         let key = match self.primary_keys.get(&format!("{}.{}", rel.schema, rel.table)) {
             Some(names) if !names.is_empty() => names
                 .iter()
-                .map(|n| keyed.and_then(|row| row.get(n)).cloned().unwrap_or(Value::Null))
+                .map(|n| (n.clone(), keyed.and_then(|row| row.get(n)).cloned().unwrap_or(Value::Null)))
                 .collect(),
             _ => rel
                 .columns
                 .iter()
                 .filter(|c| c.identity)
                 .map(|c| {
-                    keyed
-                        .and_then(|row| row.get(&c.name))
-                        .cloned()
-                        .unwrap_or(Value::Null)
+                    let v = keyed.and_then(|row| row.get(&c.name)).cloned();
+                    (c.name.clone(), v.unwrap_or(Value::Null))
                 })
                 .collect(),
         };
@@ -379,7 +377,7 @@ mod tests {
             ]))
         );
         assert_eq!(c.unchanged, vec!["note".to_string()]);
-        assert_eq!(c.key, vec![json!(7)]);
+        assert_eq!(c.key, vec![("id".to_string(), json!(7))]);
         assert_eq!(c.partition_key().as_deref(), Some("7"));
 
         let mut unknown = vec![b'I'];
