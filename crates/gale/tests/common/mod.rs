@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mariadb;
+
 use gale_core::Manifest;
 use gale_core::api::{DeployRequest, DeployResponse, FunctionInfo, InvocationLog};
 use gale_core::error::ErrorBody;
