@@ -236,6 +236,7 @@ async fn row_changes_arrive_in_commit_order_typed_with_ids_and_keys() {
         "{status:?}"
     );
     assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(status.lag_ms, Some(0), "caught up: {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +325,24 @@ async fn restarts_of_the_node_and_a_kill_9_of_the_database_lose_nothing() {
     assert!(inserted.values().all(|n| *n == 1));
     let s = wait_running(&node, "shopdb").await;
     assert_eq!(s.state, "running", "{s:?}");
+
+    // A transaction of 20,000 rows arrives whole, published in parts, its
+    // rows numbered in order under its GTID.
+    c.query_drop("USE shop; INSERT INTO orders SELECT seq, 1 FROM seq_2000_to_21999")
+        .await
+        .unwrap();
+    let got = wait_events(&node, "changes", total + 20_000, Duration::from_secs(60)).await;
+    let big = &got[total..];
+    assert_eq!(big.len(), 20_000);
+    let gtid = data(&big[0])["source"]["gtid"].as_str().unwrap();
+    for (n, e) in big.iter().enumerate() {
+        assert_eq!(data(e)["after"]["id"], 2000 + n);
+        let id = match n {
+            0 => format!("shopdb/{gtid}"),
+            n => format!("shopdb/{gtid}/{n}"),
+        };
+        assert_eq!(e["id"], id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,19 +357,28 @@ async fn schema_changes_mid_stream_show_in_the_events() {
         .await
         .unwrap();
     wait_running(&node, "shopdb").await;
-    c.query_drop(
-        r"INSERT INTO shop.items VALUES (1, 'one');
-          ALTER TABLE shop.items ADD COLUMN b INT NOT NULL DEFAULT 7;
-          INSERT INTO shop.items VALUES (2, 'two', 2);
-          UPDATE shop.items SET b = 8 WHERE id = 1;
-          ALTER TABLE shop.items DROP COLUMN a;
-          INSERT INTO shop.items VALUES (3, 3);
-          ALTER TABLE shop.items ADD COLUMN c VARCHAR(5) AFTER id, DROP COLUMN b;
-          INSERT INTO shop.items VALUES (4, 'four');",
-    )
-    .await
-    .unwrap();
-    let got = wait_events(&node, "changes", 5, Duration::from_secs(20)).await;
+
+    // The binlog names no columns by default: the source reads them again
+    // from the server when the table changes.
+    let steps = [
+        "INSERT INTO shop.items VALUES (1, 'one')",
+        "ALTER TABLE shop.items ADD COLUMN b INT NOT NULL DEFAULT 7",
+        "INSERT INTO shop.items VALUES (2, 'two', 2)",
+        "UPDATE shop.items SET b = 8 WHERE id = 1",
+        "ALTER TABLE shop.items DROP COLUMN a",
+        "INSERT INTO shop.items VALUES (3, 3)",
+        "ALTER TABLE shop.items ADD COLUMN c VARCHAR(5) AFTER id, DROP COLUMN b",
+        "INSERT INTO shop.items VALUES (4, 'four')",
+    ];
+    let mut n = 0;
+    for step in steps {
+        c.query_drop(step).await.unwrap();
+        if !step.starts_with("ALTER") {
+            n += 1;
+            wait_events(&node, "changes", n, Duration::from_secs(20)).await;
+        }
+    }
+    let got = events(&node, "changes").await;
     let afters: Vec<&Value> = got.iter().map(|e| &data(e)["after"]).collect();
     assert_eq!(*afters[0], json!({"id": 1, "a": "one"}));
     assert_eq!(*afters[1], json!({"id": 2, "a": "two", "b": 2}));
@@ -358,6 +386,28 @@ async fn schema_changes_mid_stream_show_in_the_events() {
     assert_eq!(*afters[2], json!({"id": 1, "a": "one", "b": 8}));
     assert_eq!(*afters[3], json!({"id": 3, "b": 3}));
     assert_eq!(*afters[4], json!({"id": 4, "c": "four"}));
+
+    // With binlog_row_metadata=FULL the binlog names the columns itself, so
+    // a burst of changes read long after is named as it was written.
+    c.query_drop("SET GLOBAL binlog_row_metadata = FULL")
+        .await
+        .unwrap();
+    drop(c);
+    let mut c = db.conn().await;
+    c.query_drop(
+        r"INSERT INTO shop.items VALUES (5, 'five');
+          ALTER TABLE shop.items ADD COLUMN d INT UNSIGNED NOT NULL DEFAULT 4294967295;
+          INSERT INTO shop.items VALUES (6, 'six', 6);
+          ALTER TABLE shop.items DROP COLUMN c;
+          INSERT INTO shop.items VALUES (7, 7);",
+    )
+    .await
+    .unwrap();
+    let got = wait_events(&node, "changes", 8, Duration::from_secs(20)).await;
+    let afters: Vec<&Value> = got[5..].iter().map(|e| &data(e)["after"]).collect();
+    assert_eq!(*afters[0], json!({"id": 5, "c": "five"}));
+    assert_eq!(*afters[1], json!({"id": 6, "c": "six", "d": 6}));
+    assert_eq!(*afters[2], json!({"id": 7, "d": 7}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +451,7 @@ async fn an_initial_snapshot_then_the_changes_after_it_without_a_gap() {
         .unwrap();
 
     let total = 3 + 300 + 1;
-    let got = wait_events(&node, "changes", total, Duration::from_secs(30)).await;
+    wait_events(&node, "changes", total, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = events(&node, "changes").await;
     assert_eq!(got.len(), total, "each row once, as snapshot or as insert");
@@ -436,9 +486,12 @@ async fn an_initial_snapshot_then_the_changes_after_it_without_a_gap() {
 async fn bad_settings_say_what_is_wrong_and_leave_the_rest_running() {
     let db = MariaDb::start().await;
     let mut c = db.conn().await;
-    c.query_drop("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY)")
-        .await
-        .unwrap();
+    c.query_drop(
+        r"CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY);
+          CREATE USER 'reader'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON shop.* TO 'reader'@'%';",
+    )
+    .await
+    .unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -463,6 +516,11 @@ topic = "changes"
 type = "mysql"
 url = "mysql://root@127.0.0.1:{port}/shop"
 tables = ["orders", "nope"]
+topic = "changes"
+[sources.noprivilege]
+type = "mysql"
+url = "mysql://reader:pw@127.0.0.1:{port}/shop"
+tables = ["orders"]
 topic = "changes"
 [sources.nowhere]
 type = "mysql"
@@ -489,7 +547,7 @@ topic = "ticks"
             .filter(|s| s.kind == "mysql" && s.state == "failed")
             .map(|s| (s.name.clone(), s.last_error.clone().unwrap_or_default()))
             .collect();
-        if failed.len() == 4 {
+        if failed.len() == 5 {
             break failed;
         }
         assert!(Instant::now() < deadline, "{all:#?}");
@@ -507,6 +565,14 @@ topic = "ticks"
         &[&format!("127.0.0.1:{port}"), "refused user \"root\"", "password"],
     );
     said("notable", &["shop.nope does not exist", "`tables`"]);
+    said(
+        "noprivilege",
+        &[
+            "user \"reader\" lacks a privilege",
+            "REPLICATION SLAVE",
+            "BINLOG MONITOR",
+        ],
+    );
     said(
         "nowhere",
         &[&format!(

@@ -195,7 +195,7 @@ impl Tables {
                 .map_err(|e| server.error(e, "reading the tables' columns"))?;
             let Some(found) = found else {
                 return Err(NodeError::Source(format!(
-                    "table {db}.{table} does not exist at {} (or user may not see it): create it, fix `tables`, or grant SELECT on it",
+                    "table {db}.{table} does not exist at {} (or the source's user may not see it): create it, fix `tables`, or grant SELECT on it",
                     server.address
                 )));
             };
