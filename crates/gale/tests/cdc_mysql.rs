@@ -589,3 +589,65 @@ topic = "ticks"
     node.logs("listener", 1).await;
     assert!(events(&node, "changes").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_by_a_restart_is_redone_and_each_row_stored_once() {
+    let db = MariaDb::start().await;
+    let mut c = db.conn().await;
+    c.query_drop(
+        r"CREATE DATABASE shop; USE shop;
+          CREATE TABLE orders (id INT PRIMARY KEY, qty INT);
+          INSERT INTO orders SELECT seq, seq FROM seq_1_to_30000;",
+    )
+    .await
+    .unwrap();
+    let node = TestNode::start().await;
+    node.deploy(&manifest(
+        &db.url("shop"),
+        r#"["orders"]"#,
+        "snapshot = \"initial\"",
+    ))
+    .await
+    .unwrap();
+    // Stop the node once part of the snapshot is published.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = source(&node, "shopdb").await;
+        if s.published >= 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let meta = node.node.as_ref().unwrap().stores().metadata.clone();
+    let mut node = node;
+    node.stop().await;
+    assert!(
+        meta.get("checkpoints/sources/shopdb").await.unwrap().is_none(),
+        "the snapshot was done before the node stopped; the test needs a bigger table"
+    );
+    drop(meta);
+    let node = node.restart().await;
+    let got = wait_events(&node, "changes", 30_000, Duration::from_secs(120)).await;
+    wait_running(&node, "shopdb").await;
+    c.query_drop("INSERT INTO shop.orders VALUES (0, 0)")
+        .await
+        .unwrap();
+    let got = if got.len() == 30_000 {
+        wait_events(&node, "changes", 30_001, Duration::from_secs(20)).await
+    } else {
+        got
+    };
+    assert_eq!(got.len(), 30_001, "each snapshot row once, then the insert");
+    let ids: BTreeSet<&str> = got.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 30_001);
+    assert!(
+        ids.contains("shopdb/snapshot/shop.orders/17"),
+        "ids name table and key"
+    );
+    assert_eq!(data(&got[30_000])["op"], "c");
+    // The redone snapshot published again what the cut one had stored;
+    // the topic kept one of each.
+    let s = source(&node, "shopdb").await;
+    assert!(s.published < 30_001, "{s:?}");
+}

@@ -406,11 +406,11 @@ impl Reader {
             Some(EventData::RowsEvent(rows)) => {
                 self.rows(cx, stream, &rows, start, at_ms)?;
             }
-            Some(EventData::HeartbeatEvent) => {
-                if self.tx.is_none() && self.pending.is_empty() && self.done.is_none() {
-                    // Nothing to read: caught up.
-                    cx.report(self.reported.clone(), Some(0));
-                }
+            // Nothing to read: caught up.
+            Some(EventData::HeartbeatEvent)
+                if self.tx.is_none() && self.pending.is_empty() && self.done.is_none() =>
+            {
+                cx.report(self.reported.clone(), Some(0));
             }
             _ => {}
         }
