@@ -706,7 +706,7 @@ async fn snapshot(
     let gtid = server.gtid_at(&mut conn, facts, &file, pos).await?;
     let at = Checkpoint { file, pos, gtid };
     let tx = Tx {
-        id: "snapshot".into(),
+        id: format!("{}:{}", at.file, at.pos),
         gtid: at.gtid.clone(),
         mariadb: None,
         commit_ms: now_ms() as i64,
