@@ -141,7 +141,12 @@ pub fn valid_pg_name(name: &str) -> bool {
 }
 
 /// `type = "mysql"`: committed row changes of tables, read from a
-/// MariaDB or MySQL server's row-based binlog as a replica would.
+/// MariaDB or MySQL server's row-based binlog as a replica would. The
+/// server must run with `log_bin`, `binlog_format=ROW` and
+/// `binlog_row_image=FULL` (and, so events name columns right while the
+/// source catches up across schema changes, preferably
+/// `binlog_row_metadata=FULL`); the user needs `REPLICATION SLAVE`,
+/// `BINLOG MONITOR` (MySQL: `REPLICATION CLIENT`) and `SELECT` on the tables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSource {

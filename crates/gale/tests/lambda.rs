@@ -893,7 +893,9 @@ async fn the_orders_db_example_runs_as_its_readme_says() {
 
     let shipped = node.logs("ship", 1).await;
     assert!(
-        shipped[0].stdout.contains(&format!("shipping order {id}: 2 x tea to ada")),
+        shipped[0]
+            .stdout
+            .contains(&format!("shipping order {id}: 2 x tea to ada")),
         "{}",
         shipped[0].stdout
     );
@@ -916,5 +918,8 @@ async fn the_orders_db_example_runs_as_its_readme_says() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(types, vec![json!("gale.db.row.inserted"), json!("gale.db.row.updated")]);
+    assert_eq!(
+        types,
+        vec![json!("gale.db.row.inserted"), json!("gale.db.row.updated")]
+    );
 }

@@ -339,7 +339,7 @@ fn dynamodb_record(event: &Event, topic: &str, region: &str) -> Value {
         Some("d" | "t") => "REMOVE",
         _ => "INSERT",
     };
-    let image = |v: &Value| v.as_object().map(|o| attribute_map(o));
+    let image = |v: &Value| v.as_object().map(attribute_map);
     let mut change = json!({
         "ApproximateCreationDateTime": event.time().map_or(0, |t| t.timestamp()),
         "Keys": image(&data["key"]).unwrap_or_default(),
@@ -551,8 +551,13 @@ mod tests {
                      "source": {"table": "orders"}}
         }))
         .unwrap();
-        let payload: Value =
-            serde_json::from_slice(&events_payload(EventFormat::Dynamodb, "order-rows", "local", &[(&event, 1)])).unwrap();
+        let payload: Value = serde_json::from_slice(&events_payload(
+            EventFormat::Dynamodb,
+            "order-rows",
+            "local",
+            &[(&event, 1)],
+        ))
+        .unwrap();
         let record = &payload["Records"][0];
         assert_eq!(record["eventName"], "MODIFY");
         assert_eq!(record["eventSource"], "aws:dynamodb");

@@ -235,7 +235,12 @@ impl Decoder {
         let key = match self.primary_keys.get(&format!("{}.{}", rel.schema, rel.table)) {
             Some(names) if !names.is_empty() => names
                 .iter()
-                .map(|n| (n.clone(), keyed.and_then(|row| row.get(n)).cloned().unwrap_or(Value::Null)))
+                .map(|n| {
+                    (
+                        n.clone(),
+                        keyed.and_then(|row| row.get(n)).cloned().unwrap_or(Value::Null),
+                    )
+                })
                 .collect(),
             _ => rel
                 .columns
