@@ -7,7 +7,7 @@ mod common;
 
 use common::TestNode;
 use common::mariadb::MariaDb;
-use gale_core::api::{SourceInfo, StoredEventInfo};
+use gale_core::api::SourceInfo;
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,55 +23,6 @@ async fn source(node: &TestNode, name: &str) -> SourceInfo {
         .into_iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("source {name} is listed"))
-}
-
-/// Every stored event of a topic, in order.
-async fn events(node: &TestNode, topic: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: Vec<StoredEventInfo> = node
-            .admin_get(&format!("/v1/topics/{topic}/events?after={after}&limit=1000"))
-            .await;
-        let Some(last) = page.last() else {
-            return all;
-        };
-        after = last.seq;
-        all.extend(page.into_iter().map(|e| e.event));
-    }
-}
-
-/// Waits until `topic` holds at least `n` events; returns them.
-async fn wait_events(node: &TestNode, topic: &str, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = events(node, topic).await;
-        if got.len() >= n {
-            return got;
-        }
-        if Instant::now() > deadline {
-            let states = sources(node).await;
-            panic!(
-                "{} of {n} events on {topic} after {within:?}; sources: {states:#?}\nevents: {got:#?}",
-                got.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the source has read its starting position (changes after
-/// this are not missed).
-async fn wait_running(node: &TestNode, name: &str) -> SourceInfo {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = source(node, name).await;
-        if s.state == "running" && s.position.is_some() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the source did not start: {s:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn manifest(url: &str, tables: &str, extra: &str) -> String {
@@ -118,7 +69,7 @@ async fn row_changes_arrive_in_commit_order_typed_with_ids_and_keys() {
     node.deploy(&manifest(&url, r#"["orders", "shop.customers"]"#, listener))
         .await
         .unwrap();
-    wait_running(&node, "shopdb").await;
+    node.wait_streaming("shopdb").await;
 
     c.query_drop(
         r#"SET time_zone = '+00:00';
@@ -135,9 +86,11 @@ async fn row_changes_arrive_in_commit_order_typed_with_ids_and_keys() {
     .await
     .unwrap();
 
-    let got = wait_events(&node, "changes", 5, Duration::from_secs(20)).await;
+    let got = node
+        .wait_topic_events("changes", 5, Duration::from_secs(20))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got_all = events(&node, "changes").await;
+    let got_all = node.topic_events("changes").await;
     assert_eq!(
         got_all.len(),
         5,
@@ -250,7 +203,7 @@ async fn restarts_of_the_node_and_a_kill_9_of_the_database_lose_nothing() {
     node.deploy(&manifest(&db.url("shop"), r#"["orders"]"#, ""))
         .await
         .unwrap();
-    wait_running(&node, "shopdb").await;
+    node.wait_streaming("shopdb").await;
 
     // Rows keep coming while the node restarts.
     let writer = {
@@ -275,7 +228,8 @@ async fn restarts_of_the_node_and_a_kill_9_of_the_database_lose_nothing() {
     node = node.restart().await;
     writer.await.unwrap();
     let expected_first: usize = 150 + (1..=6).map(|k| k * 25).sum::<usize>();
-    wait_events(&node, "changes", expected_first, Duration::from_secs(30)).await;
+    node.wait_topic_events("changes", expected_first, Duration::from_secs(30))
+        .await;
 
     // kill -9 of the database while the source streams from it; rows
     // written before the kill and after the restart all arrive.
@@ -302,10 +256,12 @@ async fn restarts_of_the_node_and_a_kill_9_of_the_database_lose_nothing() {
             .unwrap();
     }
     let total = expected_first + 51;
-    let got = wait_events(&node, "changes", total, Duration::from_secs(60)).await;
+    let got = node
+        .wait_topic_events("changes", total, Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = if got.len() == total {
-        events(&node, "changes").await
+        node.topic_events("changes").await
     } else {
         got
     };
@@ -323,7 +279,7 @@ async fn restarts_of_the_node_and_a_kill_9_of_the_database_lose_nothing() {
     let want: Vec<i64> = (1..=150).chain(1000..=1050).collect();
     assert_eq!(inserted.keys().copied().collect::<Vec<_>>(), want);
     assert!(inserted.values().all(|n| *n == 1));
-    let s = wait_running(&node, "shopdb").await;
+    let s = node.wait_streaming("shopdb").await;
     assert_eq!(s.state, "running", "{s:?}");
 
     // A transaction of 20,000 rows arrives whole, published in parts, its
@@ -331,7 +287,9 @@ async fn restarts_of_the_node_and_a_kill_9_of_the_database_lose_nothing() {
     c.query_drop("USE shop; INSERT INTO orders SELECT seq, 1 FROM seq_2000_to_21999")
         .await
         .unwrap();
-    let got = wait_events(&node, "changes", total + 20_000, Duration::from_secs(60)).await;
+    let got = node
+        .wait_topic_events("changes", total + 20_000, Duration::from_secs(60))
+        .await;
     let big = &got[total..];
     assert_eq!(big.len(), 20_000);
     let gtid = data(&big[0])["source"]["gtid"].as_str().unwrap();
@@ -356,7 +314,7 @@ async fn schema_changes_mid_stream_show_in_the_events() {
     node.deploy(&manifest(&db.url("shop"), r#"["items"]"#, ""))
         .await
         .unwrap();
-    wait_running(&node, "shopdb").await;
+    node.wait_streaming("shopdb").await;
 
     // The binlog names no columns by default: the source reads them again
     // from the server when the table changes.
@@ -375,10 +333,11 @@ async fn schema_changes_mid_stream_show_in_the_events() {
         c.query_drop(step).await.unwrap();
         if !step.starts_with("ALTER") {
             n += 1;
-            wait_events(&node, "changes", n, Duration::from_secs(20)).await;
+            node.wait_topic_events("changes", n, Duration::from_secs(20))
+                .await;
         }
     }
-    let got = events(&node, "changes").await;
+    let got = node.topic_events("changes").await;
     let afters: Vec<&Value> = got.iter().map(|e| &data(e)["after"]).collect();
     assert_eq!(*afters[0], json!({"id": 1, "a": "one"}));
     assert_eq!(*afters[1], json!({"id": 2, "a": "two", "b": 2}));
@@ -403,7 +362,9 @@ async fn schema_changes_mid_stream_show_in_the_events() {
     )
     .await
     .unwrap();
-    let got = wait_events(&node, "changes", 8, Duration::from_secs(20)).await;
+    let got = node
+        .wait_topic_events("changes", 8, Duration::from_secs(20))
+        .await;
     let afters: Vec<&Value> = got[5..].iter().map(|e| &data(e)["after"]).collect();
     assert_eq!(*afters[0], json!({"id": 5, "c": "five"}));
     assert_eq!(*afters[1], json!({"id": 6, "c": "six", "d": 6}));
@@ -445,15 +406,16 @@ async fn an_initial_snapshot_then_the_changes_after_it_without_a_gap() {
     .await
     .unwrap();
     writer.await.unwrap();
-    wait_running(&node, "shopdb").await;
+    node.wait_streaming("shopdb").await;
     c.query_drop("UPDATE shop.orders SET qty = 11 WHERE id = 1")
         .await
         .unwrap();
 
     let total = 3 + 300 + 1;
-    wait_events(&node, "changes", total, Duration::from_secs(30)).await;
+    node.wait_topic_events("changes", total, Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let got = events(&node, "changes").await;
+    let got = node.topic_events("changes").await;
     assert_eq!(got.len(), total, "each row once, as snapshot or as insert");
     let snapshot: Vec<&Value> = got.iter().filter(|e| data(e)["op"] == "r").collect();
     assert!(snapshot.len() >= 3, "{snapshot:#?}");
@@ -583,11 +545,11 @@ topic = "ticks"
     // The rest of the node goes on: the clock ticks, its subscriber runs.
     let clock = source(&node, "clock").await;
     assert_eq!(clock.state, "running", "{clock:?}");
-    let before = events(&node, "ticks").await.len();
+    let before = node.topic_events("ticks").await.len();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(events(&node, "ticks").await.len() > before);
+    assert!(node.topic_events("ticks").await.len() > before);
     node.logs("listener", 1).await;
-    assert!(events(&node, "changes").await.is_empty());
+    assert!(node.topic_events("changes").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,13 +590,16 @@ async fn a_snapshot_cut_by_a_restart_is_redone_and_each_row_stored_once() {
     );
     drop(meta);
     let node = node.restart().await;
-    let got = wait_events(&node, "changes", 30_000, Duration::from_secs(120)).await;
-    wait_running(&node, "shopdb").await;
+    let got = node
+        .wait_topic_events("changes", 30_000, Duration::from_secs(120))
+        .await;
+    node.wait_streaming("shopdb").await;
     c.query_drop("INSERT INTO shop.orders VALUES (0, 0)")
         .await
         .unwrap();
     let got = if got.len() == 30_000 {
-        wait_events(&node, "changes", 30_001, Duration::from_secs(20)).await
+        node.wait_topic_events("changes", 30_001, Duration::from_secs(20))
+            .await
     } else {
         got
     };

@@ -7,7 +7,7 @@ mod common;
 
 use common::TestNode;
 use common::postgres::Pg;
-use gale_core::api::{SourceInfo, StoredEventInfo, TopicInfo};
+use gale_core::api::SourceInfo;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -18,32 +18,11 @@ fn app(name: &str, settings: &str) -> String {
     )
 }
 
-async fn source(node: &TestNode, name: &str) -> Option<SourceInfo> {
-    let all: Vec<SourceInfo> = node.admin_get("/v1/sources").await;
-    all.into_iter().find(|s| s.name == name)
-}
-
-/// Waits until the source streams (it reported a position).
-async fn streaming(node: &TestNode, name: &str) -> SourceInfo {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = source(node, name).await;
-        if let Some(s) = &s
-            && s.state == "running"
-            && s.position.is_some()
-        {
-            return s.clone();
-        }
-        assert!(Instant::now() < deadline, "the source never streamed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until the source failed, and returns its error.
 async fn failure(node: &TestNode, name: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = source(node, name).await;
+        let s = node.source(name).await;
         if let Some(SourceInfo {
             last_error: Some(e), ..
         }) = &s
@@ -51,36 +30,6 @@ async fn failure(node: &TestNode, name: &str) -> String {
             return e.clone();
         }
         assert!(Instant::now() < deadline, "the source never failed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every event of a topic, oldest first.
-async fn events(node: &TestNode, topic: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: Vec<StoredEventInfo> = node
-            .admin_get(&format!("/v1/topics/{topic}/events?after={after}&limit=1000"))
-            .await;
-        let Some(last) = page.last() else {
-            return all;
-        };
-        after = last.seq;
-        all.extend(page.into_iter().map(|e| e.event));
-    }
-}
-
-/// Waits until the topic holds at least `n` events; returns them all.
-async fn wait_events(node: &TestNode, topic: &str, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let topics: Vec<TopicInfo> = node.admin_get("/v1/topics").await;
-        let have = topics.iter().find(|t| t.name == topic).map_or(0, |t| t.depth);
-        if have as usize >= n {
-            return events(node, topic).await;
-        }
-        assert!(Instant::now() < deadline, "{have} of {n} events arrived");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -123,7 +72,7 @@ async fn row_changes_arrive_in_commit_order_with_before_after_and_schema_changes
     ))
     .await
     .unwrap();
-    streaming(&node, "db").await;
+    node.wait_streaming("db").await;
 
     let db = pg.client("shop").await;
     db.batch_execute(
@@ -135,7 +84,7 @@ async fn row_changes_arrive_in_commit_order_with_before_after_and_schema_changes
     )
     .await
     .unwrap();
-    let got = wait_events(&node, "rows", 6, Duration::from_secs(30)).await;
+    let got = node.wait_topic_events("rows", 6, Duration::from_secs(30)).await;
     assert_eq!(
         summary(&got),
         vec![
@@ -196,7 +145,7 @@ async fn row_changes_arrive_in_commit_order_with_before_after_and_schema_changes
     )
     .await
     .unwrap();
-    let got = wait_events(&node, "rows", 9, Duration::from_secs(30)).await;
+    let got = node.wait_topic_events("rows", 9, Duration::from_secs(30)).await;
     assert_eq!(got[6]["data"]["after"]["region"], "eu");
     assert!(got[6]["data"]["after"].get("note").is_some());
     assert!(got[7]["data"]["after"].get("note").is_none(), "{}", got[7]);
@@ -209,7 +158,7 @@ async fn row_changes_arrive_in_commit_order_with_before_after_and_schema_changes
     // `gale sources` shows the confirmed position, caught up.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = source(&node, "db").await.unwrap();
+        let s = node.source("db").await.unwrap();
         let confirmed = pg.psql_in(
             "shop",
             "SELECT confirmed_flush_lsn >= pg_current_wal_insert_lsn() - 1024 FROM pg_replication_slots WHERE slot_name = 'gale_shop_db'",
@@ -243,9 +192,11 @@ async fn an_initial_snapshot_then_the_changes_after_it_and_removal_drops_the_slo
         ),
     );
     node.deploy(&manifest).await.unwrap();
-    streaming(&node, "db").await;
+    node.wait_streaming("db").await;
     pg.psql("UPDATE items SET stock = 0 WHERE sku = 'sku-7'; INSERT INTO items VALUES ('new', 1)");
-    let got = wait_events(&node, "rows", 2502, Duration::from_secs(60)).await;
+    let got = node
+        .wait_topic_events("rows", 2502, Duration::from_secs(60))
+        .await;
     assert_eq!(got.len(), 2502);
     let snapshot: Vec<&Value> = got.iter().take(2500).collect();
     assert!(
@@ -266,12 +217,14 @@ async fn an_initial_snapshot_then_the_changes_after_it_and_removal_drops_the_slo
 
     // A restart neither snapshots again nor repeats a change.
     let node = node.restart().await;
-    streaming(&node, "db").await;
+    node.wait_streaming("db").await;
     pg.psql("DELETE FROM items WHERE sku = 'new'");
-    let got = wait_events(&node, "rows", 2503, Duration::from_secs(30)).await;
+    let got = node
+        .wait_topic_events("rows", 2503, Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        events(&node, "rows").await.len(),
+        node.topic_events("rows").await.len(),
         2503,
         "{:?}",
         summary(&got[2500..])
@@ -304,16 +257,18 @@ async fn a_crash_of_the_database_server_is_survived_without_loss() {
     ))
     .await
     .unwrap();
-    streaming(&node, "db").await;
+    node.wait_streaming("db").await;
     pg.psql("INSERT INTO ticks SELECT generate_series(1, 500)");
-    wait_events(&node, "rows", 1, Duration::from_secs(30)).await;
+    node.wait_topic_events("rows", 1, Duration::from_secs(30)).await;
     pg.kill9();
     // The source notices, and retries with a growing pause.
     let error = failure(&node, "db").await;
     assert!(error.contains("PostgreSQL"), "{error}");
     pg.run();
     pg.psql("INSERT INTO ticks SELECT generate_series(501, 1000)");
-    let got = wait_events(&node, "rows", 1000, Duration::from_secs(90)).await;
+    let got = node
+        .wait_topic_events("rows", 1000, Duration::from_secs(90))
+        .await;
     let keys: std::collections::BTreeSet<i64> = got
         .iter()
         .map(|e| e["data"]["after"]["n"].as_i64().unwrap())
@@ -412,7 +367,7 @@ fn kill_9_of_the_node_loses_no_change_and_leaves_no_wal_behind() {
         node.deploy(&app("hits", &format!("url = \"{}\"\ntables = [\"hits\"]", pg.url("postgres", "postgres"))))
             .await
             .unwrap();
-        streaming(&node, "db").await;
+        node.wait_streaming("db").await;
 
         // 10,000 changes in 200 transactions; the node dies part-way.
         let db = pg.client("postgres").await;
@@ -422,14 +377,14 @@ fn kill_9_of_the_node_loses_no_change_and_leaves_no_wal_behind() {
                 .await
                 .unwrap();
             if batch == 60 {
-                wait_events(&node, "rows", 1, Duration::from_secs(30)).await;
+                node.wait_topic_events("rows", 1, Duration::from_secs(30)).await;
                 drop(child.take());
             }
         }
         let dir = std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap());
         let (child, gateway, admin) = common::process::serve(dir.path());
         let node = TestNode::attach(dir, &gateway, &admin);
-        let got = wait_events(&node, "rows", 10_000, Duration::from_secs(120)).await;
+        let got = node.wait_topic_events("rows", 10_000, Duration::from_secs(120)).await;
         let keys: std::collections::BTreeSet<i64> = got
             .iter()
             .map(|e| e["data"]["after"]["n"].as_i64().unwrap())
@@ -463,7 +418,7 @@ fn kill_9_of_the_node_loses_no_change_and_leaves_no_wal_behind() {
         )
         .await
         .unwrap();
-        let got = wait_events(&node, "rows", 60_000, Duration::from_secs(300)).await;
+        let got = node.wait_topic_events("rows", 60_000, Duration::from_secs(300)).await;
         assert_eq!(got.len(), 60_000);
         let grew = peak().saturating_sub(before);
         eprintln!("peak memory grew by {grew} MiB for a 100 MiB transaction");

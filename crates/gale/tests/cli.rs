@@ -304,22 +304,7 @@ fn kill_9_while_publishing_loses_no_acknowledged_event() {
         });
 
         let data = tempfile::tempdir().unwrap();
-        let serve = || {
-            let mut c = gale();
-            c.args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data.path());
-            let mut node = Running::spawn(c);
-            let gateway = node.wait_for("gateway", Duration::from_secs(30));
-            let admin = node.wait_for("admin API", Duration::from_secs(5));
-            (node, gateway, admin)
-        };
+        let serve = || common::process::serve(data.path());
         let (mut node, gateway, admin) = serve();
         let manifest = data.path().join("crash.toml");
         std::fs::write(

@@ -182,6 +182,65 @@ impl TestNode {
         r.json().await.unwrap()
     }
 
+    /// A source as `GET /v1/sources` shows it, if listed.
+    pub async fn source(&self, name: &str) -> Option<gale_core::api::SourceInfo> {
+        let all: Vec<gale_core::api::SourceInfo> = self.admin_get("/v1/sources").await;
+        all.into_iter().find(|s| s.name == name)
+    }
+
+    /// Waits until a source streams: running, with a position read (what
+    /// changes after this is not missed).
+    pub async fn wait_streaming(&self, name: &str) -> gale_core::api::SourceInfo {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.source(name).await;
+            if let Some(s) = &s
+                && s.state == "running"
+                && s.position.is_some()
+            {
+                return s.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the source never streamed: {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every stored event of a topic (the CloudEvents), oldest first.
+    pub async fn topic_events(&self, topic: &str) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page: Vec<gale_core::api::StoredEventInfo> = self
+                .admin_get(&format!("/v1/topics/{topic}/events?after={after}&limit=1000"))
+                .await;
+            let Some(last) = page.last() else {
+                return all;
+            };
+            after = last.seq;
+            all.extend(page.into_iter().map(|e| e.event));
+        }
+    }
+
+    /// Waits until a topic holds at least `n` events; returns them all.
+    pub async fn wait_topic_events(&self, topic: &str, n: usize, within: Duration) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let topics: Vec<gale_core::api::TopicInfo> = self.admin_get("/v1/topics").await;
+            let have = topics.iter().find(|t| t.name == topic).map_or(0, |t| t.depth) as usize;
+            if have >= n {
+                return self.topic_events(topic).await;
+            }
+            if std::time::Instant::now() > deadline {
+                let sources: Vec<gale_core::api::SourceInfo> = self.admin_get("/v1/sources").await;
+                panic!("{have} of {n} events on {topic} after {within:?}; sources: {sources:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn rollback(&self, function: &str, version: u64) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/functions/{function}/rollback", self.admin))
