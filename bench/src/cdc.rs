@@ -219,7 +219,20 @@ pub async fn run(rows: u32, writers: u32, rounds: u32, rate: u32, seconds: u32) 
          from the commit's return to the writer (goal p99 < 50 ms); p50 {:.1} ms, p99 {:.1} ms from the server's commit time (ms resolution)",
         lat.count, lat.p50, lat.p99, lat.server_p50, lat.server_p99
     );
+    let [read, store, dispatch] = lat.stages;
+    let (worst, when, [w_read, w_store, w_dispatch]) = lat.worst;
+    println!(
+        "  by stage, p50 / p99: commit → read by the source {:.1} / {:.1} ms, read → durable in the topic {:.1} / {:.1} ms, \
+         durable → handler start {:.1} / {:.1} ms; the slowest change {worst:.1} ms (committed {when:.1} s in: \
+         {w_read:.0} + {w_store:.0} + {w_dispatch:.0} ms)",
+        read.0, read.1, store.0, store.1, dispatch.0, dispatch.1
+    );
     drop(db);
+    // The node's data directory holds every change of the run.
+    let dir = node.dir.clone();
+    drop(gale);
+    drop(node);
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
 
@@ -292,6 +305,12 @@ struct Latency {
     p99: f64,
     server_p50: f64,
     server_p99: f64,
+    /// p50 and p99 of each stage: commit → read by the source (the
+    /// event's `ts_ms`), read → durable in the topic, durable → handler start.
+    stages: [(f64, f64); 3],
+    /// The slowest change: its latency, when it committed (seconds into
+    /// the measurement) and its stages.
+    worst: (f64, f64, [f64; 3]),
 }
 
 impl Gale<'_> {
@@ -473,6 +492,9 @@ impl Gale<'_> {
         }
         // The events: which row each is, and the server's commit time.
         let (mut from_client, mut from_server) = (Vec::new(), Vec::new());
+        let mut stages: [Vec<f64>; 3] = Default::default();
+        let first_commit = committed.values().copied().fold(f64::INFINITY, f64::min);
+        let mut worst = (0.0, 0.0, [0.0; 3]);
         let mut after = 0u64;
         loop {
             let events = self
@@ -492,7 +514,23 @@ impl Gale<'_> {
                     continue;
                 };
                 if let Some(at) = committed.get(&row) {
-                    from_client.push((start - at).max(0.0));
+                    let total = (start - at).max(0.0);
+                    from_client.push(total);
+                    if let (Some(read), Some(durable)) =
+                        (event["data"]["ts_ms"].as_f64(), e["published_at"].as_f64())
+                    {
+                        let split = [
+                            (read - at).max(0.0),
+                            (durable - read).max(0.0),
+                            (start - durable).max(0.0),
+                        ];
+                        for (v, x) in stages.iter_mut().zip(split) {
+                            v.push(x);
+                        }
+                        if total > worst.0 {
+                            worst = (total, (at - first_commit) / 1e3, split);
+                        }
+                    }
                 }
                 if let Some(at) = event["data"]["source"]["ts_ms"].as_f64() {
                     from_server.push((start - at).max(0.0));
@@ -515,6 +553,8 @@ impl Gale<'_> {
             p99: pct(&mut from_client, 0.99),
             server_p50: pct(&mut from_server, 0.5),
             server_p99: pct(&mut from_server, 0.99),
+            stages: stages.map(|mut v| (pct(&mut v, 0.5), pct(&mut v, 0.99))),
+            worst,
         })
     }
 }
