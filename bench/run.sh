@@ -3,9 +3,12 @@
 # measured in the same run. Needs wrk (apt-get install wrk) and, for the
 # reference host, wasmtime-cli 48 on PATH (or WASMTIME=path):
 #   cargo install wasmtime-cli@48.0.8 --locked
+# The cdc scenario needs PostgreSQL's binaries (initdb, postgres,
+# pg_recvlogical) under /usr/lib/postgresql/*/bin; it runs its own server.
 #
 # Usage: bench/run.sh [SCENARIO [OPTIONS...]]...
-#   SCENARIO: http, cold-start, spike, idle, events, lambda, buckets (default: all).
+#   SCENARIO: http, cold-start, spike, idle, events, lambda, buckets, cdc
+#   (default: all).
 #   OPTIONS go to that scenario (see target/release/gale-bench SCENARIO --help),
 #   e.g. bench/run.sh http --seconds 6 --rounds 3 cold-start
 #
@@ -18,7 +21,7 @@ command=$(printf '%q ' "$0" "$@")
 command=${command% }
 cd "$(dirname "$0")/.."
 
-names=(http cold-start spike idle events lambda buckets)
+names=(http cold-start spike idle events lambda buckets cdc)
 is_scenario() {
   local n
   for n in "${names[@]}"; do [ "$1" = "$n" ] && return 0; done

@@ -4,7 +4,7 @@
 //!
 //! Run with `bench/run.sh` (builds release binaries, runs the scenarios and
 //! writes their output to `bench/RESULTS.md`), or one scenario by hand:
-//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets`.
+//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets|cdc`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod buckets;
+mod cdc;
 mod events;
 mod lambda;
 
@@ -108,6 +109,27 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         latency_seconds: u32,
     },
+    /// PostgreSQL change data capture (a `postgres` source) on a throwaway
+    /// server: changes/s from single-row INSERT transactions to durable
+    /// topic events against `pg_recvlogical` reading the same WAL, and
+    /// commit → handler start latency at a steady rate of changes.
+    Cdc {
+        /// Rows (one per transaction) per throughput measurement.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u32,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 8)]
+        writers: u32,
+        /// Rounds of the throughput measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Steady rate of the latency measurement (changes/s).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of the latency measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// A plain axum hello server: the ceiling for `http`.
     AxumHello {
         #[arg(long)]
@@ -142,6 +164,13 @@ fn main() -> Result<()> {
             rate,
             latency_seconds,
         } => rt.block_on(buckets::run(seconds, clients, rounds, rate, latency_seconds)),
+        Scenario::Cdc {
+            rows,
+            writers,
+            rounds,
+            rate,
+            seconds,
+        } => rt.block_on(cdc::run(rows, writers, rounds, rate, seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
             let listener = tokio::net::TcpListener::bind(&listen).await?;
