@@ -115,6 +115,22 @@ impl Context {
         Ok(published)
     }
 
+    /// Like [`publish`](Self::publish), as a future that borrows nothing:
+    /// a source can read on while the events become durable.
+    pub fn publish_owned(
+        &self,
+        topic: &str,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
+        let (publisher, status, topic) = (self.publisher.clone(), self.status.clone(), topic.to_string());
+        async move {
+            let published = publisher.publish(&topic, events).await?;
+            let new = published.iter().filter(|p| !p.duplicate).count() as u64;
+            crate::lock(&status).published += new;
+            Ok(())
+        }
+    }
+
     /// Says where the source has got to, and how far behind it is.
     pub fn report(&self, position: String, lag_ms: Option<u64>) {
         let mut status = crate::lock(&self.status);

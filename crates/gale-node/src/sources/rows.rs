@@ -11,7 +11,8 @@
 //! the commit time as `time`; the data adds the key's columns as `key`. Its id comes from the change's position in
 //! the database's log, so a change read twice is stored once.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,63 +98,117 @@ impl RowChange {
         }
     }
 
-    /// The change as a stored CloudEvent with the given id.
+    /// The change as a stored CloudEvent with the given id, serialized
+    /// straight from the change (no intermediate JSON tree: this runs once
+    /// per row at the source's full rate).
     pub fn event(&self, id: String, at: &Position, now_ms: i64) -> gale_store::NewEvent {
         let table = format!("{}.{}", self.schema, self.table);
         let source = format!("/gale/{}/{}/{}", at.connector, at.db, table);
         let time = jiff::Timestamp::from_millisecond(at.commit_ms)
             .map(|t| t.to_string())
             .unwrap_or_default();
-        let mut meta = json!({
-            "connector": at.connector,
-            "name": at.name,
-            "ts_ms": at.commit_ms,
-            "snapshot": at.snapshot.to_string(),
-            "db": at.db,
-            "schema": self.schema,
-            "table": self.table,
-            "txId": at.tx_id,
-        });
-        if let Some(lsn) = &at.lsn {
-            meta["lsn"] = json!(lsn);
-        }
-        if let Some(gtid) = &at.gtid {
-            meta["gtid"] = json!(gtid);
-        }
-        let mut data = json!({
-            "before": self.before,
-            "after": self.after,
-            "op": self.op.code(),
-            "source": meta,
-            "ts_ms": now_ms,
-        });
-        if !self.key.is_empty() {
-            data["key"] = Value::Object(self.key.iter().cloned().collect());
-        }
-        if !self.unchanged.is_empty() {
-            data["unchanged"] = json!(self.unchanged);
-        }
         let partition_key = self.partition_key();
-        let mut event = json!({
-            "specversion": "1.0",
-            "id": id,
-            "source": source,
-            "type": self.op.event_type(),
-            "time": time,
-            "table": table,
-            "datacontenttype": "application/json",
-            "data": data,
-        });
-        if let Some(key) = &partition_key {
-            event["subject"] = json!(key);
-            event["partitionkey"] = json!(key);
-        }
+        let event = Envelope {
+            specversion: "1.0",
+            id: &id,
+            source: &source,
+            ty: self.op.event_type(),
+            time: &time,
+            table: &table,
+            subject: partition_key.as_deref(),
+            partitionkey: partition_key.as_deref(),
+            datacontenttype: "application/json",
+            data: Data {
+                before: self.before.as_ref(),
+                after: self.after.as_ref(),
+                op: self.op.code(),
+                key: (!self.key.is_empty()).then_some(Key(&self.key)),
+                unchanged: (!self.unchanged.is_empty()).then_some(&self.unchanged),
+                source: Meta {
+                    connector: at.connector,
+                    name: &at.name,
+                    ts_ms: at.commit_ms,
+                    snapshot: if at.snapshot { "true" } else { "false" },
+                    db: &at.db,
+                    schema: &self.schema,
+                    table: &self.table,
+                    tx_id: at.tx_id,
+                    lsn: at.lsn.as_deref(),
+                    gtid: at.gtid.as_deref(),
+                },
+                ts_ms: now_ms,
+            },
+        };
+        let body = serde_json::to_vec(&event).unwrap_or_default();
         gale_store::NewEvent {
-            id: event["id"].as_str().unwrap_or_default().to_string(),
-            source: event["source"].as_str().unwrap_or_default().to_string(),
+            id,
+            source,
             partition_key,
-            body: serde_json::to_vec(&event).unwrap_or_default(),
+            body,
         }
+    }
+}
+
+/// The CloudEvent, in structured mode.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    time: &'a str,
+    table: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitionkey: Option<&'a str>,
+    datacontenttype: &'static str,
+    data: Data<'a>,
+}
+
+/// Debezium's envelope, with the key's columns and the columns not sent.
+#[derive(Serialize)]
+struct Data<'a> {
+    before: Option<&'a Map<String, Value>>,
+    after: Option<&'a Map<String, Value>>,
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<Key<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unchanged: Option<&'a Vec<String>>,
+    source: Meta<'a>,
+    ts_ms: i64,
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'static str,
+    db: &'a str,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lsn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gtid: Option<&'a str>,
+}
+
+/// Key columns as a JSON object, in key order.
+struct Key<'a>(&'a [(String, Value)]);
+
+impl Serialize for Key<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 
@@ -179,6 +234,7 @@ pub fn iso_timestamp(text: &str) -> String {
 mod tests {
     use super::*;
     use cloudevents::AttributesReader;
+    use serde_json::json;
 
     #[test]
     fn the_event_is_a_cloudevent_with_debezium_data() {

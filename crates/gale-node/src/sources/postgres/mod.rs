@@ -28,7 +28,6 @@ use super::context::{Context, Source, Wanted};
 use super::rows::{Op, Position, RowChange};
 use crate::NodeError;
 use crate::clock::now_ms;
-use futures_util::FutureExt;
 use gale_core::{PostgresSource, SnapshotMode};
 use gale_store::NewEvent;
 use pgoutput::Decoder;
@@ -38,13 +37,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 
-/// Events published at once; also the most a transaction holds in memory.
+/// The most events published at once; with the batch in flight, also the
+/// most a transaction holds in memory.
 const BATCH: usize = 2_000;
 /// Rows fetched at once while snapshotting.
 const FETCH: usize = 2_000;
 /// How often the checkpoint in `Metadata` follows the slot (the slot itself
 /// is confirmed at every batch).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// A batch on its way to being durable.
+type Publishing = std::pin::Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
+
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -492,6 +495,11 @@ impl Postgres {
     }
 
     /// Streams changes until told to stop.
+    ///
+    /// One batch is being made durable while the next is read and decoded,
+    /// so reading and storing overlap: a batch is handed over as soon as
+    /// the previous one is durable, and grows meanwhile up to [`BATCH`]
+    /// (few events at a low rate, for latency; many at a high one).
     async fn stream(
         &self,
         cx: &mut Context,
@@ -503,8 +511,10 @@ impl Postgres {
         let mut batch: Vec<NewEvent> = Vec::with_capacity(BATCH);
         // The open transaction: its commit position, id, time and rows so far.
         let mut open: Option<(String, u32, i64, usize)> = None;
-        // The last commit whose events are all in `batch`, not yet confirmed.
+        // The last commit whose events are all in `batch`.
         let mut done: Option<(Lsn, i64)> = None;
+        // The batch being made durable, and the commit it completes.
+        let mut inflight: Option<(Publishing, Option<(Lsn, i64)>)> = None;
         let mut saved = Instant::now();
         let mut position = Position {
             connector: "postgresql",
@@ -518,20 +528,23 @@ impl Postgres {
         };
         cx.report(acked.to_string(), None);
         loop {
-            let next = if batch.is_empty() && done.is_none() {
-                tokio::select! {
-                    r = session.recv() => r,
-                    _ = cx.stopped() => break,
-                }
-            } else {
-                match session.recv().now_or_never() {
-                    Some(r) => r,
-                    None => {
-                        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
-                            .await?;
-                        continue;
+            if inflight.is_none() && (!batch.is_empty() || done.is_some()) {
+                let events = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                inflight = Some((Box::pin(cx.publish_owned(&self.spec.topic, events)), done.take()));
+            }
+            let next = tokio::select! {
+                biased;
+                r = async { inflight.as_mut().expect("guarded").0.as_mut().await }, if inflight.is_some() => {
+                    r?;
+                    let (_, completes) = inflight.take().expect("guarded");
+                    if let Some((end, commit_ms)) = completes {
+                        self.confirmed(cx, session, end, commit_ms, &mut saved).await?;
+                        acked = end;
                     }
+                    continue;
                 }
+                r = session.recv(), if batch.len() < BATCH => r,
+                _ = cx.stopped() => break,
             };
             let event = match next {
                 Ok(Some(event)) => event,
@@ -568,10 +581,6 @@ impl Postgres {
                         batch.push(change.event(cx.event_id(lsn, *index), &position, now));
                         *index += 1;
                     }
-                    if batch.len() >= BATCH {
-                        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
-                            .await?;
-                    }
                 }
                 ReplicationEvent::Commit {
                     end_lsn,
@@ -580,16 +589,12 @@ impl Postgres {
                 } => {
                     open = None;
                     done = Some((end_lsn, pg_time_ms(commit_time_micros)));
-                    if batch.len() >= BATCH {
-                        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
-                            .await?;
-                    }
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     // With nothing in flight, all WAL up to here is done:
                     // confirming it lets the server recycle WAL written for
                     // tables the source does not follow.
-                    if open.is_none() && batch.is_empty() && done.is_none() {
+                    if open.is_none() && batch.is_empty() && done.is_none() && inflight.is_none() {
                         if wal_end > acked {
                             session.update_applied_lsn(wal_end);
                             acked = wal_end;
@@ -605,36 +610,41 @@ impl Postgres {
         }
         // Told to stop: what is read is published; only whole transactions
         // are confirmed.
-        self.flush(cx, session, &mut batch, &mut done, &mut acked, &mut saved)
-            .await?;
+        if let Some((publishing, completes)) = inflight.take() {
+            publishing.await?;
+            if let Some((end, commit_ms)) = completes {
+                self.confirmed(cx, session, end, commit_ms, &mut saved).await?;
+                acked = end;
+            }
+        }
+        if !batch.is_empty() {
+            cx.publish(&self.spec.topic, batch).await?;
+        }
+        if let Some((end, commit_ms)) = done {
+            self.confirmed(cx, session, end, commit_ms, &mut saved).await?;
+            acked = end;
+        }
         self.save(cx, acked).await?;
         session.stop();
         let _ = tokio::time::timeout(Duration::from_secs(2), session.shutdown()).await;
         Ok(())
     }
 
-    /// Publishes the batch; then confirms the last whole transaction in it.
-    async fn flush(
+    /// Confirms to the server that everything up to `end` is durable.
+    async fn confirmed(
         &self,
         cx: &mut Context,
         session: &ReplicationClient,
-        batch: &mut Vec<NewEvent>,
-        done: &mut Option<(Lsn, i64)>,
-        acked: &mut Lsn,
+        end: Lsn,
+        commit_ms: i64,
         saved: &mut Instant,
     ) -> Result<(), NodeError> {
-        if !batch.is_empty() {
-            cx.publish(&self.spec.topic, std::mem::take(batch)).await?;
-        }
-        if let Some((end, commit_ms)) = done.take() {
-            session.update_applied_lsn(end);
-            *acked = end;
-            let lag = (now_ms() as i64 - commit_ms).max(0) as u64;
-            cx.report(end.to_string(), Some(lag));
-            if saved.elapsed() >= SAVE_EVERY {
-                self.save(cx, end).await?;
-                *saved = Instant::now();
-            }
+        session.update_applied_lsn(end);
+        let lag = (now_ms() as i64 - commit_ms).max(0) as u64;
+        cx.report(end.to_string(), Some(lag));
+        if saved.elapsed() >= SAVE_EVERY {
+            self.save(cx, end).await?;
+            *saved = Instant::now();
         }
         Ok(())
     }
