@@ -422,7 +422,11 @@ async fn schemathesis_finds_nothing() {
         .args(["--header", &format!("Authorization: Bearer {}", node.token)])
         .args(["--max-examples", &examples])
         .args(["--seed", &seed])
-        .args(["--workers", "2"])
+        // One worker: with two threads, CPython 3.11's `ast.parse` (which
+        // hypothesis calls to describe its strategies) now and then fails
+        // with "AST constructor recursion depth mismatch", an error of the
+        // tool, not a finding.
+        .args(["--workers", "1"])
         .args(["--request-timeout", "10"])
         // The run's own files (reports, caches) go to a directory that goes.
         .env("GALE_INVOCATION_ID", &invocation_id)

@@ -26,8 +26,16 @@ impl MariaDb {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
+        // Its own temporary directory: servers bootstrapping at the same
+        // time in a shared /tmp clash on their temporary tables' names.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
+        }
         let mut install = Command::new("mariadb-install-db");
         install
+            .env("TMPDIR", &tmp)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
             .arg("--auth-root-authentication-method=normal")
@@ -93,6 +101,7 @@ impl MariaDb {
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", p("data")))
             .arg(format!("--port={}", self.port))
+            .arg(format!("--tmpdir={}", p("tmp")))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", p("sock")))
             .arg(format!("--pid-file={}", p("pid")))

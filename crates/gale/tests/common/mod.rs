@@ -256,9 +256,10 @@ impl TestNode {
     }
 
     /// The invocation logs of `function`, waiting until at least `n` exist
-    /// (logs are written in the background).
+    /// (logs are written in the background; a chain of cold process
+    /// functions on a busy machine may take a while).
     pub async fn logs(&self, function: &str, n: usize) -> Vec<InvocationLog> {
-        for _ in 0..100 {
+        for _ in 0..600 {
             let logs: Vec<InvocationLog> = self
                 .admin_get(&format!("/v1/functions/{function}/logs?limit=1000"))
                 .await;
