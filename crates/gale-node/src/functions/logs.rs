@@ -76,9 +76,22 @@ impl Writer {
         }
     }
 
+    /// Stores a batch; a failure (the store busy under load) is tried
+    /// again a few times before the batch is given up.
     async fn store_batch(&self, batch: Vec<InvocationLog>) {
-        if let Err(e) = self.store.append(batch).await {
-            tracing::error!(error = %e, "writing invocation logs failed");
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match self.store.append(batch.clone()).await {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => {
+                    tracing::error!(error = %e, records = batch.len(), "writing invocation logs failed; the records are dropped");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "writing invocation logs failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
     }
 }
