@@ -470,16 +470,30 @@ mod tests {
     #[test]
     fn nats_settings_are_checked() {
         use super::{valid_nats_name, valid_nats_subject, valid_nats_url};
-        for ok in ["nats://127.0.0.1:4222", "nats://u:p%40w@nats.local", "tls://a:4222/", "nats://[::1]:4222"] {
+        for ok in [
+            "nats://127.0.0.1:4222",
+            "nats://u:p%40w@nats.local",
+            "tls://a:4222/",
+            "nats://[::1]:4222",
+        ] {
             assert!(valid_nats_url(ok), "{ok}");
         }
-        for bad in ["http://a:4222", "nats://", "nats://a:0", "nats://a:x", "nats://a/b", "127.0.0.1:4222"] {
+        for bad in [
+            "http://a:4222",
+            "nats://",
+            "nats://a:0",
+            "nats://a:x",
+            "nats://a/b",
+            "127.0.0.1:4222",
+        ] {
             assert!(!valid_nats_url(bad), "{bad}");
         }
         for ok in ["orders", "orders.*.created", "orders.>", ">", "a-b_c.D9"] {
             assert!(valid_nats_subject(ok), "{ok}");
         }
-        for bad in ["", "orders.", ".orders", "a..b", "or*ders", "a.>.b", "a b", "a.b>"] {
+        for bad in [
+            "", "orders.", ".orders", "a..b", "or*ders", "a.>.b", "a b", "a.b>",
+        ] {
             assert!(!valid_nats_subject(bad), "{bad}");
         }
         assert!(valid_nats_name("ORDERS_1-x"));
