@@ -300,7 +300,8 @@ impl Nats {
                 .map_err(|e| NodeError::Source(format!("a JetStream message without its metadata: {e}")))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
             let published_ns = info.published.unix_timestamp_nanos();
-            let (message, _) = message.split();
+            // The ack goes to the reply subject, once the event is durable.
+            let message = message.message;
             let Some(reply) = message.reply.clone() else {
                 continue;
             };
