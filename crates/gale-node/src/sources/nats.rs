@@ -48,6 +48,14 @@ const MAX_ACK_PENDING: i64 = 4 * BATCH as i64;
 /// How long the server waits for an ack before redelivering, for consumers
 /// Gale creates; far above the time a batch takes to become durable.
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// The last message of a batch: its stream sequence, when JetStream
+/// stored it (Unix ms), and how many messages were pending behind it.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    seq: u64,
+    published_ms: i64,
+    pending: u64,
+}
 /// A batch on its way to being durable.
 type Publishing = std::pin::Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
 
@@ -264,9 +272,11 @@ impl Nats {
 
         let mut batch: Vec<NewEvent> = Vec::with_capacity(BATCH);
         let mut replies: Vec<async_nats::Subject> = Vec::with_capacity(BATCH);
-        // The last message in `batch`: stream sequence, publish time, pending after it.
-        let mut last: Option<(u64, i64, u64)> = None;
-        let mut inflight: Option<(Publishing, Vec<async_nats::Subject>, Option<(u64, i64, u64)>)> = None;
+        // The last message in `batch`.
+        let mut last: Option<Last> = None;
+        // The batch being made durable, the reply subjects to ack then,
+        // and its last message.
+        let mut inflight: Option<(Publishing, Vec<async_nats::Subject>, Option<Last>)> = None;
         loop {
             if inflight.is_none() && !batch.is_empty() {
                 let events = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -311,7 +321,11 @@ impl Nats {
             let id = cx.event_id(&format!("{stream_name}/{seq}"), 0);
             batch.push(message_event(&self.name, &message, id, &source, time.as_deref()));
             replies.push(reply);
-            last = Some((seq, (published_ns / 1_000_000) as i64, pending));
+            last = Some(Last {
+                seq,
+                published_ms: (published_ns / 1_000_000) as i64,
+                pending,
+            });
         }
         // Told to stop: what is read is made durable and acked.
         if let Some((publishing, acks, done)) = inflight.take() {
@@ -332,7 +346,7 @@ impl Nats {
         cx: &Context,
         client: &async_nats::Client,
         replies: Vec<async_nats::Subject>,
-        done: Option<(u64, i64, u64)>,
+        done: Option<Last>,
     ) -> Result<(), NodeError> {
         for reply in replies {
             client
@@ -344,7 +358,12 @@ impl Nats {
             .flush()
             .await
             .map_err(|e| NodeError::Source(format!("cannot acknowledge to NATS: {e}")))?;
-        if let Some((seq, published_ms, pending)) = done {
+        if let Some(Last {
+            seq,
+            published_ms,
+            pending,
+        }) = done
+        {
             let lag = if pending == 0 {
                 0
             } else {
