@@ -302,3 +302,110 @@ topic = "t"
         assert!(err.message.contains(key), "{key}: {}", err.message);
     }
 }
+
+/// A throwaway nats-server with JetStream, on its own port and store.
+struct Server {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Server {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_is_reconnected_to_and_nothing_is_lost() {
+    let mut server = Server::start();
+    let url = server.url();
+    let publish = |from: u32, to: u32| {
+        let url = url.clone();
+        async move {
+            let js = jetstream::new(async_nats::connect(url).await.unwrap());
+            for n in from..to {
+                js.publish("r.x", json!({ "n": n }).to_string().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: "R".into(),
+        subjects: vec!["r.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(js);
+    publish(0, 100).await;
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"r\"\n[topics.t]\n[sources.q]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"r.>\"\nstream = \"R\"\ntopic = \"t\"\n",
+        url = server.url()
+    );
+    deploy(&node, &manifest).await;
+    node.wait_topic_events("t", 100, Duration::from_secs(30)).await;
+
+    server.down();
+    let e = failure(&node, "q").await;
+    assert!(e.contains("NATS at nats://127.0.0.1:"), "{e}");
+    server.up();
+    publish(100, 200).await;
+    let got = node.wait_topic_events("t", 200, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_again = node.topic_events("t").await;
+    assert_eq!(got_again.len(), 200, "nothing twice");
+    let ns: Vec<u64> = got.iter().map(|e| e["data"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..200).collect::<Vec<u64>>());
+    let s = node.source("q").await.unwrap();
+    assert_eq!(s.state, "running", "{s:?}");
+}
