@@ -409,3 +409,101 @@ async fn a_restarted_broker_is_reconnected_to_and_nothing_is_lost() {
     let s = node.source("q").await.unwrap();
     assert_eq!(s.state, "running", "{s:?}");
 }
+
+/// The node is killed (SIGKILL) while 5,000 messages flow: after a restart
+/// every message is in the topic once, in stream order, and the consumer
+/// holds nothing unacknowledged.
+#[test]
+fn kill_9_of_the_node_loses_nothing_and_leaves_nothing_unacked() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(NATS).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let stream = unique("GALE_K");
+        let prefix = unique("galek");
+        js.create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let publish = |from: u32, to: u32| {
+            let (js, prefix) = (js.clone(), prefix.clone());
+            async move {
+                for n in from..to {
+                    // The server's acks are awaited in groups, so messages flow fast.
+                    let ack = js
+                        .publish(format!("{prefix}.m"), json!({ "n": n }).to_string().into())
+                        .await
+                        .unwrap();
+                    if n % 100 == 99 || n + 1 == to {
+                        ack.await.unwrap();
+                    }
+                }
+            }
+        };
+        // A backlog, so the node is killed with messages handed over and
+        // not yet acknowledged.
+        publish(0, 2500).await;
+        let data = tempfile::tempdir().unwrap();
+        let (child, gateway, admin) = common::process::serve(data.path());
+        let mut node = TestNode::attach(data, &gateway, &admin);
+        let manifest = format!(
+            "[app]\nname = \"k\"\n[topics.t]\n[sources.q]\ntype = \"nats\"\nurl = \"{NATS}\"\nsubject = \"{prefix}.>\"\nstream = \"{stream}\"\ntopic = \"t\"\n"
+        );
+        deploy(&node, &manifest).await;
+        // Killed once messages are handed over and not all acknowledged.
+        let mut consumer: jetstream::consumer::PullConsumer = loop {
+            if let Ok(c) = js.get_stream(&stream).await.unwrap().get_consumer("gale_k_q").await {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = consumer.info().await.unwrap();
+            if info.num_ack_pending > 0 && info.ack_floor.stream_sequence > 0 || Instant::now() > deadline {
+                break;
+            }
+        }
+        drop(child);
+        let info = consumer.info().await.unwrap();
+        eprintln!(
+            "at the kill: ack floor {}, {} unacknowledged",
+            info.ack_floor.stream_sequence, info.num_ack_pending
+        );
+        publish(2500, 5000).await;
+        let dir = std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap());
+        let (child, gateway, admin) = common::process::serve(dir.path());
+        let node = TestNode::attach(dir, &gateway, &admin);
+        let got = node.wait_topic_events("t", 5000, Duration::from_secs(120)).await;
+        let ns: Vec<u64> = got.iter().map(|e| e["data"]["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, (0..5000).collect::<Vec<u64>>(), "every message, once, in order");
+
+        let mut consumer: jetstream::consumer::PullConsumer = js
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .get_consumer("gale_k_q")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = consumer.info().await.unwrap();
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                // Made again from its ack floor if the kill left messages unacked.
+                eprintln!("consumer after the kill: {:?}", info.config.deliver_policy);
+                break;
+            }
+            assert!(Instant::now() < deadline, "consumer still holds messages: {info:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(child);
+        js.delete_stream(&stream).await.unwrap();
+    });
+}

@@ -213,15 +213,35 @@ impl Nats {
             max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
         };
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(&self.consumer, config)
+        let failed = |e: &dyn std::fmt::Display| {
+            NodeError::Source(format!(
+                "cannot create or read consumer `{}` of stream `{stream_name}` on NATS at {} ({e}); check `consumer` and `subject` in the source",
+                self.consumer, self.servers
+            ))
+        };
+        let mut consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(&self.consumer, config.clone())
             .await
-            .map_err(|e| {
-                NodeError::Source(format!(
-                    "cannot create or read consumer `{}` of stream `{stream_name}` on NATS at {} ({e}); check `consumer` and `subject` in the source",
-                    self.consumer, self.servers
-                ))
-            })?;
+            .map_err(|e| failed(&e))?;
+        // Messages a previous run was handed but did not ack (the node
+        // crashed) would come back only after `ack_wait`, behind newer
+        // ones. A consumer Gale made is made again from just after its ack
+        // floor instead: the stream's order holds, and what was durable
+        // already is dropped by the topic's dedup.
+        let info = consumer.info().await.map_err(|e| failed(&e))?;
+        if info.num_ack_pending > 0 && self.spec.consumer.is_none() {
+            let from = info.ack_floor.stream_sequence + 1;
+            stream
+                .delete_consumer(&self.consumer)
+                .await
+                .map_err(|e| failed(&e))?;
+            let config = consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+                ..config
+            };
+            consumer = stream.create_consumer(config).await.map_err(|e| failed(&e))?;
+            tracing::info!(source = %self.name, consumer = %self.consumer, from, "consumer made again after unacknowledged messages");
+        }
         let have = &consumer.cached_info().config;
         let filter = if have.filter_subject.is_empty() {
             ">"
