@@ -308,10 +308,16 @@ struct Server {
     port: u16,
     store: tempfile::TempDir,
     child: Option<std::process::Child>,
+    args: Vec<String>,
 }
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// With extra arguments, like `--user` and `--pass`.
+    fn start_with(args: &[&str]) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -321,6 +327,7 @@ impl Server {
             port,
             store: tempfile::tempdir().unwrap(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.up();
         s
@@ -330,6 +337,7 @@ impl Server {
         let child = std::process::Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path())
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -506,4 +514,32 @@ fn kill_9_of_the_node_loses_nothing_and_leaves_nothing_unacked() {
         drop(child);
         js.delete_stream(&stream).await.unwrap();
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_named_and_right_ones_in_the_url_work() {
+    let server = Server::start_with(&["--user", "gale", "--pass", "s3cret"]);
+    let node = TestNode::start().await;
+    let port = server.port;
+    let manifest = format!(
+        "[app]\nname = \"c\"\n[topics.t]\n[sources.wrong]\ntype = \"nats\"\nurl = \"nats://gale:nope@127.0.0.1:{port}\"\nsubject = \"c.>\"\ntopic = \"t\"\n[sources.right]\ntype = \"nats\"\nurl = \"nats://gale:s3cret@127.0.0.1:{port}\"\nsubject = \"c.>\"\ntopic = \"t\"\n"
+    );
+    deploy(&node, &manifest).await;
+    let e = failure(&node, "wrong").await;
+    assert!(e.contains("refused the connection"), "{e}");
+    assert!(e.contains("user and password"), "{e}");
+    assert!(
+        !e.contains("nope") && !e.contains("s3cret"),
+        "no password in errors: {e}"
+    );
+    let s = node.wait_streaming("right").await;
+    assert!(s.last_error.is_none(), "{s:?}");
+    let client = async_nats::ConnectOptions::with_user_and_password("gale".into(), "s3cret".into())
+        .connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    client.publish("c.1", "hi".into()).await.unwrap();
+    client.flush().await.unwrap();
+    let got = node.wait_topic_events("t", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0]["data"], "hi");
 }

@@ -113,7 +113,25 @@ impl Nats {
             .map_err(|e| NodeError::Source(format!("the source's url is not a NATS URL ({e})")))?;
         let (lost_tx, lost) = watch::channel(None);
         let name = self.name.clone();
-        let client = async_nats::ConnectOptions::new()
+        // async-nats does not send a URL's credentials itself: `user:password@`
+        // is a user and password, a lone `token@` a token (NATS's convention).
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(url) = self.spec.url.split(',').find_map(|s| {
+            url::Url::parse(s.trim())
+                .ok()
+                .filter(|u| !u.username().is_empty())
+        }) {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            options = match url.password() {
+                Some(password) => options.user_and_password(decode(url.username()), decode(password)),
+                None => options.token(decode(url.username())),
+            };
+        }
+        let client = options
             .name(format!("gale {}", self.name))
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
