@@ -208,8 +208,9 @@ impl MysqlSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSource {
-    /// `nats://[user:password@]host[:port]` (or `tls://...`); a
-    /// comma-separated list names several servers of one cluster.
+    /// `nats://[user:password@]host[:port]` (or `tls://...`; `token@host`
+    /// for a token), percent-encoded; a comma-separated list names several
+    /// servers of one cluster.
     pub url: String,
     /// The subject to take messages of; `*` matches one token and a final
     /// `>` the rest, like `orders.>`. With `stream`, the consumer's filter
