@@ -12,7 +12,10 @@
 //!   so the consumer's ack floor is exactly what Gale holds: a crash of the
 //!   node redelivers what was in flight (after the consumer's `ack_wait`),
 //!   with the same event id (`<source>/<stream>/<stream sequence>`), which
-//!   the topic's dedup drops. The server is 2.9-compatible: the consumer
+//!   the topic's dedup drops. So that those come back at once and in
+//!   order (not after `ack_wait`, behind newer messages), a consumer Gale
+//!   made that a crash left holding unacknowledged messages is made again
+//!   from just after its ack floor. The server is 2.9-compatible: the consumer
 //!   filters with the single `filter_subject` (2.10's `filter_subjects` is
 //!   silently ignored by 2.9 servers, which would deliver every subject).
 //!
