@@ -291,6 +291,11 @@ pub struct SourceInfo {
     /// (a database's write-ahead log or binlog), where that is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<u64>,
+    /// How far behind what it reads it is, in messages the broker holds
+    /// for it and has not handed over (JetStream's pending count), where
+    /// the broker says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_messages: Option<u64>,
     /// Events it published since the node started.
     pub published: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

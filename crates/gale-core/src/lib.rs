@@ -18,4 +18,4 @@ pub use buckets::{BucketFormat, BucketSpec, BucketTrigger};
 pub use error::{Code, Error};
 pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};
-pub use sources::{Cron, MysqlSource, PostgresSource, ScheduleSource, SnapshotMode, SourceSpec};
+pub use sources::{Cron, MysqlSource, NatsSource, PostgresSource, ScheduleSource, SnapshotMode, SourceSpec};

@@ -323,6 +323,9 @@ pub fn source_table(sources: &Vec<SourceInfo>) -> String {
         if let Some(bytes) = s.lag_bytes {
             lag = format!("{lag} ({bytes} B)");
         }
+        if let Some(messages) = s.lag_messages {
+            lag = format!("{lag} ({messages} msgs)");
+        }
         out.push_str(&format!(
             "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>16} {}\n",
             s.name,

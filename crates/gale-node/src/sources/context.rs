@@ -143,6 +143,12 @@ impl Context {
         crate::lock(&self.status).lag_bytes = bytes;
     }
 
+    /// Says how many messages the broker holds for the source that it has
+    /// not handed over yet.
+    pub fn report_lag_messages(&self, messages: Option<u64>) {
+        crate::lock(&self.status).lag_messages = messages;
+    }
+
     /// Whether the source has been told to stop.
     pub fn is_stopped(&self) -> bool {
         *self.stop.borrow()

@@ -25,6 +25,7 @@
 
 pub mod context;
 pub mod mysql;
+pub mod nats;
 pub mod postgres;
 pub mod rows;
 pub mod schedule;
@@ -62,6 +63,7 @@ pub fn build(wanted: &Wanted) -> Box<dyn Source> {
         SourceSpec::Schedule(s) => Box::new(schedule::Schedule::new(wanted, s)),
         SourceSpec::Postgres(s) => Box::new(postgres::Postgres::new(wanted, s)),
         SourceSpec::Mysql(s) => Box::new(mysql::Mysql::new(wanted, s)),
+        SourceSpec::Nats(s) => Box::new(nats::Nats::new(wanted, s)),
     }
 }
 
@@ -142,6 +144,7 @@ impl Sources {
             position: None,
             lag_ms: None,
             lag_bytes: None,
+            lag_messages: None,
             published: 0,
             last_error: None,
         }));
