@@ -7,7 +7,6 @@ mod common;
 
 use common::TestNode;
 use common::postgres::Pg;
-use gale_core::api::SourceInfo;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -16,22 +15,6 @@ fn app(name: &str, settings: &str) -> String {
     format!(
         "[app]\nname = \"{name}\"\n[topics.rows]\n[sources.db]\ntype = \"postgres\"\ntopic = \"rows\"\n{settings}\n"
     )
-}
-
-/// Waits until the source failed, and returns its error.
-async fn failure(node: &TestNode, name: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = node.source(name).await;
-        if let Some(SourceInfo {
-            last_error: Some(e), ..
-        }) = &s
-        {
-            return e.clone();
-        }
-        assert!(Instant::now() < deadline, "the source never failed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// (type, table, key) of each event.
@@ -262,7 +245,7 @@ async fn a_crash_of_the_database_server_is_survived_without_loss() {
     node.wait_topic_events("rows", 1, Duration::from_secs(30)).await;
     pg.kill9();
     // The source notices, and retries with a growing pause.
-    let error = failure(&node, "db").await;
+    let error = node.wait_failure("db").await;
     assert!(error.contains("PostgreSQL"), "{error}");
     pg.run();
     pg.psql("INSERT INTO ticks SELECT generate_series(501, 1000)");
@@ -328,7 +311,7 @@ async fn bad_settings_are_named_and_nothing_else_is_affected() {
         node.deploy(&app(&app_name, &format!("url = \"{url}\"\ntables = {tables}")))
             .await
             .unwrap();
-        let error = failure(&node, "db").await;
+        let error = node.wait_failure("db").await;
         assert!(error.contains(expected), "{url} {tables}: {error}");
         let (status, _, _) = node.get("/echo").await;
         assert_eq!(status, 200);

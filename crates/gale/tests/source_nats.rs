@@ -9,7 +9,6 @@ mod common;
 
 use async_nats::jetstream;
 use common::TestNode;
-use gale_core::api::SourceInfo;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,22 +28,6 @@ fn unique(prefix: &str) -> String {
 /// Deploys a manifest without functions (nothing to build).
 async fn deploy(node: &TestNode, manifest: &str) {
     node.deploy_from(manifest, Path::new(".")).await.unwrap();
-}
-
-/// Waits until a source failed, and returns its error.
-async fn failure(node: &TestNode, name: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = node.source(name).await;
-        if let Some(SourceInfo {
-            last_error: Some(e), ..
-        }) = &s
-        {
-            return e.clone();
-        }
-        assert!(Instant::now() < deadline, "the source never failed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,10 +243,10 @@ topic = "t"
 "#
     );
     deploy(&node, &manifest).await;
-    let e = failure(&node, "unreachable").await;
+    let e = node.wait_failure("unreachable").await;
     assert!(e.contains("cannot reach NATS at nats://127.0.0.1:1"), "{e}");
     assert!(!e.contains("secret"), "no password in errors: {e}");
-    let e = failure(&node, "nostream").await;
+    let e = node.wait_failure("nostream").await;
     assert!(
         e.contains(&format!("there is no JetStream stream `{missing}`")),
         "{e}"
@@ -404,7 +387,7 @@ async fn a_restarted_broker_is_reconnected_to_and_nothing_is_lost() {
     node.wait_topic_events("t", 100, Duration::from_secs(30)).await;
 
     server.down();
-    let e = failure(&node, "q").await;
+    let e = node.wait_failure("q").await;
     assert!(e.contains("NATS at nats://127.0.0.1:"), "{e}");
     server.up();
     publish(100, 200).await;
@@ -525,7 +508,7 @@ async fn wrong_credentials_are_named_and_right_ones_in_the_url_work() {
         "[app]\nname = \"c\"\n[topics.t]\n[sources.wrong]\ntype = \"nats\"\nurl = \"nats://gale:nope@127.0.0.1:{port}\"\nsubject = \"c.>\"\ntopic = \"t\"\n[sources.right]\ntype = \"nats\"\nurl = \"nats://gale:s3cret@127.0.0.1:{port}\"\nsubject = \"c.>\"\ntopic = \"t\"\n"
     );
     deploy(&node, &manifest).await;
-    let e = failure(&node, "wrong").await;
+    let e = node.wait_failure("wrong").await;
     assert!(e.contains("refused the connection"), "{e}");
     assert!(e.contains("user and password"), "{e}");
     assert!(

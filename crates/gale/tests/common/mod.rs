@@ -208,6 +208,22 @@ impl TestNode {
         }
     }
 
+    /// Waits until a source failed, and returns its last error.
+    pub async fn wait_failure(&self, name: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.source(name).await;
+            if let Some(e) = s.as_ref().and_then(|s| s.last_error.clone()) {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the source never failed: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every stored event of a topic (the CloudEvents), oldest first.
     pub async fn topic_events(&self, topic: &str) -> Vec<serde_json::Value> {
         let mut all = Vec::new();
