@@ -298,6 +298,11 @@ pub struct SourceInfo {
     pub lag_messages: Option<u64>,
     /// Events it published since the node started.
     pub published: u64,
+    /// Messages it could not take (too large, or not of its `format`)
+    /// since the node started: parked in its `dead_letter` topic, or
+    /// dropped without one.
+    #[serde(default)]
+    pub parked: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }

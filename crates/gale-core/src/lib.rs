@@ -11,6 +11,7 @@ pub mod buckets;
 pub mod error;
 pub mod filter;
 pub mod manifest;
+pub mod sinks;
 pub mod sources;
 pub mod units;
 
@@ -18,4 +19,5 @@ pub use buckets::{BucketFormat, BucketSpec, BucketTrigger};
 pub use error::{Code, Error};
 pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};
-pub use sources::{Cron, MysqlSource, NatsSource, PostgresSource, ScheduleSource, SnapshotMode, SourceSpec};
+pub use sinks::{SinkKind, SinkMode, SinkSpec};
+pub use sources::{Cron, MessageFormat, MysqlSource, NatsSource, PostgresSource, ScheduleSource, SnapshotMode, SourceSpec};

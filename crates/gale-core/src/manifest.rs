@@ -33,6 +33,9 @@ pub struct Manifest {
     /// Sources the app declares (`[sources.NAME]`), run while it is deployed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, crate::SourceSpec>,
+    /// Sinks the app declares (`[sinks.NAME]`): topics forwarded to brokers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sinks: BTreeMap<String, crate::SinkSpec>,
     /// Buckets the app declares (`[buckets.NAME]`), served by the S3 API.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub buckets: BTreeMap<String, crate::BucketSpec>,
@@ -420,7 +423,7 @@ impl EventTrigger {
     }
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::*;
     pub fn memory() -> HumanSize {
         HumanSize(128 << 20)
@@ -812,6 +815,17 @@ impl Manifest {
             source
                 .validate()
                 .map_err(|(k, message, hint)| invalid(&format!("sources.{name}.{k}"), message, hint))?;
+        }
+        for (name, sink) in &self.sinks {
+            if !valid_name(name) {
+                return Err(invalid(
+                    &format!("sinks.{name}"),
+                    format!("{name:?} is not a valid sink name"),
+                    "use lowercase letters, digits and '-', starting with a letter (at most 63)",
+                ));
+            }
+            sink.validate()
+                .map_err(|(k, message, hint)| invalid(&format!("sinks.{name}.{k}"), message, hint))?;
         }
         check_routes(routes.iter().map(|(n, r)| (*n, r)))
     }

@@ -45,6 +45,14 @@ impl SourceSpec {
         }
     }
 
+    /// Where messages the source cannot take are parked, if anywhere.
+    pub fn dead_letter(&self) -> Option<&str> {
+        match self {
+            SourceSpec::Nats(s) => s.dead_letter.as_deref(),
+            SourceSpec::Schedule(_) | SourceSpec::Postgres(_) | SourceSpec::Mysql(_) => None,
+        }
+    }
+
     /// Checks the settings; the error names the key (relative to the
     /// table), what is wrong and how to fix it.
     pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
@@ -55,6 +63,22 @@ impl SourceSpec {
                 "name a topic declared under [topics], like \"ticks\"",
             ));
         }
+        if let Some(d) = self.dead_letter() {
+            if !valid_topic(d) {
+                return Err((
+                    "dead_letter",
+                    format!("{d:?} is not a valid topic name"),
+                    "name a topic for messages the source cannot take, like \"orders-dead\"",
+                ));
+            }
+            if d == self.topic() {
+                return Err((
+                    "dead_letter",
+                    "the dead-letter topic is the source's own topic".into(),
+                    "name another topic, so subscribers of the source's topic never see messages it could not take",
+                ));
+            }
+        }
         match self {
             SourceSpec::Schedule(s) => s.cron().check(),
             SourceSpec::Postgres(s) => s.check(),
@@ -62,6 +86,22 @@ impl SourceSpec {
             SourceSpec::Nats(s) => s.check(),
         }
     }
+}
+
+/// What a broker source takes as a message's body. A message that does
+/// not fit is parked in the source's `dead_letter` topic (or, without one,
+/// logged and dropped) and acknowledged, so the messages behind it flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageFormat {
+    /// Anything: a CloudEvent by the broker's binding is taken as that
+    /// event; any other body becomes the data, as JSON, text or base64.
+    #[default]
+    Any,
+    /// A CloudEvent, or a body that is JSON.
+    Json,
+    /// Only CloudEvents (binary or structured, by the broker's binding).
+    Cloudevents,
 }
 
 /// Whether a change-data-capture source first emits the rows its tables
@@ -224,8 +264,14 @@ pub struct NatsSource {
     /// unless named. Only with `stream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
+    /// What the source takes as a message.
+    #[serde(default)]
+    pub format: MessageFormat,
     /// The topic every message is published to.
     pub topic: String,
+    /// Where messages the source cannot take are parked, with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
 }
 
 impl NatsSource {

@@ -33,6 +33,10 @@ pub enum NodeError {
     /// wrong and how to fix it.
     #[error("{0}")]
     Source(String),
+    /// A sink could not send to its broker; the message says why and how
+    /// to fix it.
+    #[error("{0}")]
+    Sink(String),
 }
 
 impl NodeError {
@@ -70,7 +74,7 @@ impl NodeError {
                 };
                 Error::new(Code::ComponentInvalid, self.to_string()).with_hint(hint)
             }
-            NodeError::Wasm(_) | NodeError::Listen { .. } | NodeError::Threads(_) | NodeError::Source(_) => {
+            NodeError::Wasm(_) | NodeError::Listen { .. } | NodeError::Threads(_) | NodeError::Source(_) | NodeError::Sink(_) => {
                 Error::new(Code::Internal, self.to_string())
             }
         }

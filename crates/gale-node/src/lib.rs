@@ -2,8 +2,10 @@
 //!
 //! - [`ingress`]: the gateway (user routes, publishing, invocations, the
 //!   Lambda Invoke API) and the S3-compatible API;
-//! - [`sources`]: what feeds topics from outside (schedules so far);
-//! - [`delivery`]: subscriptions and dispatchers, from topics to functions;
+//! - [`sources`]: what feeds topics from outside (schedules, databases,
+//!   brokers);
+//! - [`delivery`]: subscriptions and dispatchers, from topics to functions,
+//!   and sinks, from topics to brokers;
 //! - [`control`]: the admin API and deploys;
 //! - [`functions`]: the live functions and the one place an invocation
 //!   becomes a wasm or process run, which all of the above use;
@@ -39,6 +41,7 @@ pub use gale_store::Backend;
 use auth::Tokens;
 use control::Control;
 use delivery::dispatcher::Dispatch;
+use delivery::sinks::Sinks;
 use delivery::subscriptions::Subscriptions;
 use functions::Functions;
 use functions::live::Runtimes;
@@ -119,6 +122,7 @@ pub struct NodeHandle {
     stores: Stores,
     functions: Functions,
     subscriptions: Arc<Subscriptions>,
+    sinks: Arc<Sinks>,
     sources: Arc<Sources>,
     shutdown: watch::Sender<bool>,
     /// Gateway, admin API, housekeeping, change feed: stopped first.
@@ -205,6 +209,7 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         self.subscriptions.stop();
+        self.sinks.stop();
         let _ = tokio::time::timeout_at(deadline, self.sources.stop()).await;
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -327,6 +332,12 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     };
     let routes = Arc::new(Routes::default());
     let subscriptions = Arc::new(Subscriptions::new(dispatch.clone()));
+    let sinks = Arc::new(Sinks::new(
+        functions.clone(),
+        dispatch.topics.clone(),
+        publisher.clone(),
+        dispatch.runtime.clone(),
+    ));
     let sources = Arc::new(Sources::new(
         node_id.clone(),
         functions.clone(),
@@ -335,6 +346,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
     ));
     functions.follow(routes.clone());
     functions.follow(subscriptions.clone());
+    functions.follow(sinks.clone());
     functions.follow(sources.clone());
     // Follow the store from before the first read, so nothing written
     // meanwhile goes unseen.
@@ -409,6 +421,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
         stores,
         functions,
         subscriptions,
+        sinks,
         sources,
         shutdown,
         tasks,

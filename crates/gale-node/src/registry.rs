@@ -8,15 +8,15 @@
 //! - `functions/{name}`: owner app and the last version number handed out.
 //! - `versions/{name}/{version:010}`: one immutable version (code digest and
 //!   configuration).
-//! - `sources/{name}`: a source the manifest declares (`[sources.NAME]`) and
-//!   the app it belongs to.
+//! - `sources/{name}`, `sinks/{name}`: a source or sink the manifest
+//!   declares (`[sources.NAME]`, `[sinks.NAME]`) and the app it belongs to.
 //!
 //! Every plane reads these records (the gateway's routes, the dispatchers'
-//! triggers, the sources); only deploys write them.
+//! triggers, the sources, the sinks); only deploys write them.
 
 use crate::clock::now_ms;
 use crate::error::Result;
-use gale_core::{FunctionSpec, SourceSpec};
+use gale_core::{FunctionSpec, SinkSpec, SourceSpec};
 use gale_store::{Entry, Expect, Metadata};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
@@ -52,21 +52,24 @@ pub struct VersionRecord {
     pub created_at: u64,
 }
 
-/// A declared source (`[sources.NAME]`) and its app.
+/// A source (`[sources.NAME]`) or sink (`[sinks.NAME]`) an app declares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceRecord {
+pub struct Declared<T> {
     pub name: String,
     pub app: String,
-    pub spec: SourceSpec,
+    pub spec: T,
 }
 
-pub fn source_key(name: &str) -> String {
-    format!("sources/{name}")
-}
+pub type SourceRecord = Declared<SourceSpec>;
+pub type SinkRecord = Declared<SinkSpec>;
+
+/// Where declared sources and sinks are kept: `<prefix><name>`.
+pub const SOURCES: &str = "sources/";
+pub const SINKS: &str = "sinks/";
 
 /// Whether a change of `key` may change what the node runs.
 pub fn is_registry_key(key: &str) -> bool {
-    ["apps/", "functions/", "versions/", "sources/"]
+    ["apps/", "functions/", "versions/", SOURCES, SINKS]
         .iter()
         .any(|p| key.starts_with(p))
 }
@@ -196,15 +199,25 @@ impl Registry {
         Ok(self.meta.delete(key, expect).await?)
     }
 
-    /// Every declared source; an unreadable record is logged and skipped.
+    /// Every declared source.
     pub async fn sources(&self) -> Result<Vec<SourceRecord>> {
-        let mut sources = Vec::new();
-        for (key, entry) in self.meta.list("sources/").await? {
+        self.declared(SOURCES).await
+    }
+
+    /// Every declared sink.
+    pub async fn sinks(&self) -> Result<Vec<SinkRecord>> {
+        self.declared(SINKS).await
+    }
+
+    /// The records under `prefix`; an unreadable one is logged and skipped.
+    pub async fn declared<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<Declared<T>>> {
+        let mut declared = Vec::new();
+        for (key, entry) in self.meta.list(prefix).await? {
             match decode(&key, &entry) {
-                Ok(s) => sources.push(s),
-                Err(e) => tracing::error!(error = %e, "source record skipped"),
+                Ok(s) => declared.push(s),
+                Err(e) => tracing::error!(error = %e, "{prefix} record skipped"),
             }
         }
-        Ok(sources)
+        Ok(declared)
     }
 }

@@ -312,8 +312,8 @@ pub fn source_table(sources: &Vec<SourceInfo>) -> String {
             .into();
     }
     let mut out = format!(
-        "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>16} {}\n",
-        "SOURCE", "TYPE", "TOPIC", "STATE", "PUBLISHED", "POSITION", "LAG", "LAST ERROR"
+        "{:<28} {:<9} {:<24} {:<9} {:>9} {:>7} {:<26} {:>16} {}\n",
+        "SOURCE", "TYPE", "TOPIC", "STATE", "PUBLISHED", "PARKED", "POSITION", "LAG", "LAST ERROR"
     );
     for s in sources {
         let mut lag = s
@@ -327,12 +327,13 @@ pub fn source_table(sources: &Vec<SourceInfo>) -> String {
             lag = format!("{lag} ({messages} msgs)");
         }
         out.push_str(&format!(
-            "{:<28} {:<9} {:<24} {:<9} {:>9} {:<26} {:>16} {}\n",
+            "{:<28} {:<9} {:<24} {:<9} {:>9} {:>7} {:<26} {:>16} {}\n",
             s.name,
             s.kind,
             s.topic,
             s.state,
             s.published,
+            s.parked,
             s.position.as_deref().unwrap_or("-"),
             lag,
             s.last_error.as_deref().unwrap_or("-"),

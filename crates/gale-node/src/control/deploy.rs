@@ -11,7 +11,7 @@ use super::Control;
 use crate::clock::now_ms;
 use crate::error::{NodeError, Result};
 use crate::functions::triggers::{SCHEDULE_TOPIC, schedule_topic};
-use crate::registry::{AppRecord, FunctionRecord, SourceRecord, app_key, function_key, identity, source_key};
+use crate::registry::{AppRecord, Declared, FunctionRecord, SINKS, SOURCES, app_key, function_key, identity};
 use gale_core::api::{DeployRequest, DeployResponse, DeployedFunction};
 use gale_core::{Code, Error, Route};
 use gale_store::{Expect, TopicConfig};
@@ -117,24 +117,32 @@ impl Control {
             }
         }
 
-        // Sources: each feeds a topic declared here or existing already, and
-        // belongs to one app.
-        let stored = registry.sources().await?;
-        for (name, source) in &manifest.sources {
-            if let Some(other) = stored.iter().find(|s| &s.name == name && s.app != app) {
+        // Sources feed a topic, sinks forward one: declared here or existing
+        // already. Each belongs to one app.
+        let declared = manifest
+            .sources
+            .iter()
+            .map(|(name, s)| ("sources", name, s.topic()))
+            .chain(manifest.sinks.iter().map(|(name, s)| ("sinks", name, s.topic.as_str())));
+        let (sources, sinks) = (registry.sources().await?, registry.sinks().await?);
+        for (kind, name, topic) in declared {
+            let owner = match kind {
+                "sources" => sources.iter().find(|s| &s.name == name).map(|s| &s.app),
+                _ => sinks.iter().find(|s| &s.name == name).map(|s| &s.app),
+            };
+            if let Some(other) = owner.filter(|a| **a != app) {
                 return Err(Error::new(
                     Code::Conflict,
-                    format!("source `{name}` belongs to app `{}`", other.app),
+                    format!("`{kind}.{name}` belongs to app `{other}`"),
                 )
-                .with_hint("rename the source, or remove it from the other app first")
+                .with_hint("rename it, or remove it from the other app first")
                 .into());
             }
-            let topic = source.topic();
             if !manifest.topics.contains_key(topic) && !existing.contains(topic) {
                 return Err(Error::new(
                     Code::TopicNotFound,
                     format!(
-                        "`sources.{name}.topic`: topic `{topic}` is not declared in the manifest \
+                        "`{kind}.{name}.topic`: topic `{topic}` is not declared in the manifest \
                          and does not exist on the node"
                     ),
                 )
@@ -190,18 +198,20 @@ impl Control {
             };
             self.buckets.put(name, config).await?;
         }
-        let dead_letters: BTreeSet<&String> = manifest
+        let dead_letters: BTreeSet<&str> = manifest
             .functions
             .values()
             .flat_map(|f| {
                 f.events
                     .iter()
-                    .filter_map(|t| t.dead_letter.as_ref())
-                    .chain(f.schedule.iter().filter_map(|s| s.dead_letter.as_ref()))
-                    .chain(f.bucket.iter().filter_map(|b| b.dead_letter.as_ref()))
-                    .chain(f.async_policy.on_success.iter())
-                    .chain(f.async_policy.on_failure.iter())
+                    .filter_map(|t| t.dead_letter.as_deref())
+                    .chain(f.schedule.iter().filter_map(|s| s.dead_letter.as_deref()))
+                    .chain(f.bucket.iter().filter_map(|b| b.dead_letter.as_deref()))
+                    .chain(f.async_policy.on_success.as_deref())
+                    .chain(f.async_policy.on_failure.as_deref())
             })
+            .chain(manifest.sources.values().filter_map(|s| s.dead_letter()))
+            .chain(manifest.sinks.values().filter_map(|s| s.dead_letter.as_deref()))
             .filter(|d| !manifest.topics.contains_key(*d) && !existing.contains(*d))
             .collect();
         for name in dead_letters {
@@ -266,7 +276,8 @@ impl Control {
             .filter(|n| !record.functions.contains_key(*n))
             .cloned()
             .collect();
-        let sources_changed = self.write_sources(&app, &manifest.sources).await?;
+        let sources_changed = self.write_declared(&app, SOURCES, &manifest.sources).await?
+            | self.write_declared(&app, SINKS, &manifest.sinks).await?;
         let changed = !removed.is_empty()
             || deployed.iter().any(|d| d.changed)
             || expect == Expect::Absent
@@ -356,19 +367,18 @@ impl Control {
         self.functions.sync().await
     }
 
-    /// Makes the registry's sources of `app` the manifest's; whether any
-    /// changed. A source of another app's name is refused before anything
-    /// is written.
-    async fn write_sources(
-        &self,
-        app: &str,
-        sources: &BTreeMap<String, gale_core::SourceSpec>,
-    ) -> Result<bool> {
+    /// Makes the registry's sources (or sinks) of `app` under `prefix` the
+    /// manifest's; whether any changed. One of another app's name was
+    /// refused before anything was written.
+    async fn write_declared<T>(&self, app: &str, prefix: &str, declared: &BTreeMap<String, T>) -> Result<bool>
+    where
+        T: Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned,
+    {
         let registry = self.functions.registry();
-        let stored = registry.sources().await?;
+        let stored: Vec<Declared<T>> = registry.declared(prefix).await?;
         let mut changed = false;
-        for (name, spec) in sources {
-            let record = SourceRecord {
+        for (name, spec) in declared {
+            let record = Declared {
                 name: name.clone(),
                 app: app.to_string(),
                 spec: spec.clone(),
@@ -376,16 +386,16 @@ impl Control {
             match stored.iter().find(|s| &s.name == name) {
                 Some(s) if *s == record => {}
                 _ => {
-                    registry.write(&source_key(name), &record, Expect::Any).await?;
+                    registry.write(&format!("{prefix}{name}"), &record, Expect::Any).await?;
                     changed = true;
                 }
             }
         }
         for s in stored
             .iter()
-            .filter(|s| s.app == app && !sources.contains_key(&s.name))
+            .filter(|s| s.app == app && !declared.contains_key(&s.name))
         {
-            registry.delete(&source_key(&s.name), Expect::Any).await?;
+            registry.delete(&format!("{prefix}{}", s.name), Expect::Any).await?;
             changed = true;
         }
         Ok(changed)

@@ -127,12 +127,13 @@ impl Follow for Subscriptions {
             topics.delete_subscription(&k.0, &k.1).await?;
         }
         // Subscriptions left in the store by triggers removed while no
-        // dispatcher ran (a node stopped mid-change).
+        // dispatcher ran (a node stopped mid-change); sinks keep theirs.
         for topic in topics.topics().await? {
             for s in topic.subscriptions {
-                if !wanted
-                    .iter()
-                    .any(|w| w.topic == topic.name && w.subscription == s.name)
+                if !s.name.starts_with(super::sinks::SUBSCRIPTION_PREFIX)
+                    && !wanted
+                        .iter()
+                        .any(|w| w.topic == topic.name && w.subscription == s.name)
                 {
                     topics.delete_subscription(&topic.name, &s.name).await?;
                 }

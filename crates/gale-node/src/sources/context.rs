@@ -2,6 +2,7 @@
 //! docs in `sources/mod.rs`).
 
 use crate::NodeError;
+use super::message::Parked;
 use crate::publisher::Publisher;
 use gale_core::SourceSpec;
 use gale_core::api::SourceInfo;
@@ -60,6 +61,8 @@ pub struct Context {
     pub(super) checkpoint: Option<u64>,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) status: Arc<Mutex<SourceInfo>>,
+    /// Where messages the source cannot take are parked.
+    pub(super) dead_letter: Option<String>,
 }
 
 impl Context {
@@ -129,6 +132,24 @@ impl Context {
             crate::lock(&status).published += new;
             Ok(())
         }
+    }
+
+    /// Parks a message the source cannot take in its dead-letter topic
+    /// (returning once that is durable), or, without one, logs and drops
+    /// it. Either way the source then acknowledges it like any other.
+    pub async fn park(&self, parked: Parked) -> Result<(), NodeError> {
+        let id = parked.event.id.clone();
+        match &self.dead_letter {
+            Some(topic) => {
+                self.publisher.publish(topic, vec![parked.event]).await?;
+                tracing::warn!(source = %self.name, %id, %topic, reason = %parked.reason, "message parked in the dead-letter topic");
+            }
+            None => {
+                tracing::warn!(source = %self.name, %id, reason = %parked.reason, "message dropped: the source has no dead_letter topic");
+            }
+        }
+        crate::lock(&self.status).parked += 1;
+        Ok(())
     }
 
     /// Says where the source has got to, and how far behind it is.

@@ -24,6 +24,7 @@
 //! in [`build`], and a test against the real system it reads.
 
 pub mod context;
+pub mod message;
 pub mod mysql;
 pub mod nats;
 pub mod postgres;
@@ -146,6 +147,7 @@ impl Sources {
             lag_bytes: None,
             lag_messages: None,
             published: 0,
+            parked: 0,
             last_error: None,
         }));
         let runner = Runner {
@@ -275,6 +277,7 @@ impl Runner {
                 checkpoint: None,
                 stop: self.stop.clone(),
                 status: self.status.clone(),
+                dead_letter: self.wanted.spec.dead_letter().map(str::to_string),
             };
             let lease = lease_key(&name);
             let ended = tokio::select! {

@@ -26,7 +26,8 @@
 //! a pause that doubles up to 30 s, and the durable consumer resumes where
 //! its acks left it.
 //!
-//! What a message becomes is in [`message_event`].
+//! What a message becomes is in [`message_event`]; one the source cannot
+//! take is parked ([`Context::park`]) and acknowledged with the rest.
 
 mod message;
 
@@ -351,7 +352,10 @@ impl Nats {
                 .map(|t| t.to_string())
                 .ok();
             let id = cx.event_id(&format!("{stream_name}/{seq}"), 0);
-            batch.push(message_event(&self.name, &message, id, &source, time.as_deref()));
+            match message_event(&message, id, &source, time.as_deref(), self.spec.format) {
+                Ok(event) => batch.push(event),
+                Err(parked) => cx.park(parked).await?,
+            }
             replies.push(reply);
             last = Some(Last {
                 seq,
@@ -455,7 +459,10 @@ impl Nats {
             };
             received += 1;
             let id = uuid::Uuid::now_v7().to_string();
-            batch.push(message_event(&self.name, &message, id, &source, None));
+            match message_event(&message, id, &source, None, self.spec.format) {
+                Ok(event) => batch.push(event),
+                Err(parked) => cx.park(parked).await?,
+            }
         }
         if let Some((publishing, _)) = inflight.take() {
             publishing.await?;
@@ -507,7 +514,9 @@ mod tests {
             subject: "a.>".into(),
             stream: Some("A".into()),
             consumer: None,
+            format: Default::default(),
             topic: "t".into(),
+            dead_letter: None,
         };
         let wanted = Wanted {
             name: "q".into(),
