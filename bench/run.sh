@@ -5,9 +5,12 @@
 #   cargo install wasmtime-cli@48.0.8 --locked
 # The cdc scenario needs PostgreSQL's binaries (initdb, postgres,
 # pg_recvlogical) under /usr/lib/postgresql/*/bin; it runs its own server.
+# The brokers scenario uses the machine's NATS server (127.0.0.1:4222, with
+# JetStream); it makes and deletes streams of its own.
 #
 # Usage: bench/run.sh [SCENARIO [OPTIONS...]]...
-#   SCENARIO: http, cold-start, spike, idle, events, lambda, buckets, cdc
+#   SCENARIO: http, cold-start, spike, idle, events, lambda, buckets, cdc,
+#   brokers
 #   (default: all).
 #   OPTIONS go to that scenario (see target/release/gale-bench SCENARIO --help),
 #   e.g. bench/run.sh http --seconds 6 --rounds 3 cold-start
@@ -21,7 +24,7 @@ command=$(printf '%q ' "$0" "$@")
 command=${command% }
 cd "$(dirname "$0")/.."
 
-names=(http cold-start spike idle events lambda buckets cdc)
+names=(http cold-start spike idle events lambda buckets cdc brokers)
 is_scenario() {
   local n
   for n in "${names[@]}"; do [ "$1" = "$n" ] && return 0; done

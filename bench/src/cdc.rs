@@ -12,6 +12,7 @@
 //! run as the `postgres` user when the benchmark runs as root, and removed
 //! at the end. The machine's shared server is never touched.
 
+use crate::admin::Admin;
 use crate::{Node, cpu_seconds, free_port, guest, median};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
@@ -52,13 +53,9 @@ pub async fn run(rows: u32, writers: u32, rounds: u32, rate: u32, seconds: u32) 
     .await?;
 
     let node = Node::start_with(&["--log-keep", "1000000"])?;
-    let token = std::fs::read_to_string(node.dir.join("token"))?
-        .trim()
-        .to_string();
     let gale = Gale {
         node: &node,
-        http: reqwest::Client::new(),
-        token,
+        admin: Admin::of(&node)?,
         url: format!("postgres://postgres@127.0.0.1:{}/{DB}", pg.port),
         handler,
         rounds: rounds.max(1),
@@ -113,9 +110,12 @@ pub async fn run(rows: u32, writers: u32, rounds: u32, rate: u32, seconds: u32) 
                     slot: Some(&gale_slot),
                     topic: &topic,
                 }))?;
-                gale.wait_published(&topic, 1, Duration::from_secs(60)).await?;
+                gale.admin
+                    .wait_published(&topic, 1, Duration::from_secs(60))
+                    .await?;
                 let first = started.elapsed().as_secs_f64();
-                gale.wait_published(&topic, rows as u64, Duration::from_secs(600))
+                gale.admin
+                    .wait_published(&topic, rows as u64, Duration::from_secs(600))
                     .await?;
                 let secs = started.elapsed().as_secs_f64();
                 let node_cpu = (cpu_seconds(node.pid) - cpu) * 1e6 / rows as f64;
@@ -161,11 +161,12 @@ pub async fn run(rows: u32, writers: u32, rounds: u32, rate: u32, seconds: u32) 
         slot: None,
         topic: "live",
     }))?;
-    gale.wait_streaming("live").await?;
+    gale.admin.wait_streaming("live").await?;
     let (cpu, pg_cpu) = (cpu_seconds(node.pid), pg.cpu());
     let first = ids.fetch_add(rows as u64, Relaxed);
     let (started, written) = write_rows(&pg, first, rows, writers).await?;
-    gale.wait_published("live", rows as u64, Duration::from_secs(600))
+    gale.admin
+        .wait_published("live", rows as u64, Duration::from_secs(600))
         .await?;
     let live_secs = started.elapsed().as_secs_f64();
     let live_node_cpu = (cpu_seconds(node.pid) - cpu) * 1e6 / rows as f64;
@@ -292,8 +293,7 @@ struct Source<'a> {
 
 struct Gale<'a> {
     node: &'a Node,
-    http: reqwest::Client,
-    token: String,
+    admin: Admin,
     url: String,
     handler: PathBuf,
     rounds: u32,
@@ -337,89 +337,6 @@ impl Gale<'_> {
         tokio::task::block_in_place(|| self.node.deploy(&m))
     }
 
-    async fn get(&self, path: &str) -> Result<serde_json::Value> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.node.admin))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
-    }
-
-    async fn topic(&self, topic: &str) -> Result<serde_json::Value> {
-        let topics = self.get("/v1/topics").await?;
-        topics
-            .as_array()
-            .and_then(|a| a.iter().find(|t| t["name"] == topic))
-            .cloned()
-            .with_context(|| format!("topic {topic} missing"))
-    }
-
-    /// The sources, for error messages.
-    async fn sources(&self) -> String {
-        self.get("/v1/sources")
-            .await
-            .map(|v| v.to_string())
-            .unwrap_or_else(|e| e.to_string())
-    }
-
-    /// Waits until `topic` has accepted `n` events.
-    async fn wait_published(&self, topic: &str, n: u64, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let t = self.topic(topic).await?;
-            if t["published"].as_u64().unwrap_or(0) >= n {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{topic}: {} of {n} changes arrived; sources: {}",
-                    t["published"],
-                    self.sources().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Waits until every subscription of `topic` has acked `n` events.
-    async fn wait_acked(&self, topic: &str, n: u64, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let t = self.topic(topic).await?;
-            let subs = t["subscriptions"].as_array().cloned().unwrap_or_default();
-            if !subs.is_empty() && subs.iter().all(|s| s["acked"].as_u64().unwrap_or(0) >= n) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{topic}: not all {n} events handled in time: {t}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until source `name` streams (it reported a position).
-    async fn wait_streaming(&self, name: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let all = self.get("/v1/sources").await?;
-            let s = all.as_array().and_then(|a| a.iter().find(|s| s["name"] == name));
-            if let Some(s) = s
-                && s["state"] == "running"
-                && s.get("position").is_some_and(|p| !p.is_null())
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("source {name} never streamed: {all}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// Inserts rows at a steady `rate` for `seconds` while a handler
     /// follows the source's topic; commit → handler start (the invocation
     /// log's start, in ms) of each row.
@@ -436,7 +353,7 @@ impl Gale<'_> {
             slot: None,
             topic: "latency",
         }))?;
-        self.wait_streaming("lat").await?;
+        self.admin.wait_streaming("lat").await?;
         let mut clients = Vec::new();
         for _ in 0..writers.max(1) {
             let client = pg.client(DB).await?;
@@ -446,7 +363,9 @@ impl Gale<'_> {
         // Warm up the handler (code loaded, first instance).
         let (client, insert) = &*clients[0];
         insert_row(client, insert, ids.fetch_add(1, Relaxed)).await?;
-        self.wait_acked("latency", 1, Duration::from_secs(60)).await?;
+        self.admin
+            .wait_acked("latency", 1, Duration::from_secs(60))
+            .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         let total = (rate * seconds) as usize;
@@ -467,29 +386,11 @@ impl Gale<'_> {
             let (id, at) = t.await??;
             committed.insert(id, at);
         }
-        self.wait_acked("latency", total as u64 + 1, Duration::from_secs(120))
+        self.admin
+            .wait_acked("latency", total as u64 + 1, Duration::from_secs(120))
             .await?;
 
-        // Logs are written in batches: wait until every change's is there.
-        let mut started = HashMap::new(); // event id → handler start (ms)
-        let (mut after, deadline) = (0u64, Instant::now() + Duration::from_secs(60));
-        while started.len() < total + 1 && Instant::now() < deadline {
-            let logs = self
-                .get(&format!("/v1/functions/h/logs?after={after}&limit=1000"))
-                .await?;
-            let logs = logs.as_array().context("logs are a list")?;
-            if logs.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            for l in logs {
-                after = l["seq"].as_u64().unwrap_or(after);
-                if let (Some(id), Some(at)) = (l["events"][0].as_str(), l["started_at"].as_f64()) {
-                    // A retried event keeps its first start.
-                    started.entry(id.to_string()).or_insert(at);
-                }
-            }
-        }
+        let started = self.admin.handler_starts("h", total + 1).await?;
         // The events: which row each is, and the server's commit time.
         let (mut from_client, mut from_server) = (Vec::new(), Vec::new());
         let mut stages: [Vec<f64>; 3] = Default::default();

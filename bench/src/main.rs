@@ -4,7 +4,7 @@
 //!
 //! Run with `bench/run.sh` (builds release binaries, runs the scenarios and
 //! writes their output to `bench/RESULTS.md`), or one scenario by hand:
-//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets|cdc`.
+//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets|cdc|brokers`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod admin;
+mod brokers;
 mod buckets;
 mod cdc;
 mod events;
@@ -130,6 +132,23 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// Broker sources: NATS JetStream messages/s from the broker to durable,
+    /// acknowledged topic events against async-nats consuming and acking
+    /// alone, and publish → handler start latency at a steady rate.
+    Brokers {
+        /// Messages per throughput measurement.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u32,
+        /// Rounds of the throughput measurement; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Steady rate of the latency measurement (messages/s).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of the latency measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// A plain axum hello server: the ceiling for `http`.
     AxumHello {
         #[arg(long)]
@@ -171,6 +190,12 @@ fn main() -> Result<()> {
             rate,
             seconds,
         } => rt.block_on(cdc::run(rows, writers, rounds, rate, seconds)),
+        Scenario::Brokers {
+            messages,
+            rounds,
+            rate,
+            seconds,
+        } => rt.block_on(brokers::run(messages, rounds, rate, seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
             let listener = tokio::net::TcpListener::bind(&listen).await?;

@@ -94,11 +94,18 @@ impl SinkSpec {
     /// Checks the settings; the error names the key (relative to the
     /// table), what is wrong and how to fix it.
     pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
-        for (key, topic) in [("topic", Some(&self.topic)), ("dead_letter", self.dead_letter.as_ref())] {
+        for (key, topic) in [
+            ("topic", Some(&self.topic)),
+            ("dead_letter", self.dead_letter.as_ref()),
+        ] {
             if let Some(t) = topic
                 && !valid_topic(t)
             {
-                return Err((key, format!("{t:?} is not a valid topic name"), "name a Gale topic, like \"orders\""));
+                return Err((
+                    key,
+                    format!("{t:?} is not a valid topic name"),
+                    "name a Gale topic, like \"orders\"",
+                ));
             }
         }
         if self.dead_letter.as_ref() == Some(&self.topic) {
@@ -113,7 +120,11 @@ impl SinkSpec {
         if !scheme.is_some_and(|s| schemes.contains(&s)) || self.url.len() <= scheme.map_or(0, str::len) + 3 {
             return Err((
                 "url",
-                format!("{:?} is not a URL for this broker (it takes {})", self.url, schemes.join("://, ") + "://"),
+                format!(
+                    "{:?} is not a URL for this broker (it takes {})",
+                    self.url,
+                    schemes.join("://, ") + "://"
+                ),
                 "write it like \"nats://127.0.0.1:4222\", \"amqp://guest:guest@127.0.0.1:5672/%2f\", \"redis://127.0.0.1:6379\", \"mqtt://127.0.0.1:1883\" or \"kafka://127.0.0.1:9092\"",
             ));
         }
@@ -125,13 +136,21 @@ impl SinkSpec {
             ));
         }
         if self.exchange.is_some() && self.kind != SinkKind::Rabbitmq {
-            return Err(("exchange", "applies only to type = \"rabbitmq\"".into(), "remove it"));
+            return Err((
+                "exchange",
+                "applies only to type = \"rabbitmq\"".into(),
+                "remove it",
+            ));
         }
         if !self.jetstream && self.kind != SinkKind::Nats {
             return Err(("jetstream", "applies only to type = \"nats\"".into(), "remove it"));
         }
         if self.max_attempts == 0 {
-            return Err(("max_attempts", "must be at least 1".into(), "1 sends each event once, without retries"));
+            return Err((
+                "max_attempts",
+                "must be at least 1".into(),
+                "1 sends each event once, without retries",
+            ));
         }
         Ok(())
     }
@@ -149,14 +168,34 @@ mod tests {
 
     #[test]
     fn sinks_are_checked_before_anything_is_sent() {
-        let s = spec("type = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\ntopic = \"orders\"\nto = \"shipped\"\n").unwrap();
-        assert_eq!((s.kind, s.mode, s.max_attempts, s.jetstream), (SinkKind::Rabbitmq, SinkMode::Binary, 5, true));
+        let s =
+            spec("type = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\ntopic = \"orders\"\nto = \"shipped\"\n")
+                .unwrap();
+        assert_eq!(
+            (s.kind, s.mode, s.max_attempts, s.jetstream),
+            (SinkKind::Rabbitmq, SinkMode::Binary, 5, true)
+        );
         for (toml, key) in [
-            ("type = \"mqtt\"\nurl = \"amqp://h\"\ntopic = \"o\"\nto = \"x\"\n", "url"),
-            ("type = \"kafka\"\nurl = \"kafka://h:9092\"\ntopic = \"O!\"\nto = \"x\"\n", "topic"),
-            ("type = \"redis\"\nurl = \"redis://h\"\ntopic = \"o\"\nto = \"\"\n", "to"),
-            ("type = \"redis\"\nurl = \"redis://h\"\ntopic = \"o\"\nto = \"s\"\nexchange = \"e\"\n", "exchange"),
-            ("type = \"nats\"\nurl = \"nats://h\"\ntopic = \"o\"\nto = \"s\"\ndead_letter = \"o\"\n", "dead_letter"),
+            (
+                "type = \"mqtt\"\nurl = \"amqp://h\"\ntopic = \"o\"\nto = \"x\"\n",
+                "url",
+            ),
+            (
+                "type = \"kafka\"\nurl = \"kafka://h:9092\"\ntopic = \"O!\"\nto = \"x\"\n",
+                "topic",
+            ),
+            (
+                "type = \"redis\"\nurl = \"redis://h\"\ntopic = \"o\"\nto = \"\"\n",
+                "to",
+            ),
+            (
+                "type = \"redis\"\nurl = \"redis://h\"\ntopic = \"o\"\nto = \"s\"\nexchange = \"e\"\n",
+                "exchange",
+            ),
+            (
+                "type = \"nats\"\nurl = \"nats://h\"\ntopic = \"o\"\nto = \"s\"\ndead_letter = \"o\"\n",
+                "dead_letter",
+            ),
         ] {
             let e = spec(toml).unwrap_err();
             assert!(e.starts_with(key), "{toml}: {e}");

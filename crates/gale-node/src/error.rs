@@ -74,9 +74,11 @@ impl NodeError {
                 };
                 Error::new(Code::ComponentInvalid, self.to_string()).with_hint(hint)
             }
-            NodeError::Wasm(_) | NodeError::Listen { .. } | NodeError::Threads(_) | NodeError::Source(_) | NodeError::Sink(_) => {
-                Error::new(Code::Internal, self.to_string())
-            }
+            NodeError::Wasm(_)
+            | NodeError::Listen { .. }
+            | NodeError::Threads(_)
+            | NodeError::Source(_)
+            | NodeError::Sink(_) => Error::new(Code::Internal, self.to_string()),
         }
     }
 }

@@ -923,3 +923,99 @@ async fn the_orders_db_example_runs_as_its_readme_says() {
         vec![json!("gale.db.row.inserted"), json!("gale.db.row.updated")]
     );
 }
+
+/// `examples/bridge`: orders sent to RabbitMQ with pika reach the Amazon MQ
+/// handler, and what it ships arrives on NATS JetStream, read with nats-py,
+/// both scripts run as the README runs them (with a queue, subject and
+/// stream of this test's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_example_runs_as_its_readme_says() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    let id = format!("{}x{nanos}", std::process::id());
+    let (queue, subject, stream) = (
+        format!("orders-{id}"),
+        format!("shop.shipped.{id}"),
+        format!("SHIPPED_{id}"),
+    );
+    let (manifest, dir) = build_example("bridge");
+    let manifest = manifest
+        .replace("queue = \"orders\"", &format!("queue = \"{queue}\""))
+        .replace("to = \"shop.shipped\"", &format!("to = \"{subject}\""));
+    let node = TestNode::start().await;
+    node.deploy_from(&manifest, &dir).await.unwrap();
+    node.wait_streaming("orders-in").await;
+
+    let script = |name: &str, n: &str| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.arg(dir.join(name))
+            .arg(n)
+            .env("QUEUE", &queue)
+            .env("SUBJECT", &subject)
+            .env("STREAM", &stream)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    // The warehouse first: it makes the stream the sink publishes to.
+    let mut reader = script("read_shipped.py", "3").spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(reader.stdout.take().unwrap());
+    let mut first = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(first.trim(), "waiting for shipments");
+    let sent = script("send_orders.py", "3").output().await.unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "sent 3 orders");
+
+    let mut rest = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read_to_string(&mut lines, &mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "3 shipments within 60 s; read so far: {rest}");
+    let status = reader.wait().await.unwrap();
+    assert!(status.success());
+    // Batches may run side by side: the order of shipments is not fixed.
+    let mut shipped: Vec<&str> = rest.lines().collect();
+    shipped.sort();
+    assert_eq!(
+        shipped,
+        vec![
+            "order_shipped shipped-1: order 1 for grace, total 3.5",
+            "order_shipped shipped-2: order 2 for alan, total 7.0",
+            "order_shipped shipped-3: order 3 for ada, total 10.5",
+        ]
+    );
+    let logs = node.logs("fulfil", 1).await;
+    assert!(
+        logs[0]
+            .stdout
+            .contains(&format!("{queue}: order 1 for grace shipped")),
+        "{}",
+        logs[0].stdout
+    );
+
+    // Clean up the broker side.
+    let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    async_nats::jetstream::new(nats)
+        .delete_stream(&stream)
+        .await
+        .unwrap();
+    let deleted = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import pika; c = pika.BlockingConnection(pika.URLParameters('amqp://guest:guest@127.0.0.1:5672/%2f')); c.channel().queue_delete(queue='{queue}'); c.close()"
+            ),
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(deleted.success());
+}

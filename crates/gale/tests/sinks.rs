@@ -92,7 +92,15 @@ async fn events_reach_a_jetstream_stream_once_each_in_binary_mode() {
     }
     // Nothing more: once each.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let info = js.get_stream(&stream).await.unwrap().info().await.unwrap().state.messages;
+    let info = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
     assert_eq!(info, 50);
     js.delete_stream(&stream).await.unwrap();
 }
@@ -107,13 +115,18 @@ async fn a_broker_that_refuses_is_retried_then_dead_lettered() {
     );
     node.deploy_from(&manifest, Path::new(".")).await.unwrap();
     publish(&node, "orders", 2).await;
-    let dead = node.wait_topic_events("orders-unsent", 2, Duration::from_secs(30)).await;
+    let dead = node
+        .wait_topic_events("orders-unsent", 2, Duration::from_secs(30))
+        .await;
     for (i, e) in dead.iter().enumerate() {
         assert_eq!(e["id"], format!("ev-{i}"));
         assert_eq!(e["galeattempts"], 3);
         assert_eq!(e["galesink"], "nowhere");
         let error = e["galeerror"].as_str().unwrap();
-        assert!(error.contains("no JetStream stream") && error.contains("jetstream = false"), "{error}");
+        assert!(
+            error.contains("no JetStream stream") && error.contains("jetstream = false"),
+            "{error}"
+        );
     }
 
     // A bad sink is refused at deploy, naming the key.

@@ -544,8 +544,16 @@ async fn a_poison_message_is_parked_and_the_stream_flows_on() {
     .await
     .unwrap();
     for n in 0..10u32 {
-        let body = if n == 3 { "not json".to_string() } else { json!({ "n": n }).to_string() };
-        js.publish(format!("{prefix}.o"), body.into()).await.unwrap().await.unwrap();
+        let body = if n == 3 {
+            "not json".to_string()
+        } else {
+            json!({ "n": n }).to_string()
+        };
+        js.publish(format!("{prefix}.o"), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let node = TestNode::start().await;
     let manifest = format!(
@@ -555,22 +563,36 @@ async fn a_poison_message_is_parked_and_the_stream_flows_on() {
     let got = node.wait_topic_events("orders", 9, Duration::from_secs(30)).await;
     let ns: Vec<u64> = got.iter().map(|e| e["data"]["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
-    let parked = node.wait_topic_events("orders-rejected", 1, Duration::from_secs(10)).await;
+    let parked = node
+        .wait_topic_events("orders-rejected", 1, Duration::from_secs(10))
+        .await;
     assert_eq!(parked[0]["id"], format!("q/{stream}/4"));
-    assert!(parked[0]["galeerror"].as_str().unwrap().contains("JSON"), "{}", parked[0]);
+    assert!(
+        parked[0]["galeerror"].as_str().unwrap().contains("JSON"),
+        "{}",
+        parked[0]
+    );
     assert_eq!(parked[0]["data_base64"], "bm90IGpzb24=", "the body, kept");
     let s = node.source("q").await.unwrap();
     assert_eq!((s.published, s.parked), (9, 1), "{s:?}");
     // Nothing waits for redelivery.
-    let mut consumer: jetstream::consumer::PullConsumer =
-        js.get_stream(&stream).await.unwrap().get_consumer("gale_p_q").await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer("gale_p_q")
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let info = consumer.info().await.unwrap();
         if info.num_ack_pending == 0 && info.num_pending == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "consumer still holds messages: {info:?}");
+        assert!(
+            Instant::now() < deadline,
+            "consumer still holds messages: {info:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     js.delete_stream(&stream).await.unwrap();

@@ -123,7 +123,12 @@ impl Control {
             .sources
             .iter()
             .map(|(name, s)| ("sources", name, s.topic()))
-            .chain(manifest.sinks.iter().map(|(name, s)| ("sinks", name, s.topic.as_str())));
+            .chain(
+                manifest
+                    .sinks
+                    .iter()
+                    .map(|(name, s)| ("sinks", name, s.topic.as_str())),
+            );
         let (sources, sinks) = (registry.sources().await?, registry.sinks().await?);
         for (kind, name, topic) in declared {
             let owner = match kind {
@@ -386,7 +391,9 @@ impl Control {
             match stored.iter().find(|s| &s.name == name) {
                 Some(s) if *s == record => {}
                 _ => {
-                    registry.write(&format!("{prefix}{name}"), &record, Expect::Any).await?;
+                    registry
+                        .write(&format!("{prefix}{name}"), &record, Expect::Any)
+                        .await?;
                     changed = true;
                 }
             }
@@ -395,7 +402,9 @@ impl Control {
             .iter()
             .filter(|s| s.app == app && !declared.contains_key(&s.name))
         {
-            registry.delete(&format!("{prefix}{}", s.name), Expect::Any).await?;
+            registry
+                .delete(&format!("{prefix}{}", s.name), Expect::Any)
+                .await?;
             changed = true;
         }
         Ok(changed)

@@ -114,7 +114,13 @@ pub async fn redrive(dispatch: &Dispatch, dlq: &str) -> Result<serde_json::Value
         triggers(&live.name, &live.spec)
             .iter()
             .any(|t| t.dead_letter.as_deref() == Some(dlq))
-    });
+    }) || dispatch
+        .functions
+        .registry()
+        .sinks()
+        .await?
+        .iter()
+        .any(|s| s.spec.dead_letter.as_deref() == Some(dlq));
     let (mut moved, mut kept, mut after) = (0, 0, 0);
     loop {
         let page = dispatch.topics.read(dlq, after, 500).await?;
@@ -140,7 +146,7 @@ pub async fn redrive(dispatch: &Dispatch, dlq: &str) -> Result<serde_json::Value
     if moved == 0 && !named {
         return Err(Error::new(
             Code::Conflict,
-            format!("topic `{dlq}` is not a dead-letter topic: no trigger names it as `dead_letter` and none of its {kept} events failed a delivery"),
+            format!("topic `{dlq}` is not a dead-letter topic: no trigger or sink names it as `dead_letter` and none of its {kept} events failed a delivery"),
         )
         .with_hint("a trigger's `dead_letter` key names its dead-letter topic; `gale describe FN` shows a function's")
         .into());

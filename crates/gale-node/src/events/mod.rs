@@ -23,11 +23,12 @@ pub const MAX_EVENT: usize = 1 << 20;
 pub const MAX_PUBLISH: usize = 8 << 20;
 
 /// Extension attributes Gale adds to a dead letter.
-pub const FAILURE_ATTRIBUTES: [&str; 5] = [
+pub const FAILURE_ATTRIBUTES: [&str; 6] = [
     "galeerror",
     "galeattempts",
     "galefunction",
     "galeversion",
+    "galesink",
     "galetopic",
 ];
 

@@ -1,8 +1,8 @@
 //! What a source is and what it may touch while it runs (see the plane's
 //! docs in `sources/mod.rs`).
 
-use crate::NodeError;
 use super::message::Parked;
+use crate::NodeError;
 use crate::publisher::Publisher;
 use gale_core::SourceSpec;
 use gale_core::api::SourceInfo;

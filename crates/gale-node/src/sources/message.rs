@@ -238,7 +238,11 @@ impl Message<'_> {
         }
         // Binary mode: the data's type is the binding's attribute or the
         // message's content type; structured: the content type says so.
-        let ct = if structured { content_type.as_deref() } else { data_type.or(content_type.as_deref()) };
+        let ct = if structured {
+            content_type.as_deref()
+        } else {
+            data_type.or(content_type.as_deref())
+        };
         if let Some(ct) = ct {
             http.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_str(ct).ok()?);
         }
@@ -352,7 +356,12 @@ mod tests {
         }
     }
 
-    fn take(h: &[(&str, &str)], body: &[u8], prefix: &'static str, format: MessageFormat) -> Result<(NewEvent, cloudevents::Event), Parked> {
+    fn take(
+        h: &[(&str, &str)],
+        body: &[u8],
+        prefix: &'static str,
+        format: MessageFormat,
+    ) -> Result<(NewEvent, cloudevents::Event), Parked> {
         let h = headers(h);
         let m = Message {
             body,
@@ -371,7 +380,10 @@ mod tests {
 
     #[test]
     fn plain_messages_become_events_of_the_sources_type() {
-        let (stored, e) = any(&[("Region", "eu"), ("Nats-Msg-Id", "x"), ("id", "spoof")], br#"{"qty":2}"#);
+        let (stored, e) = any(
+            &[("Region", "eu"), ("Nats-Msg-Id", "x"), ("id", "spoof")],
+            br#"{"qty":2}"#,
+        );
         assert_eq!(e.ty(), "gale.test.message");
         assert_eq!((e.id(), e.source().as_str()), ("q/S/7", "/gale/test/S"));
         assert_eq!(e.subject(), Some("orders.42"));
@@ -407,9 +419,19 @@ mod tests {
                 (format!("{prefix}partitionkey"), "c%2042"),
             ];
             let mut h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            h.push((if prefix == "ce-" { "ce-datacontenttype" } else { "content-type" }, "application/json"));
+            h.push((
+                if prefix == "ce-" {
+                    "ce-datacontenttype"
+                } else {
+                    "content-type"
+                },
+                "application/json",
+            ));
             let (stored, e) = take(&h, br#"{"n":1}"#, prefix, MessageFormat::Cloudevents).unwrap();
-            assert_eq!((e.id(), e.source().as_str(), e.ty()), ("e-1", "/shop", "order.placed"));
+            assert_eq!(
+                (e.id(), e.source().as_str(), e.ty()),
+                ("e-1", "/shop", "order.placed")
+            );
             assert_eq!(stored.partition_key.as_deref(), Some("c 42"));
             assert!(matches!(e.data(), Some(cloudevents::Data::Json(d)) if d["n"] == 1));
         };

@@ -11,8 +11,8 @@
 //! sent again, and the broker may see it twice (each message carries its
 //! event's id).
 
-use super::Sink;
 use super::super::backoff::jitter;
+use super::Sink;
 use crate::events;
 use crate::publisher::Publisher;
 use cloudevents::{AttributesReader, Event};
@@ -78,7 +78,10 @@ pub(super) async fn run(
         let events: Vec<Event> = batch.iter().map(|(_, e)| e.clone()).collect();
         let sent = match tokio::time::timeout(CONFIRM, sink.send(&events)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("the broker did not confirm within {}s", CONFIRM.as_secs())),
+            Err(_) => Err(format!(
+                "the broker did not confirm within {}s",
+                CONFIRM.as_secs()
+            )),
         };
         let handled = match &sent {
             Ok(()) => batch.len() as u64,

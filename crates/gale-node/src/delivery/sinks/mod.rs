@@ -46,7 +46,12 @@ pub trait Sink: Send + 'static {
 
 /// The sink a spec describes.
 pub fn build(name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, NodeError> {
-    let unbuilt = || Err(NodeError::Sink(format!("sink `{name}`: sending to {:?} is not built yet", spec.kind)));
+    let unbuilt = || {
+        Err(NodeError::Sink(format!(
+            "sink `{name}`: sending to {:?} is not built yet",
+            spec.kind
+        )))
+    };
     match spec.kind {
         SinkKind::Nats => Ok(Box::new(nats::NatsSink::new(name, spec))),
         SinkKind::Rabbitmq => unbuilt(),
@@ -116,7 +121,10 @@ impl Follow for Sinks {
                 .collect()
         };
         for (name, spec) in gone {
-            if !wanted.iter().any(|w| w.name == name && w.spec.topic == spec.topic) {
+            if !wanted
+                .iter()
+                .any(|w| w.name == name && w.spec.topic == spec.topic)
+            {
                 self.topics
                     .delete_subscription(&spec.topic, &forward::subscription(&name))
                     .await?;
@@ -219,7 +227,11 @@ mod tests {
             let out = Outgoing::new(&e, SinkMode::Binary, prefix);
             assert_eq!(out.body, br#"{"qty":2}"#);
             assert_eq!(out.content_type.as_deref(), Some("application/json"));
-            assert!(out.headers.contains(&(format!("{prefix}region"), "eu".into())), "{:?}", out.headers);
+            assert!(
+                out.headers.contains(&(format!("{prefix}region"), "eu".into())),
+                "{:?}",
+                out.headers
+            );
             // Read back by a Gale source on the same binding: the same event.
             let m = Message {
                 body: &out.body,
@@ -235,7 +247,8 @@ mod tests {
                 time: None,
                 key: None,
             };
-            let back = crate::events::decode(&m.event(origin, MessageFormat::Cloudevents).unwrap().body).unwrap();
+            let back =
+                crate::events::decode(&m.event(origin, MessageFormat::Cloudevents).unwrap().body).unwrap();
             assert_eq!(back, e, "{prefix}");
         }
         let out = Outgoing::new(&e, SinkMode::Structured, "ce-");

@@ -29,7 +29,12 @@ pub struct NatsSink {
 impl NatsSink {
     pub fn new(name: &str, spec: &SinkSpec) -> NatsSink {
         let server = match url::Url::parse(&spec.url) {
-            Ok(u) => format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port().unwrap_or(4222)),
+            Ok(u) => format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port().unwrap_or(4222)
+            ),
             Err(_) => "the sink's url".into(),
         };
         NatsSink {
@@ -43,7 +48,11 @@ impl NatsSink {
     async fn connect(&self) -> Result<(async_nats::Client, jetstream::Context), NodeError> {
         let url = url::Url::parse(&self.spec.url)
             .map_err(|e| NodeError::Sink(format!("sink `{}`: the url is not a NATS URL ({e})", self.name)))?;
-        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("gale sink {}", self.name))
             .connection_timeout(Duration::from_secs(5));
@@ -53,7 +62,12 @@ impl NatsSink {
                 None => options.token(decode(url.username())),
             };
         }
-        let addr = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(4222));
+        let addr = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(4222)
+        );
         let client = options.connect(addr).await.map_err(|e| {
             NodeError::Sink(format!(
                 "sink `{}`: cannot connect to NATS at {} ({e}); check the host, port and credentials in the sink's url",
@@ -64,9 +78,16 @@ impl NatsSink {
         Ok((client, js))
     }
 
-    async fn publish(&self, (client, js): &(async_nats::Client, jetstream::Context), events: &[Event]) -> Result<(), NodeError> {
+    async fn publish(
+        &self,
+        (client, js): &(async_nats::Client, jetstream::Context),
+        events: &[Event],
+    ) -> Result<(), NodeError> {
         let failed = |e: &dyn std::fmt::Display| {
-            NodeError::Sink(format!("sink `{}`: publishing to `{}` on NATS at {} failed: {e}", self.name, self.spec.to, self.server))
+            NodeError::Sink(format!(
+                "sink `{}`: publishing to `{}` on NATS at {} failed: {e}",
+                self.name, self.spec.to, self.server
+            ))
         };
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
@@ -112,7 +133,9 @@ impl Sink for NatsSink {
         if self.client.is_none() {
             self.client = Some(self.connect().await?);
         }
-        let sent = self.publish(self.client.as_ref().expect("connected"), events).await;
+        let sent = self
+            .publish(self.client.as_ref().expect("connected"), events)
+            .await;
         if sent.is_err() {
             self.client = None;
         }

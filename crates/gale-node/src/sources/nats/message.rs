@@ -30,7 +30,9 @@ pub fn message_event(
         .flat_map(|h| h.iter())
         .flat_map(|(k, values)| {
             let k: &str = k.as_ref();
-            values.iter().map(move |v| (k.to_string(), v.as_str().to_string()))
+            values
+                .iter()
+                .map(move |v| (k.to_string(), v.as_str().to_string()))
         })
         .collect();
     let subject = message.subject.as_str();
