@@ -89,7 +89,8 @@ pub async fn run(messages: u32, rounds: u32, rate: u32, seconds: u32) -> Result<
                     .get_stream(&stream)
                     .await?
                     .get_consumer(&format!("gale_brokers_nats{r}"))
-                    .await?;
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the source's consumer: {e}"))?;
                 wait_acked(consumer, messages).await?;
                 let secs = started.elapsed().as_secs_f64();
                 gale = (

@@ -399,6 +399,7 @@ impl Gale<'_> {
         let mut after = 0u64;
         loop {
             let events = self
+                .admin
                 .get(&format!("/v1/topics/latency/events?after={after}&limit=1000"))
                 .await?;
             let events = events.as_array().context("events are a list")?;
