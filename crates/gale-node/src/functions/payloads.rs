@@ -665,6 +665,59 @@ mod tests {
     }
 
     #[test]
+    fn rabbitmq_messages_become_amazon_mq_events_by_queue() {
+        let from_source: Event = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "q/m-1", "source": "/gale/rabbitmq/%2F/orders",
+            "type": "gale.rabbitmq.message", "datacontenttype": "text/plain", "data": "hello",
+            "rmqqueue": "orders", "rmqvhost": "/", "rmqredelivered": "true",
+            "rmqproperties": r#"{"contentType":"text/plain","messageId":"m-1","deliveryMode":2,"timestamp":2021,"headers":{"Region":"eu","n":10}}"#
+        }))
+        .unwrap();
+        let other: Event = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "e-2", "source": "/shop", "type": "t",
+            "datacontenttype": "application/json", "data": {"k": 1}
+        }))
+        .unwrap();
+        let payload: Value = serde_json::from_slice(&events_payload(
+            EventFormat::Rabbitmq,
+            "orders-in",
+            "local",
+            &[(&from_source, 1), (&other, 1), (&from_source, 2)],
+        ))
+        .unwrap();
+        assert_eq!(payload["eventSource"], "aws:rmq");
+        assert!(
+            payload["eventSourceArn"]
+                .as_str()
+                .unwrap()
+                .starts_with("arn:aws:mq:local:")
+        );
+        let queue = payload["rmqMessagesByQueue"]["orders::/"].as_array().unwrap();
+        assert_eq!(queue.len(), 2);
+        let m = &queue[0];
+        assert_eq!(m["redelivered"], true);
+        assert_eq!(B64.decode(m["data"].as_str().unwrap()).unwrap(), b"hello");
+        let p = &m["basicProperties"];
+        assert_eq!(
+            (&p["contentType"], &p["messageId"], &p["deliveryMode"]),
+            (&json!("text/plain"), &json!("m-1"), &json!(2))
+        );
+        assert_eq!(
+            p["headers"]["Region"],
+            json!({"bytes": [101, 117]}),
+            "strings as their bytes"
+        );
+        assert_eq!(p["headers"]["n"], 10);
+        assert_eq!(p["timestamp"], "Jan 1, 1970, 12:33:41 AM");
+        assert_eq!((&p["bodySize"], &p["priority"]), (&json!(5), &Value::Null));
+        // An event from elsewhere: under the topic's name.
+        let m = &payload["rmqMessagesByQueue"]["orders-in::/"][0];
+        assert_eq!(m["redelivered"], false);
+        assert_eq!(B64.decode(m["data"].as_str().unwrap()).unwrap(), br#"{"k":1}"#);
+        assert_eq!(m["basicProperties"]["messageId"], "e-2");
+    }
+
+    #[test]
     fn sqs_answers_retry_only_the_named_items() {
         let ids = ["a", "b", "c"];
         let ok = |s: &str| Ok(Bytes::from(s.to_string()));

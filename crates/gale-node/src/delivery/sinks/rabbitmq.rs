@@ -206,3 +206,153 @@ impl Sink for RabbitmqSink {
         sent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the machine's RabbitMQ (127.0.0.1:5672, guest/guest).
+    use super::*;
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use serde_json::json;
+
+    const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    fn spec(url: &str, to: &str, extra: serde_json::Value) -> SinkSpec {
+        let mut v = json!({ "type": "rabbitmq", "url": url, "topic": "orders", "to": to });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn event(n: u32) -> Event {
+        serde_json::from_value(json!({
+            "specversion": "1.0", "id": format!("e-{n}"), "source": "/shop", "type": "order.placed",
+            "time": "2026-12-07T10:00:00Z", "region": "eu", "datacontenttype": "application/json",
+            "data": { "n": n }
+        }))
+        .unwrap()
+    }
+
+    fn unique(prefix: &str) -> String {
+        format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn queue(url: &str) -> (Connection, Channel, String) {
+        let url = AmqpUrl::parse(url).unwrap();
+        let conn = connect(&url, "gale sink test").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let name = unique("gale-sink-");
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (conn, channel, name)
+    }
+
+    fn header(p: &BasicProperties, name: &str) -> Option<String> {
+        match p.headers().as_ref()?.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_arrive_once_in_order_as_persistent_binary_mode_messages() {
+        let (_conn, channel, q) = queue(AMQP).await;
+        let mut sink = RabbitmqSink::new("out", &spec(AMQP, &q, json!({})));
+        let events: Vec<Event> = (0..20).map(event).collect();
+        sink.send(&events[..10]).await.unwrap();
+        sink.send(&events[10..]).await.unwrap();
+        for n in 0..20u32 {
+            let m = channel
+                .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("message {n} missing"));
+            let p = &m.delivery.properties;
+            let body: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+            assert_eq!(body, json!({ "n": n }), "the data as the body, in order");
+            assert_eq!(p.message_id().as_ref().unwrap().as_str(), format!("e-{n}"));
+            assert_eq!(p.content_type().as_ref().unwrap().as_str(), "application/json");
+            assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+            assert_eq!(*p.timestamp(), Some(1_796_637_600));
+            assert_eq!(
+                header(p, "cloudEvents:id").as_deref(),
+                Some(format!("e-{n}").as_str())
+            );
+            assert_eq!(header(p, "cloudEvents:type").as_deref(), Some("order.placed"));
+            assert_eq!(header(p, "cloudEvents:specversion").as_deref(), Some("1.0"));
+            assert_eq!(header(p, "cloudEvents:region").as_deref(), Some("eu"));
+            assert!(header(p, "cloudEvents:datacontenttype").is_none());
+        }
+        let more = channel
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        assert!(more.is_none(), "once each");
+
+        // Structured mode: the whole event as the body.
+        let mut sink = RabbitmqSink::new("out", &spec(AMQP, &q, json!({ "mode": "structured" })));
+        sink.send(&events[..1]).await.unwrap();
+        let m = channel
+            .basic_get(q.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
+        let p = &m.delivery.properties;
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/cloudevents+json"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        assert_eq!((&body["id"], &body["data"]["n"]), (&json!("e-0"), &json!(0)));
+        channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_refuses_is_an_error_that_says_why() {
+        let events = vec![event(1)];
+        let err = |r: Result<(), NodeError>| r.unwrap_err().to_string();
+        let e = err(RabbitmqSink::new(
+            "out",
+            &spec("amqp://guest:s3cret@127.0.0.1:1/%2f", "q", json!({})),
+        )
+        .send(&events)
+        .await);
+        assert!(
+            e.contains("cannot reach the broker") && e.contains("amqp://127.0.0.1:1"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = err(RabbitmqSink::new(
+            "out",
+            &spec("amqp://guest:wrong@127.0.0.1:5672/%2f", "q", json!({})),
+        )
+        .send(&events)
+        .await);
+        assert!(e.contains("refused the login of user `guest`"), "{e}");
+        assert!(!e.contains("wrong@"), "{e}");
+        // No queue of that name: the message comes back unroutable.
+        let e = err(
+            RabbitmqSink::new("out", &spec(AMQP, &unique("gale-none-"), json!({})))
+                .send(&events)
+                .await,
+        );
+        assert!(e.contains("could not route") && e.contains("NO_ROUTE"), "{e}");
+        // No such exchange: the broker closes the channel.
+        let exchange = unique("gale-nox-");
+        let mut sink = RabbitmqSink::new("out", &spec(AMQP, "q", json!({ "exchange": exchange })));
+        let e = err(sink.send(&events).await);
+        assert!(e.contains(&format!("there is no exchange `{exchange}`")), "{e}");
+        // ...and the next batch connects afresh (and fails the same way).
+        let e = err(sink.send(&events).await);
+        assert!(e.contains("no exchange"), "{e}");
+    }
+}

@@ -195,3 +195,97 @@ fn properties_json(p: &BasicProperties) -> Map<String, Value> {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::AttributesReader;
+    use lapin::types::{DecimalValue, FieldArray};
+
+    fn take(
+        properties: BasicProperties,
+        body: &[u8],
+        format: MessageFormat,
+    ) -> Result<cloudevents::Event, Parked> {
+        let d = Delivered {
+            body,
+            routing_key: "orders.eu",
+            redelivered: true,
+            properties: &properties,
+        };
+        let q = Queue {
+            name: "orders",
+            vhost: "/",
+            source: "/gale/rabbitmq/%2F/orders",
+        };
+        let stored = message_event(&d, &q, "q/m-1".into(), format)?;
+        Ok(crate::events::decode(&stored.body).unwrap())
+    }
+
+    #[test]
+    fn a_plain_message_keeps_its_properties_and_headers() {
+        let mut h = FieldTable::default();
+        h.insert("Region".into(), AMQPValue::LongString("eu".into()));
+        h.insert("x-count".into(), AMQPValue::LongLongInt(7));
+        h.insert(
+            "tags".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![
+                AMQPValue::LongString("a".into()),
+                AMQPValue::ShortInt(2),
+            ])),
+        );
+        h.insert(
+            "price".into(),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 1250,
+            }),
+        );
+        h.insert("rmqqueue".into(), AMQPValue::LongString("spoofed".into()));
+        let p = BasicProperties::default()
+            .with_headers(h)
+            .with_timestamp(1_796_637_600)
+            .with_app_id("shop".into())
+            .with_priority(3);
+        let e = take(p, br#"{"qty":2}"#, MessageFormat::Any).unwrap();
+        assert_eq!((e.ty(), e.subject()), (MESSAGE_TYPE, Some("orders.eu")));
+        assert_eq!(e.source().as_str(), "/gale/rabbitmq/%2F/orders");
+        assert_eq!(e.time().unwrap().to_rfc3339(), "2026-12-07T10:00:00+00:00");
+        assert_eq!(e.extension("region").unwrap().to_string(), "eu");
+        assert_eq!(e.extension("tags").unwrap().to_string(), "a,2");
+        assert_eq!(e.extension("price").unwrap().to_string(), "12.5");
+        assert_eq!(e.extension("partitionkey").unwrap().to_string(), "orders.eu");
+        assert_eq!(e.extension(QUEUE).unwrap().to_string(), "orders");
+        assert_eq!(e.extension(VHOST).unwrap().to_string(), "/");
+        assert_eq!(e.extension(REDELIVERED).unwrap().to_string(), "true");
+        let props: Value = serde_json::from_str(&e.extension(PROPERTIES).unwrap().to_string()).unwrap();
+        assert_eq!(props["appId"], "shop");
+        assert_eq!(props["priority"], 3);
+        assert_eq!(props["timestamp"], 1_796_637_600);
+        assert_eq!(props["headers"]["x-count"], 7);
+        assert_eq!(props["headers"]["Region"], "eu");
+    }
+
+    #[test]
+    fn cloudevents_come_by_the_amqp_binding_in_either_spelling() {
+        for prefix in ["cloudEvents:", "cloudEvents_", "CLOUDEVENTS_"] {
+            let mut h = FieldTable::default();
+            for (k, v) in [
+                ("specversion", "1.0"),
+                ("id", "e-1"),
+                ("source", "/shop"),
+                ("type", "order.placed"),
+            ] {
+                h.insert(format!("{prefix}{k}").into(), AMQPValue::LongString(v.into()));
+            }
+            let p = BasicProperties::default()
+                .with_headers(h)
+                .with_content_type("application/json".into());
+            let e = take(p, br#"{"n":1}"#, MessageFormat::Cloudevents).unwrap();
+            assert_eq!((e.id(), e.ty()), ("e-1", "order.placed"), "{prefix}");
+            assert_eq!(e.datacontenttype(), Some("application/json"));
+        }
+        let parked = take(BasicProperties::default(), b"x", MessageFormat::Cloudevents).unwrap_err();
+        assert!(parked.reason.contains("CloudEvent"), "{}", parked.reason);
+    }
+}

@@ -39,7 +39,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use message::{Delivered, Queue, message_event};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The most messages published (and acked) at once.
 const MAX_BATCH: usize = 500;
@@ -133,7 +133,11 @@ impl Rabbitmq {
         // The last delivery read and not yet acknowledged or in flight.
         let mut pending: Option<Last> = None;
         let mut inflight: Option<(Publishing, Last, u64)> = None;
-        let mut depth_asked = Instant::now();
+        // The last acknowledged delivery not yet reported with the queue's
+        // depth, which is asked at most every `DEPTH_EVERY`.
+        let mut unreported: Option<Last> = None;
+        let mut tick = tokio::time::interval(DEPTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if inflight.is_none()
                 && let Some(last) = pending.take()
@@ -144,6 +148,7 @@ impl Rabbitmq {
                         .await
                         .map_err(|e| failed("cannot acknowledge to RabbitMQ", e))?;
                     acked += last.count;
+                    unreported = Some(last);
                 } else {
                     let events = std::mem::replace(&mut batch, Vec::with_capacity(size));
                     let count = last.count;
@@ -157,16 +162,15 @@ impl Rabbitmq {
                     let (_, last, count) = inflight.take().expect("guarded");
                     self.ack(&channel, last.tag).await.map_err(|e| failed("cannot acknowledge to RabbitMQ", e))?;
                     acked += count;
-                    let depth = if depth_asked.elapsed() >= DEPTH_EVERY {
-                        depth_asked = Instant::now();
-                        self.depth(&channel).await
-                    } else {
-                        None
-                    };
-                    self.report(cx, acked, last, depth);
+                    unreported = Some(last);
                     continue;
                 }
                 d = consumer.next(), if batch.len() < size => d,
+                _ = tick.tick(), if unreported.is_some() => {
+                    let depth = self.depth(&channel).await;
+                    self.report(cx, acked, unreported.take().expect("guarded"), depth);
+                    continue;
+                }
                 _ = cx.stopped() => break,
             };
             let delivery = match next {
