@@ -21,5 +21,6 @@ pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};
 pub use sinks::{SinkKind, SinkMode, SinkSpec};
 pub use sources::{
-    Cron, MessageFormat, MysqlSource, NatsSource, PostgresSource, ScheduleSource, SnapshotMode, SourceSpec,
+    AmqpUrl, Cron, MessageFormat, MysqlSource, NatsSource, PostgresSource, QueueType, RabbitmqSource,
+    ScheduleSource, SnapshotMode, SourceSpec,
 };

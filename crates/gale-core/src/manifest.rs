@@ -337,6 +337,11 @@ pub enum EventFormat {
     /// handler's `batchItemFailures` retries the first record it names and
     /// every later one.
     Dynamodb,
+    /// Amazon MQ's RabbitMQ event, `{"rmqMessagesByQueue": {...}}`, of
+    /// messages from a `rabbitmq` source: per `<queue>::<vhost>`, each
+    /// message's `basicProperties`, `redelivered` and base64 `data`. The
+    /// batch succeeds or fails as a whole, as on Lambda.
+    Rabbitmq,
     /// S3's notification document, `{"Records": [...]}` of each event's
     /// data; set by bucket triggers (`format = "s3"` there), not written
     /// on an event trigger.

@@ -271,6 +271,7 @@ pub fn events_payload(
         EventFormat::Dynamodb => {
             json!({ "Records": events.iter().map(|(e, _)| dynamodb_record(e, topic, region)).collect::<Vec<_>>() })
         }
+        EventFormat::Rabbitmq => rabbitmq_payload(events, topic, region),
         // A bucket notification's data is S3's record itself.
         EventFormat::S3 => {
             let records: Vec<Value> = events
@@ -362,6 +363,91 @@ fn dynamodb_record(event: &Event, topic: &str, region: &str) -> Value {
         "awsRegion": region,
         "dynamodb": change,
         "eventSourceARN": format!("arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}/stream/{topic}"),
+    })
+}
+
+/// Amazon MQ's RabbitMQ event: the events grouped by `<queue>::<vhost>`
+/// (as a `rabbitmq` source read them; events from elsewhere under the
+/// topic's name and vhost `/`), each with its basic properties, the
+/// `redelivered` flag and the body in base64.
+fn rabbitmq_payload(events: &[(&Event, u32)], topic: &str, region: &str) -> Value {
+    let mut by_queue: Map<String, Value> = Map::new();
+    for (event, _) in events {
+        let ext = |name: &str| event.extension(name).map(|v| v.to_string());
+        let queue = ext("rmqqueue").unwrap_or_else(|| topic.to_string());
+        let vhost = ext("rmqvhost").unwrap_or_else(|| "/".into());
+        let body: Vec<u8> = match event.data() {
+            Some(Data::String(s)) => s.clone().into_bytes(),
+            Some(Data::Json(v)) => v.to_string().into_bytes(),
+            Some(Data::Binary(b)) => b.clone(),
+            None => Vec::new(),
+        };
+        let mut set: Map<String, Value> = ext("rmqproperties")
+            .and_then(|p| serde_json::from_str(&p).ok())
+            .unwrap_or_default();
+        if !set.contains_key("contentType")
+            && let Some(ct) = event.datacontenttype()
+        {
+            set.insert("contentType".into(), ct.into());
+        }
+        if !set.contains_key("messageId") {
+            set.insert("messageId".into(), event.id().into());
+        }
+        // Lambda carries string headers as their bytes.
+        if let Some(Value::Object(headers)) = set.get_mut("headers") {
+            for v in headers.values_mut() {
+                if let Value::String(s) = v {
+                    *v = json!({ "bytes": s.as_bytes() });
+                }
+            }
+        }
+        let timestamp = match set.get("timestamp").and_then(Value::as_i64) {
+            Some(s) => jiff::Timestamp::from_second(s).ok(),
+            None => event
+                .time()
+                .and_then(|t| jiff::Timestamp::from_second(t.timestamp()).ok()),
+        };
+        let mut properties = Map::new();
+        for name in [
+            "contentType",
+            "contentEncoding",
+            "headers",
+            "deliveryMode",
+            "priority",
+            "correlationId",
+            "replyTo",
+            "expiration",
+            "messageId",
+        ] {
+            properties.insert(name.into(), set.remove(name).unwrap_or(Value::Null));
+        }
+        properties.insert(
+            "timestamp".into(),
+            timestamp.map_or(Value::Null, |t| {
+                t.strftime("%b %-d, %Y, %-I:%M:%S %p").to_string().into()
+            }),
+        );
+        for name in ["type", "userId", "appId", "clusterId"] {
+            properties.insert(name.into(), set.remove(name).unwrap_or(Value::Null));
+        }
+        properties.insert("bodySize".into(), body.len().into());
+        let message = json!({
+            "basicProperties": properties,
+            "redelivered": ext("rmqredelivered").as_deref() == Some("true"),
+            "data": B64.encode(&body),
+        });
+        match by_queue
+            .entry(format!("{queue}::{vhost}"))
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            Value::Array(list) => list.push(message),
+            _ => unreachable!("only lists are inserted"),
+        }
+    }
+    json!({
+        "eventSource": "aws:rmq",
+        "eventSourceArn": format!("arn:aws:mq:{region}:{ACCOUNT}:broker:gale:{topic}"),
+        "rmqMessagesByQueue": by_queue,
     })
 }
 
@@ -576,6 +662,59 @@ mod tests {
         let answer = Ok(Bytes::from(r#"{"batchItemFailures":[{"itemIdentifier":"b"}]}"#));
         let failed = failures(EventFormat::Dynamodb, &answer, &ids);
         assert!(failed[0].is_none() && failed[1].is_some() && failed[2].is_some());
+    }
+
+    #[test]
+    fn rabbitmq_messages_become_amazon_mq_events_by_queue() {
+        let from_source: Event = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "q/m-1", "source": "/gale/rabbitmq/%2F/orders",
+            "type": "gale.rabbitmq.message", "datacontenttype": "text/plain", "data": "hello",
+            "rmqqueue": "orders", "rmqvhost": "/", "rmqredelivered": "true",
+            "rmqproperties": r#"{"contentType":"text/plain","messageId":"m-1","deliveryMode":2,"timestamp":2021,"headers":{"Region":"eu","n":10}}"#
+        }))
+        .unwrap();
+        let other: Event = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "e-2", "source": "/shop", "type": "t",
+            "datacontenttype": "application/json", "data": {"k": 1}
+        }))
+        .unwrap();
+        let payload: Value = serde_json::from_slice(&events_payload(
+            EventFormat::Rabbitmq,
+            "orders-in",
+            "local",
+            &[(&from_source, 1), (&other, 1), (&from_source, 2)],
+        ))
+        .unwrap();
+        assert_eq!(payload["eventSource"], "aws:rmq");
+        assert!(
+            payload["eventSourceArn"]
+                .as_str()
+                .unwrap()
+                .starts_with("arn:aws:mq:local:")
+        );
+        let queue = payload["rmqMessagesByQueue"]["orders::/"].as_array().unwrap();
+        assert_eq!(queue.len(), 2);
+        let m = &queue[0];
+        assert_eq!(m["redelivered"], true);
+        assert_eq!(B64.decode(m["data"].as_str().unwrap()).unwrap(), b"hello");
+        let p = &m["basicProperties"];
+        assert_eq!(
+            (&p["contentType"], &p["messageId"], &p["deliveryMode"]),
+            (&json!("text/plain"), &json!("m-1"), &json!(2))
+        );
+        assert_eq!(
+            p["headers"]["Region"],
+            json!({"bytes": [101, 117]}),
+            "strings as their bytes"
+        );
+        assert_eq!(p["headers"]["n"], 10);
+        assert_eq!(p["timestamp"], "Jan 1, 1970, 12:33:41 AM");
+        assert_eq!((&p["bodySize"], &p["priority"]), (&json!(5), &Value::Null));
+        // An event from elsewhere: under the topic's name.
+        let m = &payload["rmqMessagesByQueue"]["orders-in::/"][0];
+        assert_eq!(m["redelivered"], false);
+        assert_eq!(B64.decode(m["data"].as_str().unwrap()).unwrap(), br#"{"k":1}"#);
+        assert_eq!(m["basicProperties"]["messageId"], "e-2");
     }
 
     #[test]

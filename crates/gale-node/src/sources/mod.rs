@@ -28,6 +28,7 @@ pub mod message;
 pub mod mysql;
 pub mod nats;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod rows;
 pub mod schedule;
 
@@ -65,6 +66,7 @@ pub fn build(wanted: &Wanted) -> Box<dyn Source> {
         SourceSpec::Postgres(s) => Box::new(postgres::Postgres::new(wanted, s)),
         SourceSpec::Mysql(s) => Box::new(mysql::Mysql::new(wanted, s)),
         SourceSpec::Nats(s) => Box::new(nats::Nats::new(wanted, s)),
+        SourceSpec::Rabbitmq(s) => Box::new(rabbitmq::Rabbitmq::new(wanted, s)),
     }
 }
 

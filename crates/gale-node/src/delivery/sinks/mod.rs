@@ -21,6 +21,7 @@
 
 pub mod forward;
 pub mod nats;
+pub mod rabbitmq;
 
 use crate::NodeError;
 use crate::functions::{Follow, Functions, Snapshot};
@@ -54,7 +55,7 @@ pub fn build(name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, NodeError> {
     };
     match spec.kind {
         SinkKind::Nats => Ok(Box::new(nats::NatsSink::new(name, spec))),
-        SinkKind::Rabbitmq => unbuilt(),
+        SinkKind::Rabbitmq => Ok(Box::new(rabbitmq::RabbitmqSink::new(name, spec))),
         SinkKind::Redis => unbuilt(),
         SinkKind::Mqtt => unbuilt(),
         SinkKind::Kafka => unbuilt(),
