@@ -122,7 +122,7 @@ async fn messages_of_a_classic_queue_arrive_once_in_order_across_restarts() {
     assert_eq!(e["type"], "gale.rabbitmq.message");
     assert_eq!(
         e["source"],
-        format!("/gale/rabbitmq/%2F/{}", queue.replace('-', "%2D"))
+        format!("/gale/rabbitmq/%2F/{queue}")
     );
     assert_eq!(e["subject"], queue.as_str(), "the routing key");
     assert_eq!(e["partitionkey"], queue.as_str());
