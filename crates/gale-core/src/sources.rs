@@ -467,7 +467,7 @@ impl AmqpUrl {
     /// the node speaks plain AMQP.
     pub fn parse(url: &str) -> Result<AmqpUrl, (String, &'static str)> {
         const HINT: &str = "write it like \"amqp://user:password@127.0.0.1:5672/%2f\" (the vhost percent-encoded, %2f for the default `/`)";
-        let parsed = url::Url::parse(url).map_err(|e| (format!("{url:?} is not an AMQP URL ({e})"), HINT))?;
+        let parsed = url::Url::parse(url).map_err(|e| (format!("it is not an AMQP URL ({e})"), HINT))?;
         match parsed.scheme() {
             "amqp" => {}
             "amqps" => {
@@ -794,6 +794,61 @@ mod tests {
         )
         .unwrap();
         m.validate().unwrap();
+    }
+
+    #[test]
+    fn rabbitmq_settings_are_checked() {
+        use super::AmqpUrl;
+        let u = AmqpUrl::parse("amqp://gale:p%40ss@mq.local:5673/shop%2Fa").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user.as_str(), u.password.as_str()),
+            ("mq.local", 5673, "gale", "p@ss")
+        );
+        assert_eq!(u.vhost, "shop/a");
+        assert_eq!(u.server(), "amqp://mq.local:5673");
+        assert!(!format!("{u:?}").contains("p@ss"));
+        let u = AmqpUrl::parse("amqp://g:g@10.1.2.3").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.vhost.as_str()),
+            ("10.1.2.3", 5672, "/")
+        );
+        assert_eq!(AmqpUrl::parse("amqp://g:g@h/%2f").unwrap().vhost, "/");
+        for (bad, says) in [
+            ("amqps://g:g@h/%2f", "TLS"),
+            ("amqp://h:5672/%2f", "user and password"),
+            ("amqp://g@h/%2f", "user and password"),
+            ("amqp://g:g@h/", "empty vhost"),
+            ("amqp://g:g@h/a/b", "`/`"),
+            ("amqp://g:g@h/%2f?heartbeat=5", "query"),
+            ("nats://g:g@h", "not AMQP"),
+            ("amqp://g:g@h:99999", "not an AMQP URL"),
+        ] {
+            let (message, _) = AmqpUrl::parse(bad).unwrap_err();
+            assert!(message.contains(says), "{bad}: {message}");
+        }
+        let m = Manifest::from_toml(
+            "[app]\nname = \"a\"\n[topics.t]\n[sources.q]\ntype = \"rabbitmq\"\nurl = \"amqp://g:g@h/%2f\"\nqueue = \"orders\"\ndeclare = true\nqueue_type = \"quorum\"\ntopic = \"t\"\ndead_letter = \"t-dead\"\n",
+            "gale.toml",
+        )
+        .unwrap();
+        m.validate().unwrap();
+        let crate::SourceSpec::Rabbitmq(r) = &m.sources["q"] else {
+            panic!()
+        };
+        assert_eq!((r.prefetch, r.queue_type), (500, Some(super::QueueType::Quorum)));
+        assert_eq!(m.sources["q"].dead_letter(), Some("t-dead"));
+        for (extra, key) in [
+            ("queue = \"amq.x\"\ndeclare = true", "sources.q.queue"),
+            ("queue = \"q\"\nqueue_type = \"classic\"", "sources.q.queue_type"),
+            ("queue = \"q\"\nprefetch = 0", "sources.q.prefetch"),
+        ] {
+            let err = Manifest::from_toml(
+                &format!("[app]\nname = \"a\"\n[sources.q]\ntype = \"rabbitmq\"\nurl = \"amqp://g:g@h\"\ntopic = \"t\"\n{extra}\n"),
+                "gale.toml",
+            )
+            .unwrap_err();
+            assert!(err.message.contains(key), "{key}: {}", err.message);
+        }
     }
 
     #[test]

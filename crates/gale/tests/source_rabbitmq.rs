@@ -122,7 +122,7 @@ async fn messages_of_a_classic_queue_arrive_once_in_order_across_restarts() {
     assert_eq!(e["type"], "gale.rabbitmq.message");
     assert_eq!(
         e["source"],
-        format!("/gale/rabbitmq/%2F/{}", queue.replace('-', "%2D"))
+        format!("/gale/rabbitmq/%2F/{queue}")
     );
     assert_eq!(e["subject"], queue.as_str(), "the routing key");
     assert_eq!(e["partitionkey"], queue.as_str());
@@ -491,14 +491,16 @@ fn kill_9_of_the_node_loses_nothing_and_leaves_nothing_unacked() {
         let mut node = TestNode::attach(data, &gateway, &admin);
         let manifest = format!("[app]\nname = \"k\"\n[topics.orders]\n{}", source(&queue, ""));
         deploy(&node, &manifest).await;
-        // Killed once some messages are durable and acknowledged.
+        // Killed once some messages are durable (and acknowledged) while
+        // more are handed over.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (ready, _) = counts(&conn, &queue).await;
-            if ready < 2400 || Instant::now() > deadline {
+            let topics: Vec<gale_core::api::TopicInfo> = node.admin_get("/v1/topics").await;
+            let stored = topics.iter().find(|t| t.name == "orders").map_or(0, |t| t.depth);
+            if stored >= 300 || Instant::now() > deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         drop(child);
         let q = queue.clone();
@@ -534,4 +536,105 @@ fn kill_9_of_the_node_loses_nothing_and_leaves_nothing_unacked() {
         drop(child);
         delete(&ch, &queue).await;
     });
+}
+
+/// A Python handler under `awslambdaric`, with awslambdaric installed
+/// next to it as a Lambda package holds it (pip runs once).
+fn rmq_handler_package() -> std::path::PathBuf {
+    let dir = common::root().join("target/lambda-fixtures/rabbitmq");
+    if !dir.join("awslambdaric").is_dir() {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg("awslambdaric==4.2.2")
+            .status()
+            .expect("python3 -m pip runs");
+        assert!(status.success(), "installing awslambdaric from PyPI failed");
+    }
+    std::fs::write(
+        dir.join("rmq.py"),
+        r#"import base64, json, os, urllib.request
+
+def handler(event, context):
+    """Publishes what it read of Amazon MQ's RabbitMQ event to `seen`."""
+    seen = []
+    for key, messages in event["rmqMessagesByQueue"].items():
+        for m in messages:
+            p = m["basicProperties"]
+            seen.append({
+                "source": event["eventSource"],
+                "key": key,
+                "n": json.loads(base64.b64decode(m["data"]))["n"],
+                "messageId": p["messageId"],
+                "region": bytes(p["headers"]["Region"]["bytes"]).decode(),
+                "redelivered": m["redelivered"],
+            })
+    request = urllib.request.Request(
+        os.environ["GALE_API"] + "/_gale/topics/seen/events",
+        data=json.dumps(seen).encode(),
+        headers={"content-type": "application/json", "ce-specversion": "1.0",
+                 "ce-id": context.aws_request_id, "ce-source": "/rmq", "ce-type": "seen"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request) as answer:
+        assert answer.status == 202
+    return {}
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+/// Messages of a queue reach a Python process function as Amazon MQ's
+/// RabbitMQ event (`format = "rabbitmq"`), unmodified Lambda code reading
+/// `rmqMessagesByQueue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lambda_handler_reads_rmq_messages_by_queue() {
+    let package = tokio::task::spawn_blocking(rmq_handler_package).await.unwrap();
+    let (_conn, ch) = client(AMQP).await;
+    let queue = unique("gale-l-");
+    declare(&ch, &queue, false).await;
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"l\"\n[topics.orders]\n[topics.seen]\n{}\
+         [functions.worker]\nruntime = \"process\"\nsource = \"{}\"\ncommand = [\"python3\", \"-m\", \"awslambdaric\", \"rmq.handler\"]\n\
+         [[functions.worker.events]]\ntopic = \"orders\"\nformat = \"rabbitmq\"\nbatch_size = 10\nbatch_window = \"200ms\"\n",
+        source(&queue, ""),
+        package.display()
+    );
+    node.deploy_from(&manifest, Path::new("/")).await.unwrap();
+    node.wait_streaming("q").await;
+    for n in 0..5u32 {
+        let (body, props) = plain(n);
+        publish(&ch, &queue, &body, props).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<Value> = Vec::new();
+    while seen.len() < 5 {
+        assert!(Instant::now() < deadline, "the handler saw {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = node
+            .topic_events("seen")
+            .await
+            .iter()
+            .flat_map(|e| e["data"].as_array().cloned().unwrap_or_default())
+            .collect();
+    }
+    let ns: BTreeSet<u64> = seen.iter().map(|s| s["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..5).collect::<BTreeSet<u64>>());
+    let first = seen.iter().find(|s| s["n"] == 0).unwrap();
+    assert_eq!(first["source"], "aws:rmq");
+    assert_eq!(first["key"], format!("{queue}::/"));
+    assert_eq!(
+        (&first["messageId"], &first["region"], &first["redelivered"]),
+        (&json!("m-0"), &json!("eu"), &json!(false))
+    );
+    delete(&ch, &queue).await;
 }

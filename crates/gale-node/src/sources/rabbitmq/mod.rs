@@ -58,9 +58,15 @@ pub struct Rabbitmq {
     source: String,
 }
 
-/// Percent-encodes a vhost or queue name as one path segment.
+/// Percent-encodes a vhost or queue name as one path segment (all but
+/// letters, digits and URL-safe punctuation, so `/` is `%2F`).
 fn segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 impl Rabbitmq {
