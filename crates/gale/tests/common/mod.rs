@@ -6,6 +6,7 @@
 pub mod mariadb;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 
 use gale_core::Manifest;
 use gale_core::api::{DeployRequest, DeployResponse, FunctionInfo, InvocationLog};

@@ -20,7 +20,9 @@
 //! real broker.
 
 pub mod forward;
+pub mod mqtt;
 pub mod nats;
+pub mod redis;
 
 use crate::NodeError;
 use crate::functions::{Follow, Functions, Snapshot};
@@ -50,8 +52,8 @@ pub fn build(name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, NodeError> {
     match spec.kind {
         SinkKind::Nats => Ok(Box::new(nats::NatsSink::new(name, spec))),
         SinkKind::Rabbitmq => unbuilt(),
-        SinkKind::Redis => unbuilt(),
-        SinkKind::Mqtt => unbuilt(),
+        SinkKind::Redis => Ok(Box::new(redis::RedisSink::new(name, spec))),
+        SinkKind::Mqtt => Ok(Box::new(mqtt::MqttSink::new(name, spec))),
         SinkKind::Kafka => unbuilt(),
     }
 }
