@@ -812,6 +812,85 @@ mod tests {
     }
 
     #[test]
+    fn redis_and_mqtt_settings_are_checked() {
+        use super::{valid_mqtt_filter, valid_mqtt_url, valid_redis_url};
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://u:p%40w@h/0",
+            "redis://h",
+            "redis://:pw@h:1/15",
+        ] {
+            assert!(valid_redis_url(ok), "{ok}");
+        }
+        for bad in [
+            "rediss://h",
+            "redis://",
+            "redis://h:0",
+            "redis://h/x",
+            "http://h",
+            "redis://h?x=1",
+        ] {
+            assert!(!valid_redis_url(bad), "{bad}");
+        }
+        for ok in ["mqtt://127.0.0.1:1883", "mqtt://u:p@h", "mqtt://h/"] {
+            assert!(valid_mqtt_url(ok), "{ok}");
+        }
+        for bad in ["mqtts://h", "mqtt://", "mqtt://h:x", "tcp://h:1883", "mqtt://h/a"] {
+            assert!(!valid_mqtt_url(bad), "{bad}");
+        }
+        for ok in ["a/b", "a/+/c", "#", "a/#", "+", "/a"] {
+            assert!(valid_mqtt_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a+/b", "a/b#"] {
+            assert!(!valid_mqtt_filter(bad), "{bad}");
+        }
+        let m = Manifest::from_toml(
+            "[app]\nname = \"a\"\n[topics.t]\n[sources.r]\ntype = \"redis\"\nurl = \"redis://h\"\nstream = \"s\"\ntopic = \"t\"\n\
+             [sources.m]\ntype = \"mqtt\"\nurl = \"mqtt://h\"\nfilters = [\"a/#\"]\ntopic = \"t\"\n",
+            "gale.toml",
+        )
+        .unwrap();
+        m.validate().unwrap();
+        let super::SourceSpec::Redis(r) = &m.sources["r"] else {
+            panic!()
+        };
+        assert_eq!(
+            (r.start, r.claim_after.0.as_secs()),
+            (super::StreamStart::Earliest, 60)
+        );
+        let super::SourceSpec::Mqtt(q) = &m.sources["m"] else {
+            panic!()
+        };
+        assert_eq!(q.version, 5);
+        for (table, key) in [
+            (
+                "type = \"redis\"\nurl = \"redis://h\"\nstream = \"s\"\nclaim_after = \"10ms\"",
+                "claim_after",
+            ),
+            ("type = \"redis\"\nurl = \"redis://h\"\nstream = \"\"", "stream"),
+            (
+                "type = \"mqtt\"\nurl = \"mqtt://h\"\nfilters = [\"$share/g/a\"]",
+                "filters",
+            ),
+            (
+                "type = \"mqtt\"\nurl = \"mqtt://h\"\nfilters = [\"a\"]\nclient_id = \"a b\"",
+                "client_id",
+            ),
+        ] {
+            let err = Manifest::from_toml(
+                &format!("[app]\nname = \"a\"\n[topics.t]\n[sources.q]\ntopic = \"t\"\n{table}\n"),
+                "gale.toml",
+            )
+            .unwrap_err();
+            assert!(
+                err.message.contains(&format!("sources.q.{key}")),
+                "{key}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
     fn bad_sources_name_the_key() {
         for (table, key) in [
             (

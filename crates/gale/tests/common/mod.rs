@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mariadb;
+pub mod mqtt;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -150,3 +150,126 @@ impl Sink for MqttSink {
         sent
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::AttributesReader;
+
+    const MQTT: &str = "mqtt://127.0.0.1:1883";
+
+    fn spec(url: &str, to: &str, mode: SinkMode) -> SinkSpec {
+        SinkSpec {
+            kind: gale_core::SinkKind::Mqtt,
+            url: url.into(),
+            topic: "orders".into(),
+            to: to.into(),
+            exchange: None,
+            jetstream: true,
+            mode,
+            max_attempts: 1,
+            backoff: Default::default(),
+            dead_letter: None,
+        }
+    }
+
+    fn events(n: u32) -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let body = format!(
+                    r#"{{"specversion":"1.0","id":"e-{i}","source":"/shop","type":"order.placed","region":"eu","datacontenttype":"application/json","data":{{"n":{i}}}}}"#
+                );
+                let stored = crate::events::parse_for_store(
+                    &http::HeaderMap::from_iter([(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/cloudevents+json"),
+                    )]),
+                    body.as_bytes(),
+                )
+                .unwrap();
+                crate::events::decode(&stored[0].body).unwrap()
+            })
+            .collect()
+    }
+
+    /// A subscriber (rumqttc, MQTT 5) of `topic`, once the broker took the
+    /// subscription.
+    async fn subscriber(topic: &str) -> (Client, mpsc::Receiver<Result<Got, String>>, crate::sources::mqtt::Task) {
+        let mut s = Settings::from_url(MQTT, format!("gale-test-{}", uuid::Uuid::now_v7().simple()), true).unwrap();
+        s.clean = true;
+        let (client, mut rx, task) = connect(&s);
+        assert!(matches!(rx.recv().await, Some(Ok(Got::Connected { .. }))));
+        client.subscribe(&[topic.to_string()]).await.unwrap();
+        loop {
+            if let Some(Ok(Got::Subscribed(ok))) = rx.recv().await {
+                assert_eq!(ok, vec![true]);
+                break;
+            }
+        }
+        (client, rx, task)
+    }
+
+    async fn received(rx: &mut mpsc::Receiver<Result<Got, String>>, n: usize) -> Vec<crate::sources::mqtt::Received> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(Ok(Got::Message(m)))) => out.push(m),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("{} of {n} messages, then {:?}", out.len(), other.map(|o| o.map(|r| r.err()))),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn events_arrive_once_each_in_order_with_user_properties() {
+        let topic = format!("gale/sink/{}", uuid::Uuid::now_v7().simple());
+        let (_c, mut rx, _t) = subscriber(&topic).await;
+        let mut sink = MqttSink::new("s", &spec(MQTT, &topic, SinkMode::Binary));
+        let sent = events(300);
+        sink.send(&sent[..200]).await.unwrap();
+        sink.send(&sent[200..]).await.unwrap();
+        let got = received(&mut rx, 300).await;
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m.payload, format!(r#"{{"n":{i}}}"#).as_bytes(), "in order");
+            assert!(m.properties.contains(&("id".into(), format!("e-{i}"))), "{:?}", m.properties);
+        }
+        assert!(got[0].properties.contains(&("specversion".into(), "1.0".into())));
+        assert!(got[0].properties.contains(&("region".into(), "eu".into())));
+        assert_eq!(got[0].content_type.as_deref(), Some("application/json"));
+        // Nothing more: once each.
+        assert!(tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if let Some(Ok(Got::Message(_))) = rx.recv().await {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_err());
+
+        // MQTT 3.1.1: structured mode, the whole event as the payload.
+        let mut sink = MqttSink::new("s", &spec(&format!("{MQTT}?version=3"), &topic, SinkMode::Binary));
+        sink.send(&sent[..1]).await.unwrap();
+        let got = received(&mut rx, 1).await;
+        let e = crate::events::decode(&got[0].payload).unwrap();
+        assert_eq!(e.id(), "e-0");
+    }
+
+    #[tokio::test]
+    async fn a_refusing_broker_fails_the_batch() {
+        let e = MqttSink::new("s", &spec("mqtt://u:secret@127.0.0.1:1", "x", SinkMode::Binary))
+            .send(&events(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot reach the MQTT broker at 127.0.0.1:1") && !e.contains("secret"), "{e}");
+        // A topic no message may be published to.
+        let e = MqttSink::new("s", &spec(MQTT, "a/#", SinkMode::Binary))
+            .send(&events(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sink `s`"), "{e}");
+    }
+}

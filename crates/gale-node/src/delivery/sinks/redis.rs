@@ -97,7 +97,8 @@ impl RedisSink {
             }
         }
         let ids: Vec<Value> = pipe.query_async(conn).await.map_err(|e| {
-            if e.code() == Some("WRONGTYPE") {
+            // A pipeline's errors come per command, without one code.
+            if e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE") {
                 NodeError::Sink(format!(
                     "sink `{}`: key `{}` on Redis at {} is not a stream; name a stream (or a key that does not exist yet) in `to`",
                     self.name, self.spec.to, self.server

@@ -309,7 +309,7 @@ impl Client {
             Client::V3(c) => c
                 .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
                 .await
-                .map_err(client_error),
+                .map_err(|e| format!("cannot publish to `{topic}` ({e})")),
             Client::V5(c) => {
                 let props = v5p::PublishProperties {
                     content_type,
@@ -324,7 +324,7 @@ impl Client {
                     props,
                 )
                 .await
-                .map_err(client_error)
+                .map_err(|e| format!("cannot publish to `{topic}` ({e})"))
             }
         }
     }
