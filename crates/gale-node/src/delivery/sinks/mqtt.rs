@@ -194,8 +194,15 @@ mod tests {
 
     /// A subscriber (rumqttc, MQTT 5) of `topic`, once the broker took the
     /// subscription.
-    async fn subscriber(topic: &str) -> (Client, mpsc::Receiver<Result<Got, String>>, crate::sources::mqtt::Task) {
-        let mut s = Settings::from_url(MQTT, format!("gale-test-{}", uuid::Uuid::now_v7().simple()), true).unwrap();
+    async fn subscriber(
+        topic: &str,
+    ) -> (
+        Client,
+        mpsc::Receiver<Result<Got, String>>,
+        crate::sources::mqtt::Task,
+    ) {
+        let mut s =
+            Settings::from_url(MQTT, format!("gale-test-{}", uuid::Uuid::now_v7().simple()), true).unwrap();
         s.clean = true;
         let (client, mut rx, task) = connect(&s);
         assert!(matches!(rx.recv().await, Some(Ok(Got::Connected { .. }))));
@@ -209,13 +216,20 @@ mod tests {
         (client, rx, task)
     }
 
-    async fn received(rx: &mut mpsc::Receiver<Result<Got, String>>, n: usize) -> Vec<crate::sources::mqtt::Received> {
+    async fn received(
+        rx: &mut mpsc::Receiver<Result<Got, String>>,
+        n: usize,
+    ) -> Vec<crate::sources::mqtt::Received> {
         let mut out = Vec::new();
         while out.len() < n {
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                Ok(Some(Ok(Got::Message(m)))) => out.push(m),
+                Ok(Some(Ok(Got::Message(m)))) => out.push(*m),
                 Ok(Some(Ok(_))) => {}
-                other => panic!("{} of {n} messages, then {:?}", out.len(), other.map(|o| o.map(|r| r.err()))),
+                other => panic!(
+                    "{} of {n} messages, then {:?}",
+                    out.len(),
+                    other.map(|o| o.map(|r| r.err()))
+                ),
             }
         }
         out
@@ -232,21 +246,27 @@ mod tests {
         let got = received(&mut rx, 300).await;
         for (i, m) in got.iter().enumerate() {
             assert_eq!(m.payload, format!(r#"{{"n":{i}}}"#).as_bytes(), "in order");
-            assert!(m.properties.contains(&("id".into(), format!("e-{i}"))), "{:?}", m.properties);
+            assert!(
+                m.properties.contains(&("id".into(), format!("e-{i}"))),
+                "{:?}",
+                m.properties
+            );
         }
         assert!(got[0].properties.contains(&("specversion".into(), "1.0".into())));
         assert!(got[0].properties.contains(&("region".into(), "eu".into())));
         assert_eq!(got[0].content_type.as_deref(), Some("application/json"));
         // Nothing more: once each.
-        assert!(tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                if let Some(Ok(Got::Message(_))) = rx.recv().await {
-                    break;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    if let Some(Ok(Got::Message(_))) = rx.recv().await {
+                        break;
+                    }
                 }
-            }
-        })
-        .await
-        .is_err());
+            })
+            .await
+            .is_err()
+        );
 
         // MQTT 3.1.1: structured mode, the whole event as the payload.
         let mut sink = MqttSink::new("s", &spec(&format!("{MQTT}?version=3"), &topic, SinkMode::Binary));
@@ -263,7 +283,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cannot reach the MQTT broker at 127.0.0.1:1") && !e.contains("secret"), "{e}");
+        assert!(
+            e.contains("cannot reach the MQTT broker at 127.0.0.1:1") && !e.contains("secret"),
+            "{e}"
+        );
         // A topic no message may be published to.
         let e = MqttSink::new("s", &spec(MQTT, "a/#", SinkMode::Binary))
             .send(&events(1))

@@ -189,7 +189,8 @@ mod tests {
         conn: &mut MultiplexedConnection,
         stream: &str,
     ) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
-        let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+        let reply: Entries = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
             .arg("+")

@@ -103,7 +103,7 @@ pub(crate) enum Got {
     Connected {
         session_present: bool,
     },
-    Message(Received),
+    Message(Box<Received>),
     /// Per filter, whether the broker took the subscription.
     Subscribed(Vec<bool>),
     /// A publish of ours left with this packet id.
@@ -145,7 +145,7 @@ pub(crate) fn connect(s: &Settings) -> (Client, mpsc::Receiver<Result<Got, Strin
                     Ok(Event::Incoming(Incoming::ConnAck(c))) => Got::Connected {
                         session_present: c.session_present,
                     },
-                    Ok(Event::Incoming(Incoming::Publish(p))) => Got::Message(Received {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => Got::Message(Box::new(Received {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload.clone(),
                         content_type: p.properties.as_ref().and_then(|p| p.content_type.clone()),
@@ -155,7 +155,7 @@ pub(crate) fn connect(s: &Settings) -> (Client, mpsc::Receiver<Result<Got, Strin
                             .map(|p| p.user_properties.clone())
                             .unwrap_or_default(),
                         handle: Handle::V5(p),
-                    }),
+                    })),
                     Ok(Event::Incoming(Incoming::SubAck(a))) => Got::Subscribed(
                         a.return_codes
                             .iter()
@@ -210,13 +210,13 @@ pub(crate) fn connect(s: &Settings) -> (Client, mpsc::Receiver<Result<Got, Strin
                     Ok(Event::Incoming(Incoming::ConnAck(c))) => Got::Connected {
                         session_present: c.session_present,
                     },
-                    Ok(Event::Incoming(Incoming::Publish(p))) => Got::Message(Received {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => Got::Message(Box::new(Received {
                         topic: p.topic.clone(),
                         payload: p.payload.clone(),
                         content_type: None,
                         properties: Vec::new(),
                         handle: Handle::V3(p),
-                    }),
+                    })),
                     Ok(Event::Incoming(Incoming::SubAck(a))) => Got::Subscribed(
                         a.return_codes
                             .iter()

@@ -144,7 +144,7 @@ impl Source for Mqtt {
                     }
                     break;
                 }
-                Ok(Some(Ok(Got::Message(m)))) => early.push(m),
+                Ok(Some(Ok(Got::Message(m)))) => early.push(*m),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => return Err(failed(e)),
                 Ok(None) => {
@@ -180,7 +180,7 @@ impl Source for Mqtt {
                 inflight = Some((publishing, done, received));
             }
             let next = if let Some(m) = early.next() {
-                Some(Ok(Got::Message(m)))
+                Some(Ok(Got::Message(Box::new(m))))
             } else {
                 tokio::select! {
                     biased;
@@ -207,7 +207,7 @@ impl Source for Mqtt {
                 }
             };
             let m = match next {
-                Some(Ok(Got::Message(m))) => m,
+                Some(Ok(Got::Message(m))) => *m,
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break Err(failed(e)),
                 None => {

@@ -513,8 +513,7 @@ impl Source for Redis {
         };
         let task = tokio::spawn(reading.run(reader, tx));
         let _abort = AbortOnDrop(task);
-        let ended = self.consume(cx, &mut control, &mut rx).await;
-        ended
+        self.consume(cx, &mut control, &mut rx).await
     }
 
     /// Deletes the consumer group if Gale named it (one the user named is
