@@ -451,3 +451,39 @@ fn kill_9_of_the_node_loses_nothing() {
         end_session(PORT, &topic.replace('/', "_"));
     });
 }
+
+/// Two sources in one shared subscription (`share`): the broker splits the
+/// messages between them, each message to one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_splits_the_messages() {
+    let prefix = unique("galesh");
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"sh\"\n[topics.ta]\n[topics.tb]\n\
+         [sources.a]\ntype = \"mqtt\"\nurl = \"{MQTT}\"\nfilters = [\"{prefix}/s\"]\nshare = \"g\"\ntopic = \"ta\"\n\
+         [sources.b]\ntype = \"mqtt\"\nurl = \"{MQTT}\"\nfilters = [\"{prefix}/s\"]\nshare = \"g\"\ntopic = \"tb\"\n"
+    );
+    deploy(&node, &manifest).await;
+    node.wait_streaming("a").await;
+    node.wait_streaming("b").await;
+    publish(PORT, 5, &format!("{prefix}/s"), &numbered(0, 20), &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (a, b) = loop {
+        let (a, b) = (node.topic_events("ta").await, node.topic_events("tb").await);
+        if a.len() + b.len() >= 20 || Instant::now() > deadline {
+            break (a, b);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all: BTreeSet<u64> = numbers(&a).into_iter().chain(numbers(&b)).collect();
+    assert_eq!(all, (0..20).collect::<BTreeSet<u64>>());
+    assert_eq!(a.len() + b.len(), 20, "each message to one of them");
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "split: {} and {}",
+        a.len(),
+        b.len()
+    );
+    deploy(&node, "[app]\nname = \"sh\"\n[topics.ta]\n[topics.tb]\n").await;
+}
