@@ -8,6 +8,7 @@
 //! from the function's spec, so they share the same guarantees.
 
 use crate::manifest::{Missed, valid_topic};
+use crate::units::HumanDuration;
 use serde::{Deserialize, Serialize};
 
 /// A `[sources.NAME]` table, by its `type`.
@@ -24,6 +25,10 @@ pub enum SourceSpec {
     Nats(NatsSource),
     /// Messages of a RabbitMQ queue.
     Rabbitmq(RabbitmqSource),
+    /// Entries of a Redis stream, read by a consumer group.
+    Redis(RedisSource),
+    /// Messages of MQTT topic filters, on a persistent session.
+    Mqtt(MqttSource),
 }
 
 impl SourceSpec {
@@ -35,6 +40,8 @@ impl SourceSpec {
             SourceSpec::Mysql(_) => "mysql",
             SourceSpec::Nats(_) => "nats",
             SourceSpec::Rabbitmq(_) => "rabbitmq",
+            SourceSpec::Redis(_) => "redis",
+            SourceSpec::Mqtt(_) => "mqtt",
         }
     }
 
@@ -46,6 +53,8 @@ impl SourceSpec {
             SourceSpec::Mysql(s) => &s.topic,
             SourceSpec::Nats(s) => &s.topic,
             SourceSpec::Rabbitmq(s) => &s.topic,
+            SourceSpec::Redis(s) => &s.topic,
+            SourceSpec::Mqtt(s) => &s.topic,
         }
     }
 
@@ -54,6 +63,8 @@ impl SourceSpec {
         match self {
             SourceSpec::Nats(s) => s.dead_letter.as_deref(),
             SourceSpec::Rabbitmq(s) => s.dead_letter.as_deref(),
+            SourceSpec::Redis(s) => s.dead_letter.as_deref(),
+            SourceSpec::Mqtt(s) => s.dead_letter.as_deref(),
             SourceSpec::Schedule(_) | SourceSpec::Postgres(_) | SourceSpec::Mysql(_) => None,
         }
     }
@@ -90,6 +101,8 @@ impl SourceSpec {
             SourceSpec::Mysql(s) => s.check(),
             SourceSpec::Nats(s) => s.check(),
             SourceSpec::Rabbitmq(s) => s.check(),
+            SourceSpec::Redis(s) => s.check(),
+            SourceSpec::Mqtt(s) => s.check(),
         }
     }
 }
@@ -548,6 +561,245 @@ impl AmqpUrl {
     }
 }
 
+/// Where a consumer group Gale creates starts reading its stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamStart {
+    /// Every entry the stream holds (`0`).
+    #[default]
+    Earliest,
+    /// Only entries added after the group was created (`$`).
+    Latest,
+}
+
+/// `type = "redis"`: entries of a Redis stream, read by a consumer group
+/// and copied to a topic as CloudEvents.
+///
+/// An entry is acknowledged (`XACK`) only once its event is durable in the
+/// topic, so entries read but not yet durable when the node crashes stay
+/// pending in the group and are read again, with the same event id
+/// (`<source>/<stream>/<entry id>`), which the topic's dedup drops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSource {
+    /// `redis://[user:password@]host[:port][/db]`, percent-encoded.
+    pub url: String,
+    /// The stream's key; created empty (with the group) if missing.
+    pub stream: String,
+    /// The consumer group; `gale_<app>_<source>` unless named. Created if
+    /// missing, at the position `start` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Where a group Gale creates starts: `earliest` (the whole stream)
+    /// or `latest` (entries added from then on).
+    #[serde(default)]
+    pub start: StreamStart,
+    /// The consumer's name in the group; the source's name unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long an entry another consumer of the group was handed may sit
+    /// unacknowledged before this source claims it (`XAUTOCLAIM`).
+    #[serde(default = "default_claim_after")]
+    pub claim_after: HumanDuration,
+    /// What the source takes as an entry.
+    #[serde(default)]
+    pub format: MessageFormat,
+    /// The topic every entry is published to.
+    pub topic: String,
+    /// Where entries the source cannot take are parked, with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+}
+
+fn default_claim_after() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(60))
+}
+
+impl RedisSource {
+    fn check(&self) -> Result<(), (&'static str, String, &'static str)> {
+        if !valid_redis_url(&self.url) {
+            return Err((
+                "url",
+                format!("{:?} is not a Redis URL", redact(&self.url)),
+                "write it like \"redis://127.0.0.1:6379\" or \"redis://user:password@redis.local:6379/0\" (TLS, rediss://, is not supported)",
+            ));
+        }
+        for (key, name) in [
+            ("stream", Some(&self.stream)),
+            ("group", self.group.as_ref()),
+            ("consumer", self.consumer.as_ref()),
+        ] {
+            if let Some(name) = name
+                && (name.is_empty()
+                    || name.len() > 512
+                    || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err((
+                    key,
+                    format!("{name:?} is not a usable name"),
+                    "use a non-empty name without spaces or control characters, like \"orders\"",
+                ));
+            }
+        }
+        if self.claim_after.0 < std::time::Duration::from_secs(1) {
+            return Err((
+                "claim_after",
+                "must be at least 1s".into(),
+                "give other consumers time to acknowledge what they were handed, like \"60s\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `redis://`, optional credentials, a host, an optional port, an
+/// optional database number.
+pub fn valid_redis_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return false;
+    };
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    if !(db.is_empty() || db.parse::<u32>().is_ok()) || authority.contains(['?', '#', ' ']) {
+        return false;
+    }
+    valid_host_port(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
+}
+
+/// `host[:port]` (IPv6 in brackets), the port not 0.
+fn valid_host_port(host_port: &str) -> bool {
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    !host.is_empty()
+        && !host.contains(['/', '@'])
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// A URL as errors may show it: without its password.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_string(),
+    }
+}
+
+/// `type = "mqtt"`: messages of MQTT topic filters, received with QoS 1
+/// on a persistent session and copied to a topic as CloudEvents.
+///
+/// A message is acknowledged (`PUBACK`) only once its event is durable,
+/// and the broker keeps the session (subscriptions and QoS 1 messages)
+/// while the source is away. MQTT gives a message no identity of its own,
+/// so event ids are fresh: a message in flight when the node crashes is
+/// sent again by the broker and stored twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    /// `mqtt://[user:password@]host[:port]` (port 1883 unless given),
+    /// percent-encoded.
+    pub url: String,
+    /// The topic filters to subscribe to, with `+` for one level and a
+    /// final `#` for the rest, like `sensors/+/temp`.
+    pub filters: Vec<String>,
+    /// The session's client id; `gale_<app>_<source>` unless set. The
+    /// broker keeps one session per client id: no other client may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The protocol: 5 (MQTT 5, the default) or 3 (MQTT 3.1.1).
+    #[serde(default = "default_mqtt_version")]
+    pub version: u8,
+    /// A shared subscription's group: the filters are subscribed as
+    /// `$share/<group>/<filter>`, and the broker splits their messages
+    /// among the group's clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// What the source takes as a message.
+    #[serde(default)]
+    pub format: MessageFormat,
+    /// The topic every message is published to.
+    pub topic: String,
+    /// Where messages the source cannot take are parked, with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+}
+
+fn default_mqtt_version() -> u8 {
+    5
+}
+
+impl MqttSource {
+    fn check(&self) -> Result<(), (&'static str, String, &'static str)> {
+        if !valid_mqtt_url(&self.url) {
+            return Err((
+                "url",
+                format!("{:?} is not an MQTT URL", redact(&self.url)),
+                "write it like \"mqtt://127.0.0.1:1883\" or \"mqtt://user:password@broker.local:1883\" (TLS, mqtts://, is not supported)",
+            ));
+        }
+        if self.filters.is_empty() {
+            return Err((
+                "filters",
+                "no topic filters".into(),
+                "list them, like filters = [\"sensors/+/temp\"]",
+            ));
+        }
+        for f in &self.filters {
+            if !valid_mqtt_filter(f) || f.starts_with("$share/") {
+                return Err((
+                    "filters",
+                    format!("{f:?} is not an MQTT topic filter"),
+                    "write levels separated by '/', with `+` for one whole level and a final `#` for the rest, like \"sensors/+/temp\"; for a shared subscription set `share` instead of writing $share/",
+                ));
+            }
+        }
+        if !matches!(self.version, 3 | 5) {
+            return Err((
+                "version",
+                format!("{} is not an MQTT version Gale speaks", self.version),
+                "write 5 (MQTT 5) or 3 (MQTT 3.1.1)",
+            ));
+        }
+        for (key, name) in [("client_id", &self.client_id), ("share", &self.share)] {
+            if let Some(name) = name
+                && (name.is_empty()
+                    || name.len() > 256
+                    || name
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '+' | '#')))
+            {
+                return Err((
+                    key,
+                    format!("{name:?} is not a usable name"),
+                    "use letters, digits, '-' and '_', like \"gale-orders\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mqtt://`, optional credentials, a host, an optional port.
+pub fn valid_mqtt_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("mqtt://") else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    !authority.contains(['/', '?', '#', ' '])
+        && valid_host_port(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
+}
+
+/// Levels separated by '/'; `+` only as a whole level, `#` only as the
+/// whole last one.
+pub fn valid_mqtt_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    !filter.is_empty()
+        && filter.len() <= 65535
+        && !filter.contains('\0')
+        && levels.iter().enumerate().all(|(i, l)| {
+            (*l == "+" || !l.contains('+')) && (*l == "#" && i == levels.len() - 1 || !l.contains('#'))
+        })
+}
+
 /// `nats://` or `tls://`, optional credentials, a host, an optional port.
 fn valid_nats_url(url: &str) -> bool {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -850,6 +1102,86 @@ mod tests {
             assert!(err.message.contains(key), "{key}: {}", err.message);
         }
     }
+
+    #[test]
+    fn redis_and_mqtt_settings_are_checked() {
+        use super::{valid_mqtt_filter, valid_mqtt_url, valid_redis_url};
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://u:p%40w@h/0",
+            "redis://h",
+            "redis://:pw@h:1/15",
+        ] {
+            assert!(valid_redis_url(ok), "{ok}");
+        }
+        for bad in [
+            "rediss://h",
+            "redis://",
+            "redis://h:0",
+            "redis://h/x",
+            "http://h",
+            "redis://h?x=1",
+        ] {
+            assert!(!valid_redis_url(bad), "{bad}");
+        }
+        for ok in ["mqtt://127.0.0.1:1883", "mqtt://u:p@h", "mqtt://h/"] {
+            assert!(valid_mqtt_url(ok), "{ok}");
+        }
+        for bad in ["mqtts://h", "mqtt://", "mqtt://h:x", "tcp://h:1883", "mqtt://h/a"] {
+            assert!(!valid_mqtt_url(bad), "{bad}");
+        }
+        for ok in ["a/b", "a/+/c", "#", "a/#", "+", "/a"] {
+            assert!(valid_mqtt_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a+/b", "a/b#"] {
+            assert!(!valid_mqtt_filter(bad), "{bad}");
+        }
+        let m = Manifest::from_toml(
+            "[app]\nname = \"a\"\n[topics.t]\n[sources.r]\ntype = \"redis\"\nurl = \"redis://h\"\nstream = \"s\"\ntopic = \"t\"\n\
+             [sources.m]\ntype = \"mqtt\"\nurl = \"mqtt://h\"\nfilters = [\"a/#\"]\ntopic = \"t\"\n",
+            "gale.toml",
+        )
+        .unwrap();
+        m.validate().unwrap();
+        let super::SourceSpec::Redis(r) = &m.sources["r"] else {
+            panic!()
+        };
+        assert_eq!(
+            (r.start, r.claim_after.0.as_secs()),
+            (super::StreamStart::Earliest, 60)
+        );
+        let super::SourceSpec::Mqtt(q) = &m.sources["m"] else {
+            panic!()
+        };
+        assert_eq!(q.version, 5);
+        for (table, key) in [
+            (
+                "type = \"redis\"\nurl = \"redis://h\"\nstream = \"s\"\nclaim_after = \"10ms\"",
+                "claim_after",
+            ),
+            ("type = \"redis\"\nurl = \"redis://h\"\nstream = \"\"", "stream"),
+            (
+                "type = \"mqtt\"\nurl = \"mqtt://h\"\nfilters = [\"$share/g/a\"]",
+                "filters",
+            ),
+            (
+                "type = \"mqtt\"\nurl = \"mqtt://h\"\nfilters = [\"a\"]\nclient_id = \"a b\"",
+                "client_id",
+            ),
+        ] {
+            let err = Manifest::from_toml(
+                &format!("[app]\nname = \"a\"\n[topics.t]\n[sources.q]\ntopic = \"t\"\n{table}\n"),
+                "gale.toml",
+            )
+            .unwrap_err();
+            assert!(
+                err.message.contains(&format!("sources.q.{key}")),
+                "{key}: {}",
+                err.message
+            );
+        }
+    }
+
 
     #[test]
     fn bad_sources_name_the_key() {

@@ -27,8 +27,10 @@ pub mod context;
 pub mod message;
 pub mod mysql;
 pub mod nats;
+pub mod mqtt;
 pub mod postgres;
 pub mod rabbitmq;
+pub mod redis;
 pub mod rows;
 pub mod schedule;
 
@@ -67,6 +69,8 @@ pub fn build(wanted: &Wanted) -> Box<dyn Source> {
         SourceSpec::Mysql(s) => Box::new(mysql::Mysql::new(wanted, s)),
         SourceSpec::Nats(s) => Box::new(nats::Nats::new(wanted, s)),
         SourceSpec::Rabbitmq(s) => Box::new(rabbitmq::Rabbitmq::new(wanted, s)),
+        SourceSpec::Redis(s) => Box::new(redis::Redis::new(wanted, s)),
+        SourceSpec::Mqtt(s) => Box::new(mqtt::Mqtt::new(wanted, s)),
     }
 }
 

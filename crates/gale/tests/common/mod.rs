@@ -4,9 +4,11 @@
 #![allow(dead_code)]
 
 pub mod mariadb;
+pub mod mqtt;
 pub mod postgres;
 pub mod process;
 pub mod rabbitmq;
+pub mod redis;
 
 use gale_core::Manifest;
 use gale_core::api::{DeployRequest, DeployResponse, FunctionInfo, InvocationLog};

@@ -20,8 +20,10 @@
 //! real broker.
 
 pub mod forward;
+pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
+pub mod redis;
 
 use crate::NodeError;
 use crate::functions::{Follow, Functions, Snapshot};
@@ -56,8 +58,8 @@ pub fn build(name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, NodeError> {
     match spec.kind {
         SinkKind::Nats => Ok(Box::new(nats::NatsSink::new(name, spec))),
         SinkKind::Rabbitmq => Ok(Box::new(rabbitmq::RabbitmqSink::new(name, spec))),
-        SinkKind::Redis => unbuilt(),
-        SinkKind::Mqtt => unbuilt(),
+        SinkKind::Redis => Ok(Box::new(redis::RedisSink::new(name, spec))),
+        SinkKind::Mqtt => Ok(Box::new(mqtt::MqttSink::new(name, spec))),
         SinkKind::Kafka => unbuilt(),
     }
 }
