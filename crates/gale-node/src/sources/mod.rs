@@ -24,6 +24,7 @@
 //! in [`build`], and a test against the real system it reads.
 
 pub mod context;
+pub mod kafka;
 pub mod message;
 pub mod mysql;
 pub mod nats;
@@ -65,6 +66,7 @@ pub fn build(wanted: &Wanted) -> Box<dyn Source> {
         SourceSpec::Postgres(s) => Box::new(postgres::Postgres::new(wanted, s)),
         SourceSpec::Mysql(s) => Box::new(mysql::Mysql::new(wanted, s)),
         SourceSpec::Nats(s) => Box::new(nats::Nats::new(wanted, s)),
+        SourceSpec::Kafka(s) => Box::new(kafka::Kafka::new(wanted, s)),
     }
 }
 
