@@ -20,6 +20,7 @@
 //! real broker.
 
 pub mod forward;
+pub mod kafka;
 pub mod nats;
 
 use crate::NodeError;
@@ -52,7 +53,7 @@ pub fn build(name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, NodeError> {
         SinkKind::Rabbitmq => unbuilt(),
         SinkKind::Redis => unbuilt(),
         SinkKind::Mqtt => unbuilt(),
-        SinkKind::Kafka => unbuilt(),
+        SinkKind::Kafka => Ok(Box::new(kafka::KafkaSink::new(name, spec))),
     }
 }
 
