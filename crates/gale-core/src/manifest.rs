@@ -337,6 +337,12 @@ pub enum EventFormat {
     /// handler's `batchItemFailures` retries the first record it names and
     /// every later one.
     Dynamodb,
+    /// Lambda's self-managed Kafka event, `{"eventSource":
+    /// "SelfManagedKafka", "records": {"<topic>-<partition>": [...]}}`, of
+    /// records from a `kafka` source: topic, partition, offset, timestamp,
+    /// base64 key and value, headers as bytes. A handler's error retries
+    /// the whole batch.
+    Kafka,
     /// S3's notification document, `{"Records": [...]}` of each event's
     /// data; set by bucket triggers (`format = "s3"` there), not written
     /// on an event trigger.
