@@ -20,4 +20,7 @@ pub use error::{Code, Error};
 pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};
 pub use sinks::{SinkKind, SinkMode, SinkSpec};
-pub use sources::{Cron, KafkaSource, KafkaStart, MessageFormat, MysqlSource, NatsSource, PostgresSource, ScheduleSource, SnapshotMode, SourceSpec};
+pub use sources::{
+    Cron, KafkaSource, KafkaStart, MessageFormat, MysqlSource, NatsSource, PostgresSource, ScheduleSource,
+    SnapshotMode, SourceSpec,
+};

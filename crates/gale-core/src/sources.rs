@@ -372,7 +372,11 @@ impl KafkaSource {
             ));
         }
         if self.topics.is_empty() {
-            return Err(("topics", "no topics to read".into(), "list them, like topics = [\"orders\"]"));
+            return Err((
+                "topics",
+                "no topics to read".into(),
+                "list them, like topics = [\"orders\"]",
+            ));
         }
         for t in &self.topics {
             if !valid_kafka_topic(t) {
@@ -405,7 +409,12 @@ pub fn kafka_servers(url: &str) -> Option<(Option<(String, String)>, Vec<String>
     let (credentials, hosts) = match rest.rsplit_once('@') {
         Some((c, h)) => {
             let (user, password) = c.split_once(':')?;
-            let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|s| s.into_owned());
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .ok()
+                    .map(|s| s.into_owned())
+            };
             let user = decode(user).filter(|u| !u.is_empty())?;
             (Some((user, decode(password)?)), h)
         }
@@ -700,10 +709,25 @@ mod tests {
     fn kafka_settings_are_checked() {
         use super::{kafka_servers, valid_kafka_topic};
         let (c, s) = kafka_servers("kafka://127.0.0.1:9092,k2,[::1]:9093/").unwrap();
-        assert_eq!((c, s), (None, vec!["127.0.0.1:9092".into(), "k2:9092".into(), "[::1]:9093".into()]));
+        assert_eq!(
+            (c, s),
+            (
+                None,
+                vec!["127.0.0.1:9092".into(), "k2:9092".into(), "[::1]:9093".into()]
+            )
+        );
         let (c, _) = kafka_servers("kafka://u:p%40w@k1:9092").unwrap();
         assert_eq!(c, Some(("u".into(), "p@w".into())));
-        for bad in ["http://k:9092", "kafka://", "kafka://k:0", "kafka://k:x", "kafka://k/t", "k:9092", "kafka://a,,b", "kafka://u@k"] {
+        for bad in [
+            "http://k:9092",
+            "kafka://",
+            "kafka://k:0",
+            "kafka://k:x",
+            "kafka://k/t",
+            "k:9092",
+            "kafka://a,,b",
+            "kafka://u@k",
+        ] {
             assert!(kafka_servers(bad).is_none(), "{bad}");
         }
         assert!(valid_kafka_topic("orders.v1_x-2"));
@@ -716,10 +740,16 @@ mod tests {
         m.validate().unwrap();
         assert_eq!(m.sources["k"].dead_letter(), Some("t-dead"));
         for (settings, key) in [
-            ("url = \"kafka://u:secret@k:x\"\ntopics = [\"o\"]", "sources.k.url"),
+            (
+                "url = \"kafka://u:secret@k:x\"\ntopics = [\"o\"]",
+                "sources.k.url",
+            ),
             ("url = \"kafka://k\"\ntopics = []", "sources.k.topics"),
             ("url = \"kafka://k\"\ntopics = [\"o/1\"]", "sources.k.topics"),
-            ("url = \"kafka://k\"\ntopics = [\"o\"]\ngroup = \"\"", "sources.k.group"),
+            (
+                "url = \"kafka://k\"\ntopics = [\"o\"]\ngroup = \"\"",
+                "sources.k.group",
+            ),
         ] {
             let err = Manifest::from_toml(
                 &format!("[app]\nname = \"a\"\n[sources.k]\ntype = \"kafka\"\ntopic = \"t\"\n{settings}\n"),

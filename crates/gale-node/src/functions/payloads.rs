@@ -666,7 +666,13 @@ mod tests {
                 value,
                 headers: vec![("trace", Some(b"t-1")), ("bin", Some(&[0, 255]))],
             };
-            let stored = record_event(&r, format!("k/orders/{partition}/{offset}"), "k1:9092,k2:9092", Default::default()).unwrap();
+            let stored = record_event(
+                &r,
+                format!("k/orders/{partition}/{offset}"),
+                "k1:9092,k2:9092",
+                Default::default(),
+            )
+            .unwrap();
             crate::events::decode(&stored.body).unwrap()
         };
         let events = [
@@ -675,14 +681,26 @@ mod tests {
             plain(0, 8, None, &[1, 2, 3]),
         ];
         let batch: Vec<(&Event, u32)> = events.iter().map(|e| (e, 1)).collect();
-        let payload: Value = serde_json::from_slice(&events_payload(EventFormat::Kafka, "order-events", "local", &batch)).unwrap();
+        let payload: Value = serde_json::from_slice(&events_payload(
+            EventFormat::Kafka,
+            "order-events",
+            "local",
+            &batch,
+        ))
+        .unwrap();
         assert_eq!(payload["eventSource"], "SelfManagedKafka");
         assert_eq!(payload["bootstrapServers"], "k1:9092,k2:9092");
         let p0 = payload["records"]["orders-0"].as_array().unwrap();
         assert_eq!(p0.len(), 2);
-        assert_eq!((p0[0]["offset"].as_i64(), p0[1]["offset"].as_i64()), (Some(7), Some(8)));
+        assert_eq!(
+            (p0[0]["offset"].as_i64(), p0[1]["offset"].as_i64()),
+            (Some(7), Some(8))
+        );
         let r = &p0[0];
-        assert_eq!((r["topic"].as_str(), r["partition"].as_i64()), (Some("orders"), Some(0)));
+        assert_eq!(
+            (r["topic"].as_str(), r["partition"].as_i64()),
+            (Some("orders"), Some(0))
+        );
         assert_eq!(r["timestamp"], 1_796_637_600_007i64);
         assert_eq!(r["timestampType"], "CREATE_TIME");
         assert_eq!(B64.decode(r["key"].as_str().unwrap()).unwrap(), b"c-1");
@@ -700,11 +718,18 @@ mod tests {
             "partitionkey": "c-9", "time": "2026-12-07T10:00:00Z", "data": {"n": 1}
         }))
         .unwrap();
-        let payload: Value = serde_json::from_slice(&events_payload(EventFormat::Kafka, "t", "local", &[(&other, 1)])).unwrap();
+        let payload: Value =
+            serde_json::from_slice(&events_payload(EventFormat::Kafka, "t", "local", &[(&other, 1)]))
+                .unwrap();
         let r = &payload["records"]["t-0"][0];
         assert_eq!(B64.decode(r["key"].as_str().unwrap()).unwrap(), b"c-9");
         assert_eq!(r["timestamp"], 1_796_637_600_000i64);
-        assert!(r["headers"].as_array().unwrap().contains(&json!({"ce_id": b"e-1".to_vec()})));
+        assert!(
+            r["headers"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"ce_id": b"e-1".to_vec()}))
+        );
     }
 
     #[test]

@@ -73,8 +73,10 @@ mod producing {
 
         /// A producer, once the cluster said it has the topic.
         async fn connect(&self) -> Result<FutureProducer, NodeError> {
-            let (credentials, servers) = gale_core::sources::kafka_servers(&self.spec.url)
-                .ok_or_else(|| NodeError::Sink(format!("sink `{}`: the url is not a Kafka URL", self.name)))?;
+            let (credentials, servers) =
+                gale_core::sources::kafka_servers(&self.spec.url).ok_or_else(|| {
+                    NodeError::Sink(format!("sink `{}`: the url is not a Kafka URL", self.name))
+                })?;
             let mut config = ClientConfig::new();
             config
                 .set("bootstrap.servers", servers.join(","))
@@ -92,9 +94,9 @@ mod producing {
                     .set("sasl.username", user)
                     .set("sasl.password", password);
             }
-            let producer: FutureProducer = config
-                .create()
-                .map_err(|e| NodeError::Sink(format!("sink `{}`: cannot make a Kafka producer: {e}", self.name)))?;
+            let producer: FutureProducer = config.create().map_err(|e| {
+                NodeError::Sink(format!("sink `{}`: cannot make a Kafka producer: {e}", self.name))
+            })?;
             let (p, topic) = (producer.clone(), self.spec.to.clone());
             let metadata = tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&topic), METADATA))
                 .await
@@ -136,9 +138,7 @@ mod producing {
                         value: Some(ct.as_bytes()),
                     });
                 }
-                let key = event
-                    .extension("partitionkey")
-                    .map(|k| k.to_string());
+                let key = event.extension("partitionkey").map(|k| k.to_string());
                 let mut record = FutureRecord::<str, [u8]>::to(&self.spec.to)
                     .payload(&out.body)
                     .headers(headers);
@@ -248,13 +248,30 @@ mod tests {
                 .headers()
                 .unwrap()
                 .iter()
-                .map(|h| (h.key.to_string(), String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+                    )
+                })
                 .collect();
             let n = body["n"].as_u64().unwrap();
-            assert!(headers.contains(&("ce_id".into(), format!("e-{n}"))), "{headers:?}");
-            assert!(headers.contains(&("ce_type".into(), "order.placed".into())), "{headers:?}");
-            assert!(headers.contains(&("ce_region".into(), "eu".into())), "{headers:?}");
-            assert!(headers.contains(&("content-type".into(), "application/json".into())), "{headers:?}");
+            assert!(
+                headers.contains(&("ce_id".into(), format!("e-{n}"))),
+                "{headers:?}"
+            );
+            assert!(
+                headers.contains(&("ce_type".into(), "order.placed".into())),
+                "{headers:?}"
+            );
+            assert!(
+                headers.contains(&("ce_region".into(), "eu".into())),
+                "{headers:?}"
+            );
+            assert!(
+                headers.contains(&("content-type".into(), "application/json".into())),
+                "{headers:?}"
+            );
             got.push((key, n));
         }
         // Once each; in order within a key (one key, one partition).
@@ -262,7 +279,11 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..30).collect::<Vec<u64>>());
         for k in 0..4 {
-            let of_key: Vec<u64> = got.iter().filter(|(key, _)| *key == format!("c{k}")).map(|(_, n)| *n).collect();
+            let of_key: Vec<u64> = got
+                .iter()
+                .filter(|(key, _)| *key == format!("c{k}"))
+                .map(|(_, n)| *n)
+                .collect();
             assert_eq!(of_key, (0..30).filter(|n| n % 4 == k).collect::<Vec<u64>>());
         }
         let more = tokio::time::timeout(std::time::Duration::from_secs(1), consumer.recv()).await;

@@ -58,8 +58,9 @@ impl Kafka {
     /// The consumer's settings: a group member that commits nothing by
     /// itself.
     fn config(&self) -> Result<ClientConfig, NodeError> {
-        let (credentials, servers) = gale_core::sources::kafka_servers(&self.spec.url)
-            .ok_or_else(|| NodeError::Source(format!("the source's url is not a Kafka URL ({})", self.servers)))?;
+        let (credentials, servers) = gale_core::sources::kafka_servers(&self.spec.url).ok_or_else(|| {
+            NodeError::Source(format!("the source's url is not a Kafka URL ({})", self.servers))
+        })?;
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", servers.join(","))
@@ -128,10 +129,12 @@ impl Kafka {
     fn consumer_error(&self, e: KafkaError) -> Result<(), NodeError> {
         match &e {
             KafkaError::PartitionEOF(_) => Ok(()),
-            KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown) => Err(NodeError::Source(format!(
-                "lost the connection to Kafka at {}: no broker is reachable; connecting again",
-                self.servers
-            ))),
+            KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown) => {
+                Err(NodeError::Source(format!(
+                    "lost the connection to Kafka at {}: no broker is reachable; connecting again",
+                    self.servers
+                )))
+            }
             KafkaError::MessageConsumption(
                 RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
             ) => Err(NodeError::Source(format!(
@@ -184,7 +187,13 @@ impl Kafka {
                 .join(" ")
         };
         let lag: Option<u64> = (!state.assigned.is_empty())
-            .then(|| state.assigned.iter().map(|tp| state.lag.get(tp).copied()).sum::<Option<i64>>())
+            .then(|| {
+                state
+                    .assigned
+                    .iter()
+                    .map(|tp| state.lag.get(tp).copied())
+                    .sum::<Option<i64>>()
+            })
             .flatten()
             .map(|l| l.max(0) as u64);
         let lag_ms = match lag {
@@ -356,7 +365,10 @@ impl Hooks {
         let mut state = crate::lock(&self.state);
         for e in list.elements() {
             if let Offset::Offset(next) = e.offset() {
-                state.durable.entry((e.topic().to_string(), e.partition())).or_insert(next);
+                state
+                    .durable
+                    .entry((e.topic().to_string(), e.partition()))
+                    .or_insert(next);
             }
         }
     }

@@ -81,10 +81,16 @@ pub fn record_event(
             .iter()
             .map(|(k, v)| (*k, B64.encode(v.unwrap_or_default())))
             .collect();
-        headers.push((EXT_HEADERS.into(), serde_json::to_string(&sent).expect("strings serialize")));
+        headers.push((
+            EXT_HEADERS.into(),
+            serde_json::to_string(&sent).expect("strings serialize"),
+        ));
     }
     for (k, v) in &record.headers {
-        headers.push((k.to_string(), String::from_utf8_lossy(v.unwrap_or_default()).into_owned()));
+        headers.push((
+            k.to_string(),
+            String::from_utf8_lossy(v.unwrap_or_default()).into_owned(),
+        ));
     }
     let time = record
         .timestamp
@@ -114,7 +120,11 @@ mod tests {
     use super::*;
     use cloudevents::AttributesReader;
 
-    fn record<'a>(key: Option<&'a [u8]>, value: &'a [u8], headers: Vec<(&'a str, Option<&'a [u8]>)>) -> Record<'a> {
+    fn record<'a>(
+        key: Option<&'a [u8]>,
+        value: &'a [u8],
+        headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    ) -> Record<'a> {
         Record {
             topic: "orders",
             partition: 2,
@@ -128,22 +138,38 @@ mod tests {
 
     #[test]
     fn a_record_is_named_by_topic_partition_and_offset_and_keyed_by_its_key() {
-        let r = record(Some(b"c-42"), br#"{"qty":2}"#, vec![("Region", Some(b"eu")), ("trace-id", Some(&[0xff]))]);
+        let r = record(
+            Some(b"c-42"),
+            br#"{"qty":2}"#,
+            vec![("Region", Some(b"eu")), ("trace-id", Some(&[0xff]))],
+        );
         let stored = record_event(&r, "k/orders/2/41".into(), "k1:9092", MessageFormat::Any).unwrap();
         let e = crate::events::decode(&stored.body).unwrap();
         assert_eq!(e.ty(), MESSAGE_TYPE);
-        assert_eq!((e.id(), e.source().as_str()), ("k/orders/2/41", "/gale/kafka/orders"));
+        assert_eq!(
+            (e.id(), e.source().as_str()),
+            ("k/orders/2/41", "/gale/kafka/orders")
+        );
         assert_eq!(e.subject(), Some("partition:2#41"));
         assert_eq!(e.time().unwrap().timestamp_millis(), 1_796_637_600_123);
         assert_eq!(stored.partition_key.as_deref(), Some("c-42"));
         assert_eq!(e.extension("key").unwrap().to_string(), "c-42");
         assert_eq!(e.extension("region").unwrap().to_string(), "eu");
         assert_eq!(e.extension(EXT_PARTITION).unwrap().to_string(), "2");
-        assert_eq!(e.extension(EXT_TIMESTAMP_TYPE).unwrap().to_string(), "CREATE_TIME");
+        assert_eq!(
+            e.extension(EXT_TIMESTAMP_TYPE).unwrap().to_string(),
+            "CREATE_TIME"
+        );
         assert!(e.extension(EXT_KEY).is_none(), "a UTF-8 key is in `key`");
         let sent: Vec<(String, String)> =
             serde_json::from_str(&e.extension(EXT_HEADERS).unwrap().to_string()).unwrap();
-        assert_eq!(sent, vec![("Region".into(), "ZXU=".into()), ("trace-id".into(), "/w==".into())]);
+        assert_eq!(
+            sent,
+            vec![
+                ("Region".into(), "ZXU=".into()),
+                ("trace-id".into(), "/w==".into())
+            ]
+        );
 
         let r = record(Some(&[0, 159]), b"x", vec![]);
         let stored = record_event(&r, "i".into(), "k1:9092", MessageFormat::Any).unwrap();
@@ -152,7 +178,12 @@ mod tests {
         assert_eq!(e.extension(EXT_KEY).unwrap().to_string(), "AJ8=");
         assert!(e.extension(EXT_HEADERS).is_none());
         let r = record(None, b"x", vec![]);
-        assert!(record_event(&r, "i".into(), "k", MessageFormat::Any).unwrap().partition_key.is_none());
+        assert!(
+            record_event(&r, "i".into(), "k", MessageFormat::Any)
+                .unwrap()
+                .partition_key
+                .is_none()
+        );
     }
 
     #[test]
@@ -171,7 +202,13 @@ mod tests {
         let stored = record_event(&r, "i".into(), "k", MessageFormat::Cloudevents).unwrap();
         let e = crate::events::decode(&stored.body).unwrap();
         assert_eq!((e.id(), e.ty()), ("e-1", "order.placed"));
-        let parked = record_event(&record(None, b"not json", vec![]), "i".into(), "k", MessageFormat::Json).unwrap_err();
+        let parked = record_event(
+            &record(None, b"not json", vec![]),
+            "i".into(),
+            "k",
+            MessageFormat::Json,
+        )
+        .unwrap_err();
         assert!(parked.reason.contains("JSON"), "{}", parked.reason);
     }
 }
