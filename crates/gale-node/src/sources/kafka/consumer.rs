@@ -306,8 +306,12 @@ impl Source for Kafka {
         let consumer = Arc::new(consumer);
         let ended = self.consume(cx, consumer.clone()).await;
         // Leaving the group commits what is durable (the revoke) and waits
-        // for the brokers: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        // for the brokers: off the async threads, and waited for only when
+        // stopping (after a failure the brokers may not answer for long).
+        let closing = tokio::task::spawn_blocking(move || drop(consumer));
+        if ended.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+        }
         ended
     }
 }
