@@ -11,11 +11,12 @@
 //! partition, in order. Gale does not create Kafka topics: a topic the
 //! cluster does not have is an error naming it.
 
-use super::{Outgoing, Sink};
+use super::Sink;
 use crate::NodeError;
 use cloudevents::Event;
 use gale_core::SinkSpec;
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub struct KafkaSink {
     name: String,
     spec: SinkSpec,
@@ -50,6 +51,7 @@ impl Sink for KafkaSink {
 
 #[cfg(feature = "kafka")]
 mod producing {
+    use super::super::Outgoing;
     use super::*;
     use cloudevents::AttributesReader;
     use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
