@@ -342,6 +342,12 @@ pub enum EventFormat {
     /// message's `basicProperties`, `redelivered` and base64 `data`. The
     /// batch succeeds or fails as a whole, as on Lambda.
     Rabbitmq,
+    /// Lambda's self-managed Kafka event, `{"eventSource":
+    /// "SelfManagedKafka", "records": {"<topic>-<partition>": [...]}}`, of
+    /// records from a `kafka` source: topic, partition, offset, timestamp,
+    /// base64 key and value, headers as bytes. A handler's error retries
+    /// the whole batch.
+    Kafka,
     /// S3's notification document, `{"Records": [...]}` of each event's
     /// data; set by bucket triggers (`format = "s3"` there), not written
     /// on an event trigger.

@@ -147,3 +147,65 @@ async fn a_broker_that_refuses_is_retried_then_dead_lettered() {
         .unwrap_err();
     assert!(e.message.contains("sinks.bad.topic"), "{e:?}");
 }
+
+/// A sink to RabbitMQ: each event a persistent message on the queue, once,
+/// in order, its data the body and its attributes `cloudEvents:` headers;
+/// an unroutable destination (no such queue) is retried, then parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_rabbitmq_queue_once_each_and_unroutable_ones_are_parked() {
+    use common::rabbitmq::{AMQP, client, declare, delete};
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+    let (_conn, channel) = client(AMQP).await;
+    let queue = unique("gale-sink-");
+    declare(&channel, &queue, false).await;
+    let nowhere = unique("gale-sink-none-");
+    let node = TestNode::start().await;
+    let manifest = format!(
+        "[app]\nname = \"out\"\n[topics.orders]\n[sinks.to-rabbit]\ntype = \"rabbitmq\"\nurl = \"{AMQP}\"\ntopic = \"orders\"\nto = \"{queue}\"\n\
+         [sinks.to-nowhere]\ntype = \"rabbitmq\"\nurl = \"{AMQP}\"\ntopic = \"orders\"\nto = \"{nowhere}\"\nmax_attempts = 2\nbackoff = {{ initial = \"50ms\", max = \"50ms\" }}\ndead_letter = \"orders-unsent\"\n"
+    );
+    node.deploy_from(&manifest, Path::new(".")).await.unwrap();
+    publish(&node, "orders", 20).await;
+
+    let mut consumer = channel
+        .basic_consume(queue.as_str().into(), "test".into(), BasicConsumeOptions::default(), Default::default())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("20 messages within 20 s")
+            .unwrap()
+            .unwrap();
+        let body: Value = serde_json::from_slice(&d.data).unwrap();
+        assert_eq!(body["n"], i, "in order, the data as the body");
+        let p = &d.properties;
+        assert_eq!(p.message_id().as_ref().unwrap().as_str(), format!("ev-{i}"));
+        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert_eq!(p.delivery_mode(), &Some(2));
+        let headers = p.headers().as_ref().unwrap();
+        let header = |k: &str| match headers.inner().get(k) {
+            Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(header("cloudEvents:type"), "order.placed");
+        assert_eq!(header("cloudEvents:region"), "eu");
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let dead = node.wait_topic_events("orders-unsent", 20, Duration::from_secs(30)).await;
+    assert_eq!(dead[0]["galesink"], "to-nowhere");
+    assert_eq!(dead[0]["galeattempts"], 2);
+    assert!(dead[0]["galeerror"].as_str().unwrap().contains(&nowhere), "{}", dead[0]);
+    // Once each: nothing more waits in the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let q = channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0);
+    delete(&channel, &queue).await;
+}

@@ -6,7 +6,9 @@
 //!   becomes the HTTP response;
 //! - an event trigger hands it the CloudEvent in JSON (an array for a
 //!   batch), or with `format = "sqs"` an SQS batch whose `batchItemFailures`
-//!   answer retries only the events it names;
+//!   answer retries only the events it names (`format = "dynamodb"`,
+//!   `format = "rabbitmq"` and `format = "kafka"` give those services'
+//!   batches);
 //! - a schedule hands it EventBridge's scheduled-event shape;
 //! - the Invoke API hands it the payload as is, and answers errors in the
 //!   shape botocore reads.
@@ -272,6 +274,7 @@ pub fn events_payload(
             json!({ "Records": events.iter().map(|(e, _)| dynamodb_record(e, topic, region)).collect::<Vec<_>>() })
         }
         EventFormat::Rabbitmq => rabbitmq_payload(events, topic, region),
+        EventFormat::Kafka => kafka_event(events.iter().map(|(e, _)| *e), topic),
         // A bucket notification's data is S3's record itself.
         EventFormat::S3 => {
             let records: Vec<Value> = events
@@ -449,6 +452,79 @@ fn rabbitmq_payload(events: &[(&Event, u32)], topic: &str, region: &str) -> Valu
         "eventSourceArn": format!("arn:aws:mq:{region}:{ACCOUNT}:broker:gale:{topic}"),
         "rmqMessagesByQueue": by_queue,
     })
+}
+
+/// Lambda's self-managed Kafka event: the records by `<topic>-<partition>`,
+/// in the order they came. A record's topic, partition, offset, timestamp,
+/// raw key and headers are the `kafka*` extensions a `kafka` source keeps
+/// (`sources/kafka/message.rs`); for other events (a CloudEvent that came
+/// over Kafka as itself, or one from elsewhere) the Gale topic stands for
+/// the Kafka topic, the partition is 0, the offset the record's place in
+/// the batch, the key the `partitionkey` and the headers the event's
+/// attributes by the Kafka binding (`ce_`).
+fn kafka_event<'a>(events: impl Iterator<Item = &'a Event>, topic: &str) -> Value {
+    use crate::sources::kafka::message::*;
+    let mut records: Map<String, Value> = Map::new();
+    let mut servers = String::new();
+    for (n, event) in events.enumerate() {
+        let ext = |name: &str| event.extension(name).map(|v| v.to_string());
+        let kafka_topic = ext(EXT_TOPIC).unwrap_or_else(|| topic.to_string());
+        let partition: i64 = ext(EXT_PARTITION).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let offset: i64 = ext(EXT_OFFSET).and_then(|o| o.parse().ok()).unwrap_or(n as i64);
+        let timestamp: i64 = ext(EXT_TIMESTAMP)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| event.time().map_or(0, |t| t.timestamp_millis()));
+        let timestamp_type = ext(EXT_TIMESTAMP_TYPE).unwrap_or_else(|| "CREATE_TIME".into());
+        if servers.is_empty()
+            && let Some(s) = ext(EXT_SERVERS)
+        {
+            servers = s;
+        }
+        let key = ext(EXT_KEY)
+            .or_else(|| ext("key").map(|k| B64.encode(k)))
+            .or_else(|| ext("partitionkey").map(|k| B64.encode(k)));
+        let value = match event.data() {
+            None => Vec::new(),
+            Some(Data::Binary(b)) => b.clone(),
+            Some(Data::String(s)) => s.clone().into_bytes(),
+            Some(Data::Json(v)) => v.to_string().into_bytes(),
+        };
+        let headers: Vec<Value> = match ext(EXT_HEADERS) {
+            Some(sent) => serde_json::from_str::<Vec<(String, String)>>(&sent)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| json!({ k: B64.decode(v).unwrap_or_default() }))
+                .collect(),
+            None => {
+                let out = crate::delivery::sinks::Outgoing::new(event, gale_core::SinkMode::Binary, "ce_");
+                out.headers
+                    .into_iter()
+                    .chain(out.content_type.map(|ct| ("content-type".to_string(), ct)))
+                    .map(|(k, v)| json!({ k: v.into_bytes() }))
+                    .collect()
+            }
+        };
+        let mut record = json!({
+            "topic": kafka_topic,
+            "partition": partition,
+            "offset": offset,
+            "timestamp": timestamp,
+            "timestampType": timestamp_type,
+            "value": B64.encode(value),
+            "headers": headers,
+        });
+        if let Some(key) = key {
+            record["key"] = key.into();
+        }
+        match records
+            .entry(format!("{kafka_topic}-{partition}"))
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            Value::Array(list) => list.push(record),
+            _ => unreachable!("only arrays are inserted"),
+        }
+    }
+    json!({ "eventSource": "SelfManagedKafka", "bootstrapServers": servers, "records": records })
 }
 
 /// A row's columns as DynamoDB attribute values.
@@ -748,6 +824,85 @@ mod tests {
             failures(EventFormat::Cloudevents, &error, &ids)
                 .iter()
                 .all(Option::is_some)
+        );
+    }
+
+    #[test]
+    fn kafka_records_become_lambdas_self_managed_kafka_event() {
+        use crate::sources::kafka::message::{Record, record_event};
+        let plain = |partition: i32, offset: i64, key: Option<&'static [u8]>, value: &'static [u8]| {
+            let r = Record {
+                topic: "orders",
+                partition,
+                offset,
+                timestamp: Some((1_796_637_600_000 + offset, "CREATE_TIME")),
+                key,
+                value,
+                headers: vec![("trace", Some(b"t-1")), ("bin", Some(&[0, 255]))],
+            };
+            let stored = record_event(
+                &r,
+                format!("k/orders/{partition}/{offset}"),
+                "k1:9092,k2:9092",
+                Default::default(),
+            )
+            .unwrap();
+            crate::events::decode(&stored.body).unwrap()
+        };
+        let events = [
+            plain(0, 7, Some(b"c-1"), br#"{"qty":2}"#),
+            plain(1, 3, Some(&[0, 159]), b"hello"),
+            plain(0, 8, None, &[1, 2, 3]),
+        ];
+        let batch: Vec<(&Event, u32)> = events.iter().map(|e| (e, 1)).collect();
+        let payload: Value = serde_json::from_slice(&events_payload(
+            EventFormat::Kafka,
+            "order-events",
+            "local",
+            &batch,
+        ))
+        .unwrap();
+        assert_eq!(payload["eventSource"], "SelfManagedKafka");
+        assert_eq!(payload["bootstrapServers"], "k1:9092,k2:9092");
+        let p0 = payload["records"]["orders-0"].as_array().unwrap();
+        assert_eq!(p0.len(), 2);
+        assert_eq!(
+            (p0[0]["offset"].as_i64(), p0[1]["offset"].as_i64()),
+            (Some(7), Some(8))
+        );
+        let r = &p0[0];
+        assert_eq!(
+            (r["topic"].as_str(), r["partition"].as_i64()),
+            (Some("orders"), Some(0))
+        );
+        assert_eq!(r["timestamp"], 1_796_637_600_007i64);
+        assert_eq!(r["timestampType"], "CREATE_TIME");
+        assert_eq!(B64.decode(r["key"].as_str().unwrap()).unwrap(), b"c-1");
+        assert_eq!(B64.decode(r["value"].as_str().unwrap()).unwrap(), br#"{"qty":2}"#);
+        assert_eq!(r["headers"], json!([{"trace": [116, 45, 49]}, {"bin": [0, 255]}]));
+        assert!(p0[1].get("key").is_none(), "a record without a key has none");
+        assert_eq!(B64.decode(p0[1]["value"].as_str().unwrap()).unwrap(), [1, 2, 3]);
+        let r = &payload["records"]["orders-1"][0];
+        assert_eq!(B64.decode(r["key"].as_str().unwrap()).unwrap(), [0, 159]);
+        assert_eq!(B64.decode(r["value"].as_str().unwrap()).unwrap(), b"hello");
+
+        // An event not from a Kafka record still makes a record.
+        let other: Event = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "e-1", "source": "/shop", "type": "order.placed",
+            "partitionkey": "c-9", "time": "2026-12-07T10:00:00Z", "data": {"n": 1}
+        }))
+        .unwrap();
+        let payload: Value =
+            serde_json::from_slice(&events_payload(EventFormat::Kafka, "t", "local", &[(&other, 1)]))
+                .unwrap();
+        let r = &payload["records"]["t-0"][0];
+        assert_eq!(B64.decode(r["key"].as_str().unwrap()).unwrap(), b"c-9");
+        assert_eq!(r["timestamp"], 1_796_637_600_000i64);
+        assert!(
+            r["headers"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"ce_id": b"e-1".to_vec()}))
         );
     }
 }

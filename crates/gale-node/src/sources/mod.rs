@@ -24,6 +24,7 @@
 //! in [`build`], and a test against the real system it reads.
 
 pub mod context;
+pub mod kafka;
 pub mod message;
 pub mod mysql;
 pub mod nats;
@@ -71,6 +72,7 @@ pub fn build(wanted: &Wanted) -> Box<dyn Source> {
         SourceSpec::Rabbitmq(s) => Box::new(rabbitmq::Rabbitmq::new(wanted, s)),
         SourceSpec::Redis(s) => Box::new(redis::Redis::new(wanted, s)),
         SourceSpec::Mqtt(s) => Box::new(mqtt::Mqtt::new(wanted, s)),
+        SourceSpec::Kafka(s) => Box::new(kafka::Kafka::new(wanted, s)),
     }
 }
 

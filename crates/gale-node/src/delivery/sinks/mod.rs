@@ -21,6 +21,7 @@
 
 pub mod forward;
 pub mod mqtt;
+pub mod kafka;
 pub mod nats;
 pub mod rabbitmq;
 pub mod redis;
@@ -48,19 +49,13 @@ pub trait Sink: Send + 'static {
 }
 
 /// The sink a spec describes.
-pub fn build(name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, NodeError> {
-    let unbuilt = || {
-        Err(NodeError::Sink(format!(
-            "sink `{name}`: sending to {:?} is not built yet",
-            spec.kind
-        )))
-    };
+pub fn build(name: &str, spec: &SinkSpec) -> Box<dyn Sink> {
     match spec.kind {
-        SinkKind::Nats => Ok(Box::new(nats::NatsSink::new(name, spec))),
-        SinkKind::Rabbitmq => Ok(Box::new(rabbitmq::RabbitmqSink::new(name, spec))),
-        SinkKind::Redis => Ok(Box::new(redis::RedisSink::new(name, spec))),
-        SinkKind::Mqtt => Ok(Box::new(mqtt::MqttSink::new(name, spec))),
-        SinkKind::Kafka => unbuilt(),
+        SinkKind::Nats => Box::new(nats::NatsSink::new(name, spec)),
+        SinkKind::Rabbitmq => Box::new(rabbitmq::RabbitmqSink::new(name, spec)),
+        SinkKind::Redis => Box::new(redis::RedisSink::new(name, spec)),
+        SinkKind::Mqtt => Box::new(mqtt::MqttSink::new(name, spec)),
+        SinkKind::Kafka => Box::new(kafka::KafkaSink::new(name, spec)),
     }
 }
 
@@ -137,13 +132,7 @@ impl Follow for Sinks {
             if crate::lock(&self.running).contains_key(&w.name) {
                 continue;
             }
-            let sink = match build(&w.name, &w.spec) {
-                Ok(sink) => sink,
-                Err(e) => {
-                    tracing::error!(sink = %w.name, error = %e, "sink not started");
-                    continue;
-                }
-            };
+            let sink = build(&w.name, &w.spec);
             self.topics
                 .put_subscription(&w.spec.topic, &forward::subscription(&w.name), false)
                 .await?;
