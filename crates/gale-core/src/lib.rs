@@ -21,6 +21,7 @@ pub use filter::Filter;
 pub use manifest::{EventTrigger, FunctionSpec, HttpTrigger, Manifest, Route, ScheduleTrigger, TopicSpec};
 pub use sinks::{SinkKind, SinkMode, SinkSpec};
 pub use sources::{
-    AmqpUrl, Cron, KafkaSource, KafkaStart, MessageFormat, MqttSource, MysqlSource, NatsSource, PostgresSource,
-    QueueType, RabbitmqSource, RedisSource, ScheduleSource, SnapshotMode, SourceSpec, StreamStart,
+    AmqpUrl, Cron, KafkaSource, KafkaStart, MessageFormat, MqttSource, MysqlSource, NatsSource,
+    PostgresSource, QueueType, RabbitmqSource, RedisSource, ScheduleSource, SnapshotMode, SourceSpec,
+    StreamStart,
 };

@@ -1376,8 +1376,6 @@ mod tests {
         }
     }
 
-
-
     #[test]
     fn bad_sources_name_the_key() {
         for (table, key) in [

@@ -168,7 +168,12 @@ async fn events_reach_a_rabbitmq_queue_once_each_and_unroutable_ones_are_parked(
     publish(&node, "orders", 20).await;
 
     let mut consumer = channel
-        .basic_consume(queue.as_str().into(), "test".into(), BasicConsumeOptions::default(), Default::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
         .await
         .unwrap();
     for i in 0..20 {
@@ -192,16 +197,25 @@ async fn events_reach_a_rabbitmq_queue_once_each_and_unroutable_ones_are_parked(
         assert_eq!(header("cloudEvents:region"), "eu");
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
-    let dead = node.wait_topic_events("orders-unsent", 20, Duration::from_secs(30)).await;
+    let dead = node
+        .wait_topic_events("orders-unsent", 20, Duration::from_secs(30))
+        .await;
     assert_eq!(dead[0]["galesink"], "to-nowhere");
     assert_eq!(dead[0]["galeattempts"], 2);
-    assert!(dead[0]["galeerror"].as_str().unwrap().contains(&nowhere), "{}", dead[0]);
+    assert!(
+        dead[0]["galeerror"].as_str().unwrap().contains(&nowhere),
+        "{}",
+        dead[0]
+    );
     // Once each: nothing more waits in the queue.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let q = channel
         .queue_declare(
             queue.as_str().into(),
-            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             Default::default(),
         )
         .await

@@ -120,10 +120,7 @@ async fn messages_of_a_classic_queue_arrive_once_in_order_across_restarts() {
     // A plain message: Gale's own event around the body.
     let e = &got[1];
     assert_eq!(e["type"], "gale.rabbitmq.message");
-    assert_eq!(
-        e["source"],
-        format!("/gale/rabbitmq/%2F/{queue}")
-    );
+    assert_eq!(e["source"], format!("/gale/rabbitmq/%2F/{queue}"));
     assert_eq!(e["subject"], queue.as_str(), "the routing key");
     assert_eq!(e["partitionkey"], queue.as_str());
     assert_eq!(e["id"], "q/m-1", "from the message_id");

@@ -26,9 +26,9 @@
 pub mod context;
 pub mod kafka;
 pub mod message;
+pub mod mqtt;
 pub mod mysql;
 pub mod nats;
-pub mod mqtt;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;

@@ -20,8 +20,8 @@
 //! real broker.
 
 pub mod forward;
-pub mod mqtt;
 pub mod kafka;
+pub mod mqtt;
 pub mod nats;
 pub mod rabbitmq;
 pub mod redis;
