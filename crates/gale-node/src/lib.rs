@@ -20,6 +20,7 @@
 //! held as trait objects.
 
 pub mod auth;
+pub mod brokers;
 pub mod buckets;
 mod clock;
 pub mod control;

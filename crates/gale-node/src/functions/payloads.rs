@@ -463,7 +463,7 @@ fn rabbitmq_payload(events: &[(&Event, u32)], topic: &str, region: &str) -> Valu
 /// the batch, the key the `partitionkey` and the headers the event's
 /// attributes by the Kafka binding (`ce_`).
 fn kafka_event<'a>(events: impl Iterator<Item = &'a Event>, topic: &str) -> Value {
-    use crate::sources::kafka::message::*;
+    use crate::brokers::kafka::*;
     let mut records: Map<String, Value> = Map::new();
     let mut servers = String::new();
     for (n, event) in events.enumerate() {

@@ -31,7 +31,7 @@ impl KafkaSink {
         KafkaSink {
             name: name.to_string(),
             spec: spec.clone(),
-            servers: crate::sources::kafka::servers(&spec.url),
+            servers: crate::brokers::kafka::servers(&spec.url),
             #[cfg(feature = "kafka")]
             producer: None,
         }

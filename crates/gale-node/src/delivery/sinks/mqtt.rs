@@ -20,7 +20,7 @@
 
 use super::{Outgoing, Sink};
 use crate::NodeError;
-use crate::sources::mqtt::{Client, Got, Settings, connect};
+use crate::brokers::mqtt::{Client, Got, Settings, connect};
 use cloudevents::Event;
 use gale_core::{SinkMode, SinkSpec};
 use std::collections::HashSet;
@@ -33,7 +33,7 @@ const CONNECT: Duration = Duration::from_secs(10);
 struct Connection {
     client: Client,
     events: mpsc::Receiver<Result<Got, String>>,
-    _task: crate::sources::mqtt::Task,
+    _task: crate::brokers::mqtt::Task,
 }
 
 pub struct MqttSink {
@@ -199,7 +199,7 @@ mod tests {
     ) -> (
         Client,
         mpsc::Receiver<Result<Got, String>>,
-        crate::sources::mqtt::Task,
+        crate::brokers::mqtt::Task,
     ) {
         let mut s =
             Settings::from_url(MQTT, format!("gale-test-{}", uuid::Uuid::now_v7().simple()), true).unwrap();
@@ -219,7 +219,7 @@ mod tests {
     async fn received(
         rx: &mut mpsc::Receiver<Result<Got, String>>,
         n: usize,
-    ) -> Vec<crate::sources::mqtt::Received> {
+    ) -> Vec<crate::brokers::mqtt::Received> {
         let mut out = Vec::new();
         while out.len() < n {
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {

@@ -15,7 +15,7 @@
 
 use super::{Outgoing, Sink};
 use crate::NodeError;
-use crate::sources::rabbitmq::connect;
+use crate::brokers::amqp::{PREFIX, connect};
 use cloudevents::{AttributesReader, Event};
 use gale_core::{AmqpUrl, SinkSpec};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -101,7 +101,7 @@ impl RabbitmqSink {
         };
         let mut confirms = Vec::with_capacity(events.len());
         for event in events {
-            let out = Outgoing::new(event, self.spec.mode, crate::sources::rabbitmq::message::PREFIX);
+            let out = Outgoing::new(event, self.spec.mode, PREFIX);
             let mut properties = BasicProperties::default().with_delivery_mode(2);
             if let Ok(id) = ShortString::try_new(event.id()) {
                 properties = properties.with_message_id(id);

@@ -47,7 +47,7 @@ impl RedisSink {
         NodeError::Sink(format!(
             "sink `{}`: {}",
             self.name,
-            crate::sources::redis::describe(e, &self.server, doing, "sink")
+            crate::brokers::redis::describe(e, &self.server, doing, "sink")
         ))
     }
 

@@ -51,7 +51,7 @@ impl Kafka {
             name: wanted.name.clone(),
             spec: spec.clone(),
             group,
-            servers: super::servers(&spec.url),
+            servers: crate::brokers::kafka::servers(&spec.url),
         }
     }
 

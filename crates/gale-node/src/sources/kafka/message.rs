@@ -14,6 +14,7 @@
 //! (JSON of name and base64 value pairs, since a header's bytes need not be
 //! text and its name need not be a valid attribute name).
 
+pub use crate::brokers::kafka::*;
 use crate::sources::message::{Message, Origin, Parked};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,16 +23,6 @@ use gale_store::NewEvent;
 
 /// The CloudEvents `type` of a record that is not itself a CloudEvent.
 pub const MESSAGE_TYPE: &str = "gale.kafka.message";
-
-/// The extensions the Lambda payload is built from.
-pub const EXT_TOPIC: &str = "kafkatopic";
-pub const EXT_PARTITION: &str = "kafkapartition";
-pub const EXT_OFFSET: &str = "kafkaoffset";
-pub const EXT_TIMESTAMP: &str = "kafkatimestamp";
-pub const EXT_TIMESTAMP_TYPE: &str = "kafkatimestamptype";
-pub const EXT_SERVERS: &str = "kafkaservers";
-pub const EXT_KEY: &str = "kafkakey";
-pub const EXT_HEADERS: &str = "kafkaheaders";
 
 /// A record as the consumer handed it over.
 #[derive(Debug, Clone)]

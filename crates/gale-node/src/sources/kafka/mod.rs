@@ -56,11 +56,3 @@ impl super::context::Source for Kafka {
         ))
     }
 }
-
-/// The bootstrap servers as `gale sources` and errors may show them:
-/// without credentials.
-pub fn servers(url: &str) -> String {
-    gale_core::sources::kafka_servers(url)
-        .map(|(_, s)| s.join(","))
-        .unwrap_or_else(|| "the url's servers".into())
-}

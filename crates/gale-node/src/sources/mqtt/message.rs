@@ -10,7 +10,7 @@
 //! CloudEvent only with `format = "cloudevents"`, never guessed from JSON
 //! that happens to look like one.
 
-use super::client::Received;
+use crate::brokers::mqtt::Received;
 use crate::sources::message::{Message, Origin, Parked};
 use gale_core::MessageFormat;
 use gale_store::NewEvent;

@@ -25,10 +25,9 @@
 //! (`gale sources` shows `failed` and the reason); the plane connects
 //! again after a pause that doubles up to 30 s, and the session resumes.
 
-mod client;
 pub mod message;
 
-pub(crate) use client::{Client, Got, Received, Settings, Task, connect};
+use crate::brokers::mqtt::{Got, Received, Settings, connect};
 
 use super::context::{Context, Source, Wanted};
 use crate::NodeError;

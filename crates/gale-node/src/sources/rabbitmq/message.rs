@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 pub const MESSAGE_TYPE: &str = "gale.rabbitmq.message";
 
 /// How the CloudEvents AMQP binding prefixes attribute headers.
-pub const PREFIX: &str = "cloudEvents:";
+pub use crate::brokers::amqp::PREFIX;
 
 /// The extension attributes the source sets itself; application headers
 /// of these names are left out, so they cannot be spoofed.

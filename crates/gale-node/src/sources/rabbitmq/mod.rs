@@ -30,6 +30,7 @@ pub mod message;
 
 use super::context::{Context, Source, Wanted};
 use crate::NodeError;
+use crate::brokers::amqp::connect;
 use crate::clock::now_ms;
 use futures_util::StreamExt;
 use gale_core::{AmqpUrl, RabbitmqSource};
@@ -37,14 +38,13 @@ use gale_store::NewEvent;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ErrorKind};
 use message::{Delivered, Queue, message_event};
 use std::time::Duration;
 
 /// The most messages published (and acked) at once.
 const MAX_BATCH: usize = 500;
 /// How long connecting may take.
-const CONNECT: Duration = Duration::from_secs(10);
 /// How often the queue's depth is asked for `gale sources`.
 const DEPTH_EVERY: Duration = Duration::from_secs(1);
 /// A batch on its way to being durable.
@@ -343,31 +343,6 @@ fn describe(what: &str, url: &AmqpUrl, queue: &str, e: &lapin::Error) -> String 
         }
         ErrorKind::MissingHeartbeatError => format!("{what}: the broker stopped answering heartbeats"),
         _ => format!("{what}: {e}"),
-    }
-}
-
-/// Connects to the broker at `url`; `name` shows in its connection list.
-pub async fn connect(url: &AmqpUrl, name: &str) -> Result<Connection, lapin::Error> {
-    let uri = lapin::uri::AMQPUri {
-        scheme: lapin::uri::AMQPScheme::AMQP,
-        authority: lapin::uri::AMQPAuthority {
-            userinfo: lapin::uri::AMQPUserInfo {
-                username: url.user.clone(),
-                password: url.password.clone(),
-            },
-            host: url.host.clone(),
-            port: url.port,
-        },
-        vhost: url.vhost.clone(),
-        query: Default::default(),
-    };
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT, Connection::connect_uri(uri, properties)).await {
-        Ok(r) => r,
-        Err(_) => Err(lapin::Error::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {CONNECT:?}"),
-        ))),
     }
 }
 
