@@ -930,12 +930,7 @@ async fn the_orders_db_example_runs_as_its_readme_says() {
 /// stream of this test's own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_example_runs_as_its_readme_says() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        % 1_000_000_000_000;
-    let id = format!("{}x{nanos}", std::process::id());
+    let id = common::unique("");
     let (queue, subject, stream) = (
         format!("orders-{id}"),
         format!("shop.shipped.{id}"),

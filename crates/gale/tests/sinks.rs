@@ -6,21 +6,13 @@
 mod common;
 
 use async_nats::jetstream;
-use common::TestNode;
+use common::{TestNode, unique};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 
 const NATS: &str = "nats://127.0.0.1:4222";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000_000)
-}
 
 /// Publishes `n` events to a topic through the gateway.
 async fn publish(node: &TestNode, topic: &str, n: u32) {

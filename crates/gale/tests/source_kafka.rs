@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::TestNode;
+use common::{TestNode, deploy, unique};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -20,20 +20,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000_000)
-}
-
-/// Deploys a manifest without functions (nothing to build).
-async fn deploy(node: &TestNode, manifest: &str) {
-    node.deploy_from(manifest, Path::new(".")).await.unwrap();
-}
 
 fn producer(servers: &str) -> FutureProducer {
     ClientConfig::new()

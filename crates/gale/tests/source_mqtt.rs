@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::TestNode;
 use common::mqtt::{Broker, publish, publish_one};
+use common::{TestNode, deploy, unique};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -18,19 +18,6 @@ use std::time::{Duration, Instant};
 
 const MQTT: &str = "mqtt://127.0.0.1:1883";
 const PORT: u16 = 1883;
-
-/// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000_000)
-}
-
-async fn deploy(node: &TestNode, manifest: &str) {
-    node.deploy_from(manifest, Path::new(".")).await.unwrap();
-}
 
 fn numbered(from: u32, to: u32) -> Vec<String> {
     (from..to).map(|n| json!({ "n": n }).to_string()).collect()

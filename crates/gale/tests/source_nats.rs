@@ -8,27 +8,13 @@
 mod common;
 
 use async_nats::jetstream;
-use common::TestNode;
+use common::{TestNode, deploy, unique};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const NATS: &str = "nats://127.0.0.1:4222";
-
-/// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000_000)
-}
-
-/// Deploys a manifest without functions (nothing to build).
-async fn deploy(node: &TestNode, manifest: &str) {
-    node.deploy_from(manifest, Path::new(".")).await.unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_messages_arrive_once_in_order_across_restarts() {

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::TestNode;
 use common::redis::Server;
+use common::{TestNode, deploy, unique};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
@@ -18,15 +18,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
-
-/// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000_000)
-}
 
 async fn connect(url: &str) -> MultiplexedConnection {
     redis::Client::open(url)
@@ -116,11 +107,6 @@ async fn wait_nothing_pending(conn: &mut MultiplexedConnection, stream: &str, gr
 
 async fn del(conn: &mut MultiplexedConnection, key: &str) {
     let _: i64 = redis::cmd("DEL").arg(key).query_async(conn).await.unwrap();
-}
-
-/// Deploys a manifest without functions (nothing to build).
-async fn deploy(node: &TestNode, manifest: &str) {
-    node.deploy_from(manifest, Path::new(".")).await.unwrap();
 }
 
 fn numbers(events: &[serde_json::Value]) -> Vec<u64> {

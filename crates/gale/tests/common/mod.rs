@@ -349,3 +349,17 @@ pub async fn s3_script(node: &TestNode, script: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+/// Deploys a manifest without functions (nothing to build).
+pub async fn deploy(node: &TestNode, manifest: &str) {
+    node.deploy_from(manifest, Path::new(".")).await.unwrap();
+}

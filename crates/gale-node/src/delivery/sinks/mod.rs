@@ -59,6 +59,18 @@ pub fn build(name: &str, spec: &SinkSpec) -> Box<dyn Sink> {
     }
 }
 
+/// Event `n` of the sinks' tests: id `e-<n>`, type `order.placed`,
+/// extension `region`, data `{"n": n}` in JSON.
+#[cfg(test)]
+pub(crate) fn test_event(n: u32) -> Event {
+    serde_json::from_value(serde_json::json!({
+        "specversion": "1.0", "id": format!("e-{n}"), "source": "/shop", "type": "order.placed",
+        "time": "2026-12-07T10:00:00Z", "region": "eu", "datacontenttype": "application/json",
+        "data": { "n": n }
+    }))
+    .expect("a valid event")
+}
+
 /// The node's sinks; follows the declared ones.
 pub struct Sinks {
     functions: Functions,

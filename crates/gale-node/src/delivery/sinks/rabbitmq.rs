@@ -224,14 +224,7 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn event(n: u32) -> Event {
-        serde_json::from_value(json!({
-            "specversion": "1.0", "id": format!("e-{n}"), "source": "/shop", "type": "order.placed",
-            "time": "2026-12-07T10:00:00Z", "region": "eu", "datacontenttype": "application/json",
-            "data": { "n": n }
-        }))
-        .unwrap()
-    }
+    use super::super::test_event as event;
 
     fn unique(prefix: &str) -> String {
         format!("{prefix}{}", uuid::Uuid::now_v7().simple())

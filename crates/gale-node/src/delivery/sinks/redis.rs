@@ -162,22 +162,7 @@ mod tests {
     }
 
     fn events(n: u32) -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                let body = format!(
-                    r#"{{"specversion":"1.0","id":"e-{i}","source":"/shop","type":"order.placed","region":"eu","datacontenttype":"application/json","data":{{"n":{i}}}}}"#
-                );
-                let stored = crate::events::parse_for_store(
-                    &http::HeaderMap::from_iter([(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/cloudevents+json"),
-                    )]),
-                    body.as_bytes(),
-                )
-                .unwrap();
-                crate::events::decode(&stored[0].body).unwrap()
-            })
-            .collect()
+        (0..n).map(super::super::test_event).collect()
     }
 
     fn unique() -> String {
