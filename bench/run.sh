@@ -10,7 +10,7 @@
 #
 # Usage: bench/run.sh [SCENARIO [OPTIONS...]]...
 #   SCENARIO: http, cold-start, spike, idle, events, lambda, buckets, cdc,
-#   brokers
+#   brokers, isolation
 #   (default: all).
 #   OPTIONS go to that scenario (see target/release/gale-bench SCENARIO --help),
 #   e.g. bench/run.sh http --seconds 6 --rounds 3 cold-start
@@ -24,7 +24,7 @@ command=$(printf '%q ' "$0" "$@")
 command=${command% }
 cd "$(dirname "$0")/.."
 
-names=(http cold-start spike idle events lambda buckets cdc brokers)
+names=(http cold-start spike idle events lambda buckets cdc brokers isolation)
 is_scenario() {
   local n
   for n in "${names[@]}"; do [ "$1" = "$n" ] && return 0; done

@@ -4,7 +4,7 @@
 //!
 //! Run with `bench/run.sh` (builds release binaries, runs the scenarios and
 //! writes their output to `bench/RESULTS.md`), or one scenario by hand:
-//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets|cdc|brokers`.
+//! `target/release/gale-bench http|cold-start|spike|idle|events|lambda|buckets|cdc|brokers|isolation`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -18,6 +18,7 @@ mod brokers;
 mod buckets;
 mod cdc;
 mod events;
+mod isolation;
 mod lambda;
 
 // The allocator the gale binary uses, so that references measured in this
@@ -149,6 +150,20 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// Isolation under load: a quiet function's p50 and p99 alone and
+    /// beside eight computing wasm guests or process instances, and event
+    /// handlers that need CPU keeping up while wrk saturates the gateway.
+    Isolation {
+        /// Seconds of sequential requests per noisy-neighbour case.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Events/s published to each handler during the saturation.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Seconds of the saturation (and of wrk alone before it).
+        #[arg(long, default_value_t = 60)]
+        saturation_seconds: u32,
+    },
     /// A plain axum hello server: the ceiling for `http`.
     AxumHello {
         #[arg(long)]
@@ -196,6 +211,11 @@ fn main() -> Result<()> {
             rate,
             seconds,
         } => rt.block_on(brokers::run(messages, rounds, rate, seconds)),
+        Scenario::Isolation {
+            seconds,
+            rate,
+            saturation_seconds,
+        } => rt.block_on(isolation::run(seconds, rate, saturation_seconds)),
         Scenario::AxumHello { listen } => rt.block_on(async {
             let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "Hello, world!\n" }));
             let listener = tokio::net::TcpListener::bind(&listen).await?;

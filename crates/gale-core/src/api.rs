@@ -63,6 +63,13 @@ pub struct FunctionStats {
     pub queued: u64,
     /// Requests refused with 429 because the queue was full.
     pub throttled: u64,
+    /// CPU time its invocations used, µs, since the node started.
+    #[serde(default)]
+    pub cpu_us: u64,
+    /// Time its invocations were ready to compute but waited for a core
+    /// (other work had the node's cores), µs, since the node started.
+    #[serde(default)]
+    pub cpu_waited_us: u64,
     /// Whether the compiled code is loaded (false: scaled to zero).
     pub warm: bool,
 }
@@ -141,6 +148,9 @@ pub struct InvocationLog {
     /// Unix milliseconds.
     pub started_at: u64,
     pub duration_us: u64,
+    /// CPU time it used (its guest, or its instance's processes), µs.
+    #[serde(default)]
+    pub cpu_us: u64,
     pub outcome: Outcome,
     /// HTTP status sent to the client.
     pub status: u16,
@@ -198,6 +208,31 @@ pub struct SubscriptionInfo {
     /// Events handled per second over the last minute (filled by the node).
     #[serde(default)]
     pub delivery_rate: f64,
+    /// While events wait: what holds them back (filled by the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<Limit>,
+}
+
+/// What holds a subscription's waiting events back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Limit {
+    /// The node's CPU: its function's invocations lately waited for a core
+    /// longer than they computed (the node is saturated; more cores, a
+    /// higher `--delivery-share` or fewer neighbours help).
+    Cpu,
+    /// The handler itself: its invocations compute or wait on I/O; more
+    /// `max_concurrency` or a faster handler help.
+    Handler,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Cpu => "cpu",
+            Limit::Handler => "handler",
+        }
+    }
 }
 
 /// A stored event as `GET /v1/topics/{name}/events` returns it.

@@ -131,6 +131,10 @@ pub struct FunctionSpec {
     /// Wall-clock limit of one invocation.
     #[serde(default = "defaults::timeout")]
     pub timeout: HumanDuration,
+    /// CPU time one invocation may use (none: only `timeout` bounds it).
+    /// An invocation past it is cut like one past its timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<HumanDuration>,
     /// Concurrent invocations (= live instances) at most.
     #[serde(default = "defaults::max_instances")]
     pub max_instances: u32,
@@ -704,6 +708,15 @@ impl Manifest {
                     &key("timeout"),
                     format!("{} is out of range", humantime::format_duration(f.timeout.0)),
                     "choose between \"1ms\" and \"15m\"",
+                ));
+            }
+            if let Some(cpu) = f.cpu
+                && (cpu.0 < Duration::from_millis(10) || cpu.0 > Duration::from_secs(900))
+            {
+                return Err(invalid(
+                    &key("cpu"),
+                    format!("{} is out of range", humantime::format_duration(cpu.0)),
+                    "choose between \"10ms\" and \"15m\"",
                 ));
             }
             if f.max_instances == 0 || f.max_instances > MAX_INSTANCES {

@@ -78,6 +78,9 @@ pub struct Options {
     pub log_keep: usize,
     /// Instances alive at once across all functions.
     pub max_instances: u32,
+    /// The least share of the CPU, in percent (1 to 50), that deliveries
+    /// keep against the gateway.
+    pub delivery_share: u8,
 }
 
 impl Options {
@@ -92,6 +95,7 @@ impl Options {
             log_retention: Duration::from_secs(24 * 3600),
             log_keep: 1000,
             max_instances: 1000,
+            delivery_share: 25,
         }
     }
 }
@@ -133,11 +137,6 @@ pub struct NodeHandle {
     log_writer: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
 }
 
-/// Nice value of the delivery threads: under contention they get about a
-/// tenth of a gateway thread's share of the CPU, and all of it when the
-/// gateway is idle.
-const DELIVERY_NICE: i32 = 10;
-
 /// The runtime event deliveries run on, apart from the gateway's.
 ///
 /// On one runtime, a fetch of many events spawned as many delivery tasks
@@ -145,19 +144,23 @@ const DELIVERY_NICE: i32 = 10;
 /// had just become durable waited behind all of them to be told so.
 /// Publishers waited longer, published less, and left the cores idle. On
 /// threads of their own at a lower priority, deliveries use what the
-/// gateway leaves.
+/// gateway leaves, and never less than their share (`--delivery-share`):
+/// the kernel splits a contended core between threads by the weights of
+/// their nice values, and theirs is the one whose weight against a gateway
+/// thread's gives that share.
 struct Deliveries(Option<tokio::runtime::Runtime>);
 
 impl Deliveries {
     /// Starts the threads; returns where to spawn dispatchers.
-    fn start() -> Result<(Deliveries, tokio::runtime::Handle), NodeError> {
+    fn start(share: u8) -> Result<(Deliveries, tokio::runtime::Handle), NodeError> {
+        let nice = nice_for_share(share);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("gale-deliver")
-            .on_thread_start(|| {
+            .on_thread_start(move || {
                 // SAFETY: plain syscall; on Linux `who = 0` is the calling thread.
                 #[cfg(target_os = "linux")]
                 unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, DELIVERY_NICE);
+                    libc::setpriority(libc::PRIO_PROCESS, 0, nice);
                 }
             })
             .enable_all()
@@ -175,6 +178,23 @@ impl Deliveries {
                 tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(2))).await;
         }
     }
+}
+
+/// The kernel's weight of each nice value from 0 to 19 (the CFS table):
+/// each step is about 1.25 times less CPU than the one before.
+const NICE_WEIGHTS: [u32; 20] = [
+    1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15,
+];
+
+/// The nice value whose weight against nice 0 comes closest to `share`
+/// percent of a contended core: weight / (1024 + weight) = share.
+fn nice_for_share(share: u8) -> i32 {
+    let share = f64::from(share.clamp(1, 50)) / 100.0;
+    let wanted = 1024.0 * share / (1.0 - share);
+    let distance = |w: u32| (f64::from(w) / wanted).ln().abs();
+    (0..NICE_WEIGHTS.len())
+        .min_by(|a, b| distance(NICE_WEIGHTS[*a]).total_cmp(&distance(NICE_WEIGHTS[*b])))
+        .unwrap_or(0) as i32
 }
 
 impl Drop for Deliveries {
@@ -324,7 +344,7 @@ pub async fn start(options: Options) -> Result<NodeHandle, NodeError> {
             },
         },
     );
-    let (deliveries, delivery_runtime) = Deliveries::start()?;
+    let (deliveries, delivery_runtime) = Deliveries::start(options.delivery_share)?;
     let dispatch = Dispatch {
         functions: functions.clone(),
         publisher: publisher.clone(),
@@ -572,6 +592,29 @@ async fn housekeeping(
                 Ok(n) => tracing::info!(events = n, "retention dropped old events"),
                 Err(e) => tracing::warn!(error = %e, "applying topic retention failed"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NICE_WEIGHTS, nice_for_share};
+
+    #[test]
+    fn a_delivery_share_becomes_the_nice_value_whose_weight_gives_it() {
+        assert_eq!(nice_for_share(25), 5);
+        assert_eq!(nice_for_share(10), 10);
+        assert_eq!(nice_for_share(50), 0);
+        assert_eq!(nice_for_share(1), 19);
+        // What the chosen weight gives against a gateway thread, within the
+        // table's 25 % steps.
+        for share in [5u8, 20, 25, 33, 40] {
+            let w = f64::from(NICE_WEIGHTS[nice_for_share(share) as usize]);
+            let got = 100.0 * w / (1024.0 + w);
+            assert!(
+                (got / f64::from(share)).ln().abs() < 0.25,
+                "{share} % gave {got:.1} %"
+            );
         }
     }
 }

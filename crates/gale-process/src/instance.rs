@@ -9,8 +9,8 @@
 //! no orphans behind.
 
 use crate::api::{self, Channel, Report, Work};
-use crate::spawn;
 use crate::{FunctionConfig, FunctionError, ProcessError};
+use crate::{cpu, spawn};
 use bytes::Bytes;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -33,10 +33,16 @@ pub(crate) enum Ended {
     /// The process exited or was killed; the instance is gone.
     Exited(FunctionError),
     Timeout,
+    /// It used its CPU limit; the instance was stopped.
+    CpuLimit(Duration),
 }
 
 pub(crate) struct Instance {
     child: spawn::Process,
+    /// Its CPU time (none if the kernel would not tell).
+    clock: Option<cpu::Clock>,
+    /// Whether it runs at [`cpu::BUSY_NICE`] already.
+    busy: bool,
     channel: Arc<Channel>,
     work: mpsc::Sender<Work>,
     reports: mpsc::UnboundedReceiver<Report>,
@@ -119,14 +125,29 @@ impl Instance {
         env.extend(config.env.clone());
         env.extend(config.lambda_env(&api, number, &tmp));
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let spawned = spawn::spawn(&spawn::Spec {
-            program: &program,
-            args: &args,
-            env: &env,
-            cwd: &config.root,
-            user: config.user,
-            memory: config.memory,
-        })
+        let spawn = {
+            let (program, root, user, memory) =
+                (program.clone(), config.root.clone(), config.user, config.memory);
+            move || {
+                spawn::spawn(&spawn::Spec {
+                    program: &program,
+                    args: &args,
+                    env: &env,
+                    cwd: &root,
+                    user,
+                    memory,
+                })
+            }
+        };
+        // Started from a thread at the node's own priority: one that
+        // delivers events runs lower, and a child would inherit that.
+        let spawned = match &config.spawner {
+            Some(node) => node
+                .spawn_blocking(spawn)
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+            None => spawn(),
+        }
         .map_err(|e| {
             ProcessError::Start(format!(
                 "cannot start `{}` in {}: {e}",
@@ -135,6 +156,9 @@ impl Instance {
             ))
         })?;
         let child = spawn::Process::new(spawned.pid).map_err(|e| io("cannot watch the process", e))?;
+        let clock = cpu::Clock::open(spawned.pid)
+            .inspect_err(|e| tracing::debug!(error = %e, "an instance's CPU time cannot be read"))
+            .ok();
         let log = Arc::new(Log::default());
         let receiver = |fd| {
             Receiver::from_owned_fd(fd)
@@ -147,6 +171,8 @@ impl Instance {
         }
         Ok(Instance {
             child,
+            clock,
+            busy: false,
             channel,
             work,
             reports,
@@ -199,32 +225,70 @@ impl Instance {
         }
     }
 
-    /// Runs one invocation; its output is in [`Instance::take_log`] after.
-    pub async fn run(&mut self, work: Work, timeout: Duration) -> Ended {
+    /// Runs one invocation, cut at `timeout` or once it used `cpu`; its
+    /// output is in [`Instance::take_log`] after. Returns how it ended and
+    /// what it used.
+    pub async fn run(
+        &mut self,
+        work: Work,
+        timeout: Duration,
+        cpu: Option<Duration>,
+    ) -> (Ended, cpu::Sample) {
+        let before = self.sample();
         if self.work.send(work).await.is_err() {
-            return Ended::Exited(FunctionError::new("Runtime.ExitError", "the instance stopped"));
+            let ended = Ended::Exited(FunctionError::new("Runtime.ExitError", "the instance stopped"));
+            return (ended, cpu::Sample::default());
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let ended = loop {
+        // The CPU time is looked at while it runs only when there is a limit
+        // to keep or a busy instance to lower.
+        let mut watch =
+            tokio::time::interval_at(tokio::time::Instant::now() + cpu::WATCH_EVERY, cpu::WATCH_EVERY);
+        let watching = self.clock.is_some() && (cpu.is_some() || !self.busy);
+        let (ended, used) = loop {
             tokio::select! {
                 report = self.reports.recv() => match report {
-                    Some(Report::Response(body)) => break Ended::Response(body),
+                    Some(Report::Response(body)) => break (Ended::Response(body), None),
                     Some(Report::Error { error_type, body }) | Some(Report::InitError { error_type, body }) => {
-                        break Ended::Error(FunctionError { error_type, body });
+                        break (Ended::Error(FunctionError { error_type, body }), None);
                     }
                     Some(Report::Ready) => {}
-                    None => break Ended::Exited(FunctionError::new("Runtime.ExitError", "the instance stopped")),
+                    None => {
+                        let stopped = FunctionError::new("Runtime.ExitError", "the instance stopped");
+                        break (Ended::Exited(stopped), None);
+                    }
                 },
-                status = self.child.wait() => break Ended::Exited(exited(status, "during the invocation")),
+                status = self.child.wait() => break (Ended::Exited(exited(status, "during the invocation")), None),
                 _ = &mut deadline => {
+                    let used = self.sample() - before;
                     self.kill().await;
-                    break Ended::Timeout;
+                    break (Ended::Timeout, Some(used));
+                }
+                _ = watch.tick(), if watching => {
+                    let used = self.sample() - before;
+                    if let Some(limit) = cpu.filter(|l| used.cpu > *l) {
+                        self.kill().await;
+                        break (Ended::CpuLimit(limit), Some(used));
+                    }
+                    if !self.busy && used.cpu >= cpu::BUSY_AFTER {
+                        if let Some(clock) = &self.clock {
+                            clock.lower_priority(cpu::BUSY_NICE);
+                        }
+                        self.busy = true;
+                    }
                 }
             }
         };
         self.last_used = Instant::now();
-        ended
+        // Once it is stopped its clock reads nothing: what it used then was
+        // taken just before.
+        let used = used.unwrap_or_else(|| self.sample() - before);
+        (ended, used)
+    }
+
+    fn sample(&self) -> cpu::Sample {
+        self.clock.as_ref().map(cpu::Clock::sample).unwrap_or_default()
     }
 
     /// Ends the current invocation on the API side; returns what it published.

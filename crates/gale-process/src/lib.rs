@@ -14,6 +14,7 @@
 //! schedules to the JSON shapes Lambda handlers expect.
 
 mod api;
+mod cpu;
 mod instance;
 pub mod package;
 mod spawn;
@@ -64,6 +65,9 @@ pub struct PublishRefused {
 #[derive(Clone)]
 pub struct Runtime {
     tree: Arc<tree::Tree>,
+    /// Where instances are started from: a thread at the node's own
+    /// priority (the runtime this was made on).
+    spawner: Option<tokio::runtime::Handle>,
     /// The region instances are told they run in.
     pub region: String,
 }
@@ -92,6 +96,7 @@ impl Runtime {
         }
         Ok(Runtime {
             tree: Arc::new(tree),
+            spawner: tokio::runtime::Handle::try_current().ok(),
             region: "local".into(),
         })
     }
@@ -161,6 +166,7 @@ impl Runtime {
             user: spec.user,
             region: self.region.clone(),
             publish: spec.publish,
+            spawner: self.spawner.clone(),
             started_day: jiff::Zoned::now().strftime("%Y/%m/%d").to_string(),
             _tree: self.tree.clone(),
         };
@@ -206,6 +212,7 @@ pub(crate) struct FunctionConfig {
     pub user: Option<(u32, u32)>,
     pub region: String,
     pub publish: Option<Publish>,
+    pub spawner: Option<tokio::runtime::Handle>,
     /// The day the version was loaded, for log stream names.
     pub started_day: String,
     /// Keeps the paths above in place while the version's instances run.
@@ -255,11 +262,17 @@ impl FunctionConfig {
     }
 }
 
+/// The error type of an invocation cut at its CPU limit (Lambda has no
+/// such limit; the name follows its `Sandbox.Timedout`).
+pub const CPU_LIMIT: &str = "Sandbox.CpuLimitExceeded";
+
 /// One invocation to run.
 pub struct Invocation {
     pub request_id: String,
     pub payload: Bytes,
     pub timeout: Duration,
+    /// CPU time it may use (none: only `timeout` bounds it).
+    pub cpu: Option<Duration>,
     /// The caller's client context (JSON), passed on to the runtime.
     pub client_context: Option<String>,
 }
@@ -301,6 +314,10 @@ pub struct Completion {
     pub cold_start: bool,
     pub init: Option<Duration>,
     pub max_memory: u64,
+    /// CPU time of the instance's processes during the invocation.
+    pub cpu: Duration,
+    /// Time its runtime was ready to compute but waited for a core.
+    pub waited: Duration,
     /// Events published through `GALE_API`; empty unless it succeeded.
     pub outbox: Vec<(String, gale_store::NewEvent)>,
 }
@@ -336,6 +353,8 @@ impl Pool {
                 cold_start: false,
                 init: None,
                 max_memory: 0,
+                cpu: Duration::ZERO,
+                waited: Duration::ZERO,
                 outbox: Vec::new(),
             },
         }
@@ -385,7 +404,7 @@ impl Pool {
             trace_id: trace_id(),
             client_context: invocation.client_context,
         };
-        let ended = instance.run(work, invocation.timeout).await;
+        let (ended, used) = instance.run(work, invocation.timeout, invocation.cpu).await;
         let outbox = instance.finish();
         let log = instance.take_log().await;
         let memory = instance.max_memory();
@@ -405,6 +424,16 @@ impl Pool {
                     || log.contains("Cannot allocate memory");
                 (Err(if oom { self.out_of_memory(&id) } else { e }), false)
             }
+            Ended::CpuLimit(limit) => (
+                Err(FunctionError::new(
+                    CPU_LIMIT,
+                    &format!(
+                        "RequestId: {id} Error: Task used its CPU limit of {} ms",
+                        limit.as_millis()
+                    ),
+                )),
+                false,
+            ),
             Ended::Timeout => (
                 Err(FunctionError::new(
                     "Sandbox.Timedout",
@@ -424,6 +453,8 @@ impl Pool {
         }
         let mut c = self.completion(&id, result, log, handed, cold, init, memory);
         c.outbox = outbox;
+        c.cpu = used.cpu;
+        c.waited = used.waited;
         c
     }
 
@@ -451,7 +482,7 @@ impl Pool {
         let duration = since.elapsed();
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(e) if e.error_type == "Sandbox.Timedout" => Outcome::Timeout,
+            Err(e) if e.error_type == "Sandbox.Timedout" || e.error_type == CPU_LIMIT => Outcome::Timeout,
             Err(_) => Outcome::Error,
         };
         let ms = duration.as_secs_f64() * 1000.0;
@@ -463,7 +494,7 @@ impl Pool {
         if let Err(e) = &result
             && matches!(
                 e.error_type.as_str(),
-                "Sandbox.Timedout" | "Runtime.OutOfMemory" | "Runtime.ExitError"
+                "Sandbox.Timedout" | "Runtime.OutOfMemory" | "Runtime.ExitError" | CPU_LIMIT
             )
         {
             log.push_str(&format!("{}\n", e.message()));
@@ -487,6 +518,8 @@ impl Pool {
             cold_start,
             init,
             max_memory,
+            cpu: Duration::ZERO,
+            waited: Duration::ZERO,
             outbox: Vec::new(),
         }
     }

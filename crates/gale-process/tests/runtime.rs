@@ -53,6 +53,7 @@ fn invocation(id: &str, payload: &str, timeout: Duration) -> Invocation {
         request_id: id.into(),
         payload: payload.to_string().into(),
         timeout,
+        cpu: None,
         client_context: None,
     }
 }

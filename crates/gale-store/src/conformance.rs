@@ -149,6 +149,7 @@ pub fn log(function: &str, started_at: u64) -> InvocationLog {
         version: 1,
         started_at,
         duration_us: 10,
+        cpu_us: 7,
         outcome: Outcome::Ok,
         status: 200,
         cold_start: false,
@@ -172,8 +173,8 @@ async fn logs_query_and_prune(l: &dyn InvocationLogs) {
     assert_eq!(all.len(), 5);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(
-        (all[0].stdout.as_str(), all[0].events.as_slice()),
-        ("out", &["ev-1000".to_string()][..])
+        (all[0].stdout.as_str(), all[0].events.as_slice(), all[0].cpu_us),
+        ("out", &["ev-1000".to_string()][..], 7)
     );
     let after = l.query("f", all[2].seq, 100, false).await.unwrap();
     assert_eq!(after.len(), 2);

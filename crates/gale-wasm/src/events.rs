@@ -274,20 +274,37 @@ pub async fn handle(
     timeout: Duration,
     done: impl FnOnce(Completion) + Send + 'static,
 ) -> Handled {
+    let meter = prepared.meter();
+    let lane = prepared.lane.clone();
+    lane.run(
+        meter.clone(),
+        run(prepared, events, timeout, Box::new(done), meter),
+    )
+    .await
+}
+
+async fn run(
+    prepared: Arc<Prepared>,
+    events: Vec<GuestEvent>,
+    timeout: Duration,
+    done: crate::DoneFn,
+    meter: Arc<crate::cpu::Meter>,
+) -> Handled {
     let crate::Kind::Events(pre) = &prepared.kind else {
         return Handled {
             results: Err(Failure::Guest("the function is not an event handler".into())),
             outbox: Vec::new(),
         };
     };
-    let (mut store, warm, uses, stdout, stderr) = prepared.next_store();
+    let (mut store, warm, uses, stdout, stderr) = prepared.next_store(&meter);
     let warm = match warm {
         Some(crate::Warm::Events(instance)) => Some(instance),
         _ => None,
     };
     let mut finish = Finish {
-        done: Some(Box::new(done)),
+        done: Some(done),
         started: Instant::now(),
+        meter,
         stdout,
         stderr,
         answer: Arc::default(),
@@ -322,6 +339,9 @@ pub async fn handle(
             }
         }
         Ok(Err(e)) if format!("{e:#}").contains("maximum concurrent") => Err(Failure::Overloaded),
+        Ok(Err(ref e)) if let Some(&limit) = wasmtime::Error::downcast_ref::<crate::cpu::CpuLimit>(e) => {
+            Err(Failure::CpuLimit(limit.0))
+        }
         Ok(Err(e)) => {
             let said = finish.stderr.tail(300);
             let trap = describe_trap(&e, &prepared.spec);

@@ -19,6 +19,8 @@ pub struct Host {
     stderr: LogPipe,
     /// Publishing and key-value, for event invocations only.
     pub(crate) events: Option<crate::events::EventHost>,
+    /// The CPU meter of the invocation under way.
+    pub(crate) meter: Option<Arc<crate::cpu::Meter>>,
 }
 
 impl Host {
@@ -42,6 +44,7 @@ impl Host {
             stdout,
             stderr,
             events: None,
+            meter: None,
         }
     }
 

@@ -17,19 +17,23 @@
 //! - an HTTP component that also exports `gale:http/handler` takes each
 //!   request whole in one call through it ([`whole`]), instead of the dozen
 //!   calls between host and guest a `wasi:http` exchange takes;
-//! - an epoch ticker makes a busy guest yield every tick, so a guest stuck in
-//!   a loop neither blocks other work on its thread nor outlives its timeout.
+//! - an epoch ticker makes a busy guest yield at its first tick and move to
+//!   threads of its own, where busy guests compute in turns shared fairly
+//!   between functions ([`cpu`]); a guest stuck in a loop neither blocks
+//!   other work nor outlives its timeout or its CPU limit.
 //!
 //! A guest sees no files, no host environment and no sockets; only the env
 //! vars its manifest lists, and outbound HTTP only to allow-listed hosts.
 
 pub mod buckets;
+mod cpu;
 pub mod events;
 mod host;
 mod pipe;
 mod whole;
 
 use bytes::Bytes;
+pub use cpu::CpuUse;
 use gale_core::FunctionSpec;
 use gale_core::api::Outcome;
 use host::Host;
@@ -50,8 +54,9 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 pub use wasmtime_wasi_http::Error as BodyError;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// How often the epoch ticks: the granularity of timeouts and of yielding.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch ticks: how long a busy guest may hold the thread it
+/// was called on at most, before it moves to the lane ([`cpu`]).
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Linear memory per pool slot reset by memset rather than madvise.
 const KEEP_RESIDENT: usize = 4 << 20;
 /// Guest stdout and stderr kept per invocation, each.
@@ -72,6 +77,8 @@ pub enum WasmError {
     },
     #[error("wasm engine setup failed: {0}")]
     Engine(String),
+    #[error("cannot start the threads busy guests run on: {0}")]
+    Lane(std::io::Error),
 }
 
 /// Node-wide settings of the runtime.
@@ -89,6 +96,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<Host>>,
     cache_dir: PathBuf,
+    /// Where guests that compute past their first tick run.
+    lane: cpu::Lane,
     /// Recently loaded code, shared by every function with the same digest.
     /// Mapping code from disk is most of a cold start; linking a cached
     /// component costs a small part of that.
@@ -182,6 +191,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache_dir,
+            lane: cpu::Lane::start().map_err(WasmError::Lane)?,
             components: Arc::default(),
         })
     }
@@ -302,8 +312,13 @@ impl Runtime {
             "code loaded"
         );
         let env = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Turns on the lane are shared by function; without services (a
+        // bare runtime) the code's digest stands for the function.
+        let function = services.as_ref().map_or(digest, |s| &s.function).into();
         Ok(Prepared {
             kind,
+            lane: self.lane.clone(),
+            function,
             services,
             spec,
             env,
@@ -376,6 +391,8 @@ impl Kind {
 /// One version, loaded and linked, ready to make instances.
 pub struct Prepared {
     kind: Kind,
+    lane: cpu::Lane,
+    function: Arc<str>,
     services: Option<Arc<events::Services>>,
     spec: Arc<FunctionSpec>,
     env: Vec<(String, String)>,
@@ -403,13 +420,16 @@ impl Prepared {
     /// The store for the next invocation, with what it captures of stdout
     /// and stderr: an instance kept for reuse if the function allows reuse
     /// and one is idle (with its use count), else a fresh store.
-    fn next_store(&self) -> (Store<Host>, Option<Warm>, u32, pipe::LogPipe, pipe::LogPipe) {
+    fn next_store(
+        &self,
+        meter: &Arc<cpu::Meter>,
+    ) -> (Store<Host>, Option<Warm>, u32, pipe::LogPipe, pipe::LogPipe) {
         let idle = if self.spec.instance_reuse > 1 {
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
         } else {
             None
         };
-        match idle {
+        let (mut store, warm, uses, stdout, stderr) = match idle {
             Some((mut store, warm, uses)) => {
                 // The deadline is relative to the epoch when set: one set when
                 // the store was made has long passed, and would make the guest
@@ -422,7 +442,14 @@ impl Prepared {
                 let (store, stdout, stderr) = self.new_store();
                 (store, None, 0, stdout, stderr)
             }
-        }
+        };
+        store.data_mut().meter = Some(meter.clone());
+        (store, warm, uses, stdout, stderr)
+    }
+
+    /// A meter for the next invocation, with the function's CPU limit.
+    fn meter(&self) -> Arc<cpu::Meter> {
+        cpu::Meter::new(&self.lane, self.function.clone(), self.spec.cpu.map(|c| c.0))
     }
 
     /// Keeps an instance that ended its invocation well for the next one,
@@ -445,7 +472,10 @@ impl Prepared {
         let mut store = Store::new(self.kind.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.epoch_deadline_callback(|store| match &store.data().meter {
+            Some(meter) => meter.on_deadline(),
+            None => Ok(UpdateDeadline::Yield(1)),
+        });
         (store, stdout, stderr)
     }
 }
@@ -460,6 +490,8 @@ pub struct Completion {
     pub stdout: String,
     pub stderr: String,
     pub duration: Duration,
+    /// The CPU time it used, and how long it waited for a core.
+    pub cpu: CpuUse,
     /// What an HTTP invocation published, if it ended well (`outcome` Ok):
     /// the caller commits it if the status says success.
     pub outbox: Vec<(String, events::GuestEvent)>,
@@ -470,6 +502,8 @@ pub struct Completion {
 pub enum Failure {
     /// The invocation ran past its timeout before answering.
     Timeout,
+    /// The invocation used its function's CPU limit before answering.
+    CpuLimit(Duration),
     /// The guest trapped, or ended without answering.
     Guest(String),
     /// The node's instance pool is exhausted; try again shortly.
@@ -485,6 +519,7 @@ type DoneFn = Box<dyn FnOnce(Completion) + Send>;
 struct Finish {
     done: Option<DoneFn>,
     started: Instant,
+    meter: Arc<cpu::Meter>,
     stdout: pipe::LogPipe,
     stderr: pipe::LogPipe,
     answer: Arc<AnswerSlot>,
@@ -493,16 +528,17 @@ struct Finish {
 type GuestResponse = Result<hyper::Response<HyperOutgoingBody>, ErrorCode>;
 
 /// What the guest answered, put here by its `response-outparam.set`. That
-/// call happens inside the guest, which `serve` polls itself until the guest
-/// has answered, so a plain slot does (no channel, no waker).
+/// call happens inside the guest, which `serve` polls itself until the
+/// guest answers or moves to the lane; only then does `serve` wait to be
+/// woken.
 #[derive(Default)]
 struct AnswerSlot {
     /// The status of the response the guest set (0: none yet).
     status: AtomicU16,
     /// Why the guest answered with an error instead of a response.
     error: Mutex<Option<String>>,
-    /// The answer until `serve` takes it.
-    response: Mutex<Option<GuestResponse>>,
+    /// The answer until `serve` takes it, and who waits for it.
+    response: Mutex<(Option<GuestResponse>, Option<std::task::Waker>)>,
 }
 
 impl AnswerSlot {
@@ -511,11 +547,27 @@ impl AnswerSlot {
             Ok(r) => self.status.store(r.status().as_u16(), Relaxed),
             Err(code) => *lock(&self.error) = Some(format!("the guest answered with an error: {code:?}")),
         }
-        *lock(&self.response) = Some(response);
+        let mut slot = lock(&self.response);
+        slot.0 = Some(response);
+        if let Some(waker) = slot.1.take() {
+            waker.wake();
+        }
     }
 
     fn take(&self) -> Option<GuestResponse> {
-        lock(&self.response).take()
+        lock(&self.response).0.take()
+    }
+
+    /// The answer, or a wake-up once it is set.
+    fn poll_take(&self, cx: &mut std::task::Context<'_>) -> Poll<GuestResponse> {
+        let mut slot = lock(&self.response);
+        match slot.0.take() {
+            Some(response) => Poll::Ready(response),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -536,6 +588,7 @@ impl Finish {
                 stdout: self.stdout.take(),
                 stderr: self.stderr.take(),
                 duration: self.started.elapsed(),
+                cpu: self.meter.used_now(),
                 outbox,
             });
         }
@@ -603,18 +656,28 @@ where
             stdout: String::new(),
             stderr: String::new(),
             duration: started.elapsed(),
+            cpu: CpuUse::default(),
             outbox: Vec::new(),
         });
         return Err(Failure::Guest(
             "the function is an event handler (gale:events/event-handler): it takes events, not HTTP requests".into(),
         ));
     };
+    let meter = prepared.meter();
     if let Some(whole) = whole {
-        let whole = whole.clone();
-        return whole::serve(prepared, whole, request, timeout, started, Box::new(done)).await;
+        let whole = whole::serve(
+            prepared.clone(),
+            whole.clone(),
+            request,
+            timeout,
+            started,
+            Box::new(done),
+            meter.clone(),
+        );
+        return prepared.lane.run(meter, whole).await;
     }
     let pre = pre.clone();
-    let (mut store, warm, uses, stdout, stderr) = prepared.next_store();
+    let (mut store, warm, uses, stdout, stderr) = prepared.next_store(&meter);
     let proxy = match warm {
         Some(Warm::Http(proxy)) => Some(proxy),
         _ => None,
@@ -622,6 +685,7 @@ where
     let mut finish = Finish {
         done: Some(Box::new(done)),
         started,
+        meter: meter.clone(),
         stdout,
         stderr,
         answer: Arc::default(),
@@ -686,28 +750,48 @@ where
     };
 
     // Run the guest right here, on the caller's task, until it answers or
-    // ends (ends, if it published anything before answering). A typical handler writes its whole body into the buffered
-    // channel and returns before we look at the response, so no task is
-    // spawned and no other thread is woken. A guest still running once it
-    // has answered (streaming a body, working after the response) moves to
-    // a task of its own, so its timeout holds even if the client stops
-    // reading; dropping the answer's guard cancels it.
-    let mut guest = Box::pin(guest);
-    let answered = std::future::poll_fn(|cx| {
-        if let Poll::Ready(end) = guest.as_mut().poll(cx) {
-            return Poll::Ready(Err(end));
+    // ends (ends, if it published anything before answering), or until its
+    // first tick moves it to the lane. A typical handler writes its whole
+    // body into the buffered channel and returns before we look at the
+    // response, so no task is spawned and no other thread is woken. A
+    // guest still running once it has answered (streaming a body, working
+    // after the response) goes on on the lane, so its timeout holds even if
+    // the client stops reading; dropping the answer's guard cancels it.
+    let mut guest = cpu::Metered::new(meter.clone(), guest);
+    let here = std::future::poll_fn(|cx| {
+        if let Poll::Ready(end) = Pin::new(&mut guest).poll(cx) {
+            return Poll::Ready(Here::Ended(end));
         }
         // A guest that published before answering runs to its end first:
         // what it published must be committed before its answer leaves.
-        if published.as_ref().is_some_and(|p| p.load(Relaxed) > 0) {
-            return Poll::Pending;
+        let publishing = published.as_ref().is_some_and(|p| p.load(Relaxed) > 0);
+        if !publishing && let Some(response) = answer.take() {
+            return Poll::Ready(Here::Answered(response));
         }
-        match answer.take() {
-            Some(response) => Poll::Ready(Ok(response)),
-            None => Poll::Pending,
+        if meter.moved() {
+            return Poll::Ready(Here::Moving);
         }
+        Poll::Pending
     })
     .await;
+    let answered = match here {
+        Here::Ended(end) => Err(end),
+        Here::Answered(response) => Ok((response, prepared.lane.spawn(guest))),
+        Here::Moving => {
+            let mut task = prepared.lane.spawn(guest);
+            let answered = std::future::poll_fn(|cx| {
+                if let Poll::Ready(end) = Pin::new(&mut task).poll(cx) {
+                    return Poll::Ready(Err(end));
+                }
+                if published.as_ref().is_some_and(|p| p.load(Relaxed) > 0) {
+                    return Poll::Pending;
+                }
+                answer.poll_take(cx).map(Ok)
+            })
+            .await;
+            answered.map(|response| (response, task))
+        }
+    };
     match answered {
         // The guest ended; a response it set on the way is in the slot.
         Err(end) => {
@@ -722,16 +806,23 @@ where
                 })),
             }
         }
-        Ok(Ok(response)) => Ok(Answer {
+        Ok((Ok(response), task)) => Ok(Answer {
             response,
-            guard: AbortOnDrop(Some(tokio::spawn(guest).abort_handle())),
+            guard: AbortOnDrop(Some(task.detach())),
         }),
         // No response to stream: let the guest wind down on its own.
-        Ok(Err(code)) => {
-            tokio::spawn(guest);
+        Ok((Err(code), task)) => {
+            drop(task.detach());
             Err(answered_with(code))
         }
     }
+}
+
+/// Where a guest stands after its first poll on the caller's task.
+enum Here {
+    Ended(Option<Failure>),
+    Answered(GuestResponse),
+    Moving,
 }
 
 /// The invocation's deadline passed.
@@ -771,12 +862,15 @@ fn outcome_of(failure: Option<&Failure>, timeout: Duration) -> (Outcome, Option<
             Outcome::Timeout,
             Some(format!("timed out after {}", humantime_ms(timeout))),
         ),
+        Some(Failure::CpuLimit(limit)) => (Outcome::Timeout, Some(cpu::CpuLimit(*limit).to_string())),
     }
 }
 
 /// The failure of a call into the guest that returned an error.
 fn trap_failure(e: &wasmtime::Error, spec: &FunctionSpec) -> Failure {
-    if format!("{e:#}").contains("maximum concurrent") {
+    if let Some(limit) = e.downcast_ref::<cpu::CpuLimit>() {
+        Failure::CpuLimit(limit.0)
+    } else if format!("{e:#}").contains("maximum concurrent") {
         Failure::Overloaded
     } else {
         Failure::Guest(describe_trap(e, spec))

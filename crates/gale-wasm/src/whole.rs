@@ -47,15 +47,17 @@ pub(crate) async fn serve<B>(
     timeout: Duration,
     started: Instant,
     done: DoneFn,
+    meter: Arc<crate::cpu::Meter>,
 ) -> Result<Answer, Failure>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let (mut store, warm, uses, stdout, stderr) = prepared.next_store();
+    let (mut store, warm, uses, stdout, stderr) = prepared.next_store(&meter);
     let mut finish = Finish {
         done: Some(done),
         started,
+        meter,
         stdout,
         stderr,
         answer: Arc::default(),

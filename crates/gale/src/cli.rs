@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// Invocation logs kept per function at most.
     #[arg(long, env = "GALE_LOG_KEEP", default_value_t = 1000)]
     pub log_keep: usize,
+    /// The least share of the CPU, in percent, that event deliveries keep
+    /// against the gateway while events wait (1 to 50; 50 treats both
+    /// alike). Below it, publishers and requests are answered first.
+    #[arg(long, env = "GALE_DELIVERY_SHARE", default_value_t = 25, value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub delivery_share: u8,
     /// Storage backend: `embedded` (SQLite and files in the data directory;
     /// the only one so far).
     #[arg(long, env = "GALE_STORE", default_value = "embedded")]

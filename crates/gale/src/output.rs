@@ -29,17 +29,18 @@ pub fn function_table(functions: &Vec<FunctionInfo>) -> String {
         return "no functions deployed; `gale deploy` deploys gale.toml\n".into();
     }
     let mut out = format!(
-        "{:<20} {:<12} {:>7} {:>11} {:>6} {:<5} {}\n",
-        "FUNCTION", "APP", "VERSION", "INVOCATIONS", "COLD", "WARM", "ROUTES"
+        "{:<20} {:<12} {:>7} {:>11} {:>6} {:>10} {:<5} {}\n",
+        "FUNCTION", "APP", "VERSION", "INVOCATIONS", "COLD", "CPU", "WARM", "ROUTES"
     );
     for f in functions {
         out.push_str(&format!(
-            "{:<20} {:<12} {:>7} {:>11} {:>6} {:<5} {}\n",
+            "{:<20} {:<12} {:>7} {:>11} {:>6} {:>10} {:<5} {}\n",
             f.name,
             f.app,
             f.version,
             f.stats.invocations,
             f.stats.cold_starts,
+            format!("{:.1}s", f.stats.cpu_us as f64 / 1e6),
             if f.stats.warm { "yes" } else { "no" },
             f.routes.join(", ")
         ));
@@ -103,6 +104,12 @@ pub fn describe(f: &FunctionInfo) -> String {
     }
     line("memory", s.memory.to_string());
     line("timeout", humantime::format_duration(s.timeout.0).to_string());
+    if let Some(cpu) = s.cpu {
+        line(
+            "cpu",
+            format!("{} per invocation", humantime::format_duration(cpu.0)),
+        );
+    }
     line("max_instances", s.max_instances.to_string());
     line("queue", s.queue.to_string());
     line("instance_reuse", s.instance_reuse.to_string());
@@ -111,6 +118,7 @@ pub fn describe(f: &FunctionInfo) -> String {
     line("errors", f.stats.errors.to_string());
     line("cold starts", f.stats.cold_starts.to_string());
     line("throttled", f.stats.throttled.to_string());
+    line("cpu time", cpu_time(&f.stats));
     line("instances now", f.stats.active.to_string());
     line("queued now", f.stats.queued.to_string());
     line(
@@ -122,6 +130,20 @@ pub fn describe(f: &FunctionInfo) -> String {
         },
     );
     out
+}
+
+/// The CPU its invocations used since the node started, per invocation,
+/// and how long they waited for a core.
+fn cpu_time(s: &gale_core::api::FunctionStats) -> String {
+    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+    let mut text = ms(s.cpu_us);
+    if let Some(each) = s.cpu_us.checked_div(s.invocations) {
+        text.push_str(&format!(" ({} per invocation)", ms(each)));
+    }
+    if s.cpu_waited_us > 0 {
+        text.push_str(&format!(", waited {} for a core", ms(s.cpu_waited_us)));
+    }
+    text
 }
 
 fn duration(d: std::time::Duration) -> String {
@@ -246,7 +268,7 @@ pub fn print_log(format: Format, log: &InvocationLog, named: bool) -> Result<()>
     }
     writeln!(
         out,
-        "{}{} {} v{} {} {} {}µs{}{}",
+        "{}{} {} v{} {} {} {}µs cpu {}µs{}{}",
         time(log.started_at),
         if named {
             format!(" {}", log.function)
@@ -258,6 +280,7 @@ pub fn print_log(format: Format, log: &InvocationLog, named: bool) -> Result<()>
         log.outcome.as_str(),
         log.status,
         log.duration_us,
+        log.cpu_us,
         if log.cold_start { " cold" } else { "" },
         log.error
             .as_ref()
@@ -281,13 +304,27 @@ pub fn topic_table(topics: &Vec<TopicInfo>) -> String {
     }
     let mut out = format!(
         "{:<24} {:>8} {:>10} {:>9} {:<25} {}\n",
-        "TOPIC", "DEPTH", "PUBLISHED", "RATE/S", "OLDEST", "SUBSCRIPTIONS (lag, retrying, rate/s)"
+        "TOPIC",
+        "DEPTH",
+        "PUBLISHED",
+        "RATE/S",
+        "OLDEST",
+        "SUBSCRIPTIONS (lag, retrying, rate/s[, limited by])"
     );
     for t in topics {
         let subs: Vec<String> = t
             .subscriptions
             .iter()
-            .map(|s| format!("{} ({}, {}, {:.1})", s.name, s.lag, s.retrying, s.delivery_rate))
+            .map(|s| {
+                let limit = s
+                    .limited_by
+                    .map(|l| format!(", {}-limited", l.as_str()))
+                    .unwrap_or_default();
+                format!(
+                    "{} ({}, {}, {:.1}{limit})",
+                    s.name, s.lag, s.retrying, s.delivery_rate
+                )
+            })
             .collect();
         out.push_str(&format!(
             "{:<24} {:>8} {:>10} {:>9.1} {:<25} {}\n",

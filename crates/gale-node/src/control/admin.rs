@@ -353,7 +353,16 @@ async fn logs(
 }
 
 async fn list_topics(Ext(c): Ext<Control>) -> ApiResult<Json<Vec<TopicInfo>>> {
-    Ok(Json(c.publisher.list().await?))
+    let mut topics = c.publisher.list().await?;
+    let functions = c.functions.snapshot();
+    for s in topics.iter_mut().flat_map(|t| t.subscriptions.iter_mut()) {
+        // A function's subscriptions are named after it (`NAME`, `NAME#2`).
+        let function = s.name.split('#').next().unwrap_or_default();
+        if let Some(live) = functions.get(function).filter(|_| s.lag > 0) {
+            s.limited_by = Some(live.limited_by());
+        }
+    }
+    Ok(Json(topics))
 }
 
 async fn put_topic(

@@ -25,6 +25,17 @@ pub fn timed_out(function: &str, timeout: Duration) -> Response<Body> {
     )
 }
 
+pub fn cpu_limit(function: &str, limit: Duration) -> Response<Body> {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "cpu_limit",
+        &format!(
+            "function `{function}` used its CPU limit of {} before answering (`cpu` in its manifest)",
+            humantime::format_duration(limit)
+        ),
+    )
+}
+
 pub fn publish_failed(function: &str, e: &crate::NodeError) -> Response<Body> {
     tracing::error!(function, error = %e, "committing published events failed");
     error(

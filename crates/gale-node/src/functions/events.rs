@@ -150,6 +150,9 @@ pub async fn deliver_events(
         Err(failure) => {
             let why = match failure {
                 Failure::Timeout => timed_out(timeout),
+                Failure::CpuLimit(limit) => {
+                    format!("used its CPU limit of {}", humantime::format_duration(limit))
+                }
                 Failure::Guest(m) | Failure::Body(m) => m,
                 Failure::Overloaded => "every instance slot of the node was in use".into(),
             };

@@ -218,6 +218,7 @@ where
             r
         }
         Err(Failure::Timeout) => timed_out(&live.name, timeout),
+        Err(Failure::CpuLimit(limit)) => super::answers::cpu_limit(&live.name, limit),
         Err(Failure::Body(message)) => error(
             StatusCode::BAD_REQUEST,
             "body_unreadable",

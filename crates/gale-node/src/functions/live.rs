@@ -72,6 +72,48 @@ pub struct Counters {
     pub cold_starts: AtomicU64,
     pub queued: AtomicU64,
     pub throttled: AtomicU64,
+    /// CPU time of its invocations, and their waits for a core, in µs.
+    pub cpu_us: AtomicU64,
+    pub cpu_waited_us: AtomicU64,
+    /// The same over the last half minute or so.
+    pub recent: Recent,
+}
+
+/// CPU time and waits for a core over the last 30 to 60 seconds: two
+/// buckets of 30 s, the older one dropped as a new one starts. Recording
+/// is three atomic operations; a count that races a bucket's reset may be
+/// lost, which a diagnostic can afford.
+#[derive(Default)]
+pub struct Recent {
+    /// Per bucket: the 30 s period it holds, CPU µs, waited µs.
+    buckets: [(AtomicU64, AtomicU64, AtomicU64); 2],
+}
+
+const RECENT_PERIOD_S: u64 = 30;
+
+impl Recent {
+    fn record(&self, now_s: u64, cpu_us: u64, waited_us: u64) {
+        let period = now_s / RECENT_PERIOD_S + 1;
+        let (stamp, cpu, waited) = &self.buckets[(period % 2) as usize];
+        let seen = stamp.load(Relaxed);
+        if seen != period && stamp.compare_exchange(seen, period, Relaxed, Relaxed).is_ok() {
+            cpu.store(0, Relaxed);
+            waited.store(0, Relaxed);
+        }
+        cpu.fetch_add(cpu_us, Relaxed);
+        waited.fetch_add(waited_us, Relaxed);
+    }
+
+    /// CPU µs and waited µs of the current and the previous period.
+    pub fn sums(&self, now_s: u64) -> (u64, u64) {
+        let period = now_s / RECENT_PERIOD_S + 1;
+        self.buckets
+            .iter()
+            .filter(|(stamp, _, _)| period.saturating_sub(stamp.load(Relaxed)) <= 1)
+            .fold((0, 0), |(c, w), (_, cpu, waited)| {
+                (c + cpu.load(Relaxed), w + waited.load(Relaxed))
+            })
+    }
 }
 
 /// A function as it serves right now: one version, its limits, its code if warm.
@@ -297,6 +339,12 @@ impl Live {
         if matches!(c.outcome, Outcome::Error | Outcome::Timeout) {
             self.counters.errors.fetch_add(1, Relaxed);
         }
+        let (cpu_us, waited_us) = (c.cpu.cpu.as_micros() as u64, c.cpu.waited.as_micros() as u64);
+        self.counters.cpu_us.fetch_add(cpu_us, Relaxed);
+        self.counters.cpu_waited_us.fetch_add(waited_us, Relaxed);
+        self.counters
+            .recent
+            .record(self.epoch.elapsed().as_secs(), cpu_us, waited_us);
         self.runtimes.logs.record(InvocationLog {
             seq: 0,
             request_id,
@@ -304,6 +352,7 @@ impl Live {
             version: self.version,
             started_at,
             duration_us: c.duration.as_micros() as u64,
+            cpu_us,
             outcome: c.outcome,
             status,
             cold_start,
@@ -321,6 +370,17 @@ impl Live {
 
     fn active(&self) -> u64 {
         (self.spec.max_instances as usize).saturating_sub(self.slots.available_permits()) as u64
+    }
+
+    /// What holds its waiting events back: the node's CPU when its recent
+    /// invocations waited for a core longer than they computed.
+    pub fn limited_by(&self) -> gale_core::api::Limit {
+        let (cpu, waited) = self.counters.recent.sums(self.epoch.elapsed().as_secs());
+        if waited > cpu {
+            gale_core::api::Limit::Cpu
+        } else {
+            gale_core::api::Limit::Handler
+        }
     }
 
     /// Unloads the code if the function has been idle for `idle`.
@@ -362,6 +422,8 @@ impl Live {
             active: self.active(),
             queued: c.queued.load(Relaxed),
             throttled: c.throttled.load(Relaxed),
+            cpu_us: c.cpu_us.load(Relaxed),
+            cpu_waited_us: c.cpu_waited_us.load(Relaxed),
             warm: match self.loaded() {
                 Some(Loaded::Process(pool)) => pool.warm_instances() > 0,
                 loaded => loaded.is_some(),

@@ -4,7 +4,7 @@
 //! ingress plane; what a process function's instances run as and publish
 //! through is set where it is loaded ([`super::live`]).
 
-use super::answers::{publish_failed, timed_out, too_large};
+use super::answers::{cpu_limit, publish_failed, timed_out, too_large};
 use super::live::Live;
 use super::logs::Started;
 use super::payloads::{http_event, http_response};
@@ -36,6 +36,7 @@ pub async fn invoke(
         request_id: id.to_string(),
         payload,
         timeout,
+        cpu: live.spec.cpu.map(|c| c.0),
         client_context,
     };
     let c = pool.invoke(invocation, permit).await;
@@ -71,6 +72,10 @@ pub async fn invoke(
         stdout: c.log.clone(),
         stderr: String::new(),
         duration: c.duration,
+        cpu: gale_wasm::CpuUse {
+            cpu: c.cpu,
+            waited: c.waited,
+        },
         outbox: Vec::new(),
     };
     live.finished(started, record, status);
@@ -107,6 +112,9 @@ where
             http_response(&answer)
         }
         Err(e) if e.error_type == "Sandbox.Timedout" => timed_out(&live.name, timeout),
+        Err(e) if e.error_type == gale_process::CPU_LIMIT => {
+            cpu_limit(&live.name, live.spec.cpu.map_or(Duration::ZERO, |c| c.0))
+        }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "function_failed",

@@ -43,8 +43,25 @@ pub(super) const SCHEMA: &str = "
 
 /// One record inside a row, without the function (the row's key), as a
 /// JSON array: seq, request id, version, start, duration, outcome, status,
-/// cold start, error, stdout, stderr, handled event ids.
+/// cold start, error, stdout, stderr, handled event ids, CPU time.
 type Packed = (
+    u64,
+    String,
+    u64,
+    u64,
+    u64,
+    Outcome,
+    u16,
+    bool,
+    Option<String>,
+    String,
+    String,
+    Vec<String>,
+    u64,
+);
+
+/// A record as rows written before CPU time was logged hold it.
+type PackedBeforeCpu = (
     u64,
     String,
     u64,
@@ -79,6 +96,7 @@ type PackedBefore = (
 #[serde(untagged)]
 enum Stored {
     Current(Packed),
+    BeforeCpu(PackedBeforeCpu),
     Before(PackedBefore),
 }
 
@@ -86,8 +104,11 @@ impl From<Stored> for Packed {
     fn from(s: Stored) -> Packed {
         match s {
             Stored::Current(p) => p,
+            Stored::BeforeCpu((a, b, c, d, e, f, g, h, i, j, k, l)) => {
+                (a, b, c, d, e, f, g, h, i, j, k, l, 0)
+            }
             Stored::Before((a, b, c, d, e, f, g, h, i, j, k)) => {
-                (a, b, c, d, e, f, g, h, i, j, k, Vec::new())
+                (a, b, c, d, e, f, g, h, i, j, k, Vec::new(), 0)
             }
         }
     }
@@ -109,6 +130,7 @@ fn pack(r: InvocationLog) -> (String, Packed) {
             r.stdout,
             r.stderr,
             r.events,
+            r.cpu_us,
         ),
     )
 }
@@ -128,6 +150,7 @@ fn unpack(
         stdout,
         stderr,
         events,
+        cpu_us,
     ): Packed,
 ) -> InvocationLog {
     InvocationLog {
@@ -137,6 +160,7 @@ fn unpack(
         version,
         started_at,
         duration_us,
+        cpu_us,
         outcome,
         status,
         cold_start,
@@ -207,6 +231,7 @@ fn decode(function: &str, last_seq: i64, json: &str) -> Vec<Packed> {
                 String::new(),
                 String::new(),
                 Vec::new(),
+                0,
             )]
         }
     }

@@ -836,6 +836,7 @@ pub(super) fn topics(c: &Connection, now: u64) -> Result<Vec<TopicInfo>> {
                     pending,
                     retrying: r.get::<_, i64>(5)? as u64,
                     delivery_rate: 0.0,
+                    limited_by: None,
                 })
             })
             .and_then(|rows| rows.collect())

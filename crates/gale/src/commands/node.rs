@@ -43,6 +43,7 @@ fn node_options(args: &ServeArgs) -> gale_node::Options {
     options.idle_timeout = args.idle_timeout;
     options.log_retention = args.log_retention;
     options.log_keep = args.log_keep;
+    options.delivery_share = args.delivery_share;
     options.store = args.store;
     options
 }
@@ -131,6 +132,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(60),
             log_retention: std::time::Duration::from_secs(60),
             log_keep: 1,
+            delivery_share: 25,
             store: gale_node::Backend::Embedded,
         };
         let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);

@@ -1,6 +1,7 @@
 //! An event handler (gale:events/event-handler) for Gale's tests and
 //! benchmarks: keeps counts in key-value, publishes, fails on request;
-//! type `noop` does nothing at all. A bucket notification (an upload)
+//! type `noop` does nothing at all, type `work` only computes (as many
+//! rounds as its JSON data says). A bucket notification (an upload)
 //! makes it write the object, upper-cased, to `results` ([`transform`]).
 
 use gale_sdk::{Event, Handler, buckets, kv, publish};
@@ -15,6 +16,17 @@ struct Testbed;
 impl Handler for Testbed {
     fn handle(event: Event) -> Result<(), String> {
         if event.type_ == "noop" {
+            return Ok(());
+        }
+        if event.type_ == "work" {
+            let rounds: u64 = event.json().unwrap_or(1_000_000);
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for _ in 0..rounds {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x = std::hint::black_box(x);
+            }
             return Ok(());
         }
         if event.type_.starts_with("com.amazonaws.s3.ObjectCreated:") {
