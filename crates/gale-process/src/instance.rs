@@ -43,6 +43,9 @@ pub(crate) struct Instance {
     clock: Option<cpu::Clock>,
     /// Whether it runs at [`cpu::BUSY_NICE`] already.
     busy: bool,
+    /// Its CPU time when its last invocation ended (or its init did):
+    /// what the next one counts from, so an invocation costs one sample.
+    used: cpu::Sample,
     channel: Arc<Channel>,
     work: mpsc::Sender<Work>,
     reports: mpsc::UnboundedReceiver<Report>,
@@ -173,6 +176,7 @@ impl Instance {
             child,
             clock,
             busy: false,
+            used: cpu::Sample::default(),
             channel,
             work,
             reports,
@@ -204,6 +208,7 @@ impl Instance {
                     Some(Report::Ready) => {
                         self.ready = true;
                         self.init = Some(started.elapsed());
+                        self.used = self.sample();
                         return Ok(());
                     }
                     Some(Report::InitError { error_type, body }) => {
@@ -234,7 +239,7 @@ impl Instance {
         timeout: Duration,
         cpu: Option<Duration>,
     ) -> (Ended, cpu::Sample) {
-        let before = self.sample();
+        let before = self.used;
         if self.work.send(work).await.is_err() {
             let ended = Ended::Exited(FunctionError::new("Runtime.ExitError", "the instance stopped"));
             return (ended, cpu::Sample::default());
@@ -283,7 +288,10 @@ impl Instance {
         self.last_used = Instant::now();
         // Once it is stopped its clock reads nothing: what it used then was
         // taken just before.
-        let used = used.unwrap_or_else(|| self.sample() - before);
+        let used = used.unwrap_or_else(|| {
+            self.used = self.sample();
+            self.used - before
+        });
         (ended, used)
     }
 

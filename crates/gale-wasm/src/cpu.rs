@@ -7,13 +7,17 @@
 //! comes is moved to the *lane*, threads of its own at a lower priority
 //! than the gateway's, so that accepting, parsing and answering other
 //! requests never wait behind it. On the lane guests compute in turns of
-//! a slice each, and turns are handed out round robin by function: eight
-//! busy instances of one function share one function's part of the lane,
-//! as one instance of another function gets one part.
+//! a slice each, and a free turn goes to the function that has had the
+//! fewest: eight busy instances of one function share one function's part
+//! of the lane, as one instance of another function gets one part.
 //!
-//! Each invocation is metered per poll with the thread's CPU clock (the
-//! guest's code and the host's work on its behalf), and its limit is
-//! checked at every tick while it computes.
+//! Each invocation is metered per poll (the guest's code and the host's
+//! work on its behalf), and its limit is checked at every tick while it
+//! computes. On the lane a poll counts the thread's CPU clock; before, the
+//! poll's wall time, which is its CPU time but for what the kernel gave to
+//! another thread within at most one tick: reading a thread's CPU clock is
+//! a system call that takes the scheduler's lock, a few percent of a short
+//! request's cost, which a guest on the lane spreads over whole slices.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -24,8 +28,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wasmtime::UpdateDeadline;
 
+/// Ticks a guest computes on the thread that called it before it moves to
+/// the lane: two, so that it computes one tick at least (a deadline of one
+/// would come at the next tick, however soon) and a short request never
+/// moves.
+pub(crate) const FIRST_SLICE_TICKS: u64 = 2;
 /// Ticks a guest computes on the lane before it yields its turn.
-const LANE_SLICE_TICKS: u64 = 5;
+const LANE_SLICE_TICKS: u64 = 10;
 /// Nice value of the lane's threads: a gateway thread that wakes to take a
 /// request gets the CPU ahead of them.
 const LANE_NICE: i32 = 3;
@@ -115,6 +124,7 @@ impl Lane {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        work.meter.on_lane.store(true, Relaxed);
         Task(Some(self.handle.spawn(work)))
     }
 }
@@ -169,10 +179,15 @@ pub(crate) struct Meter {
     gate: Arc<Gate>,
     cpu_ns: AtomicU64,
     waited_ns: AtomicU64,
-    /// The thread's CPU clock when the current poll began.
-    poll_began: AtomicU64,
+    /// What the meter's clocks read when the current poll began (0: no
+    /// poll under way): wall time since `created`, plus one, and the
+    /// thread's CPU clock (on the lane).
+    poll_wall: AtomicU64,
+    poll_cpu: AtomicU64,
+    created: Instant,
     /// Its first tick came: the poller moves it to the lane.
     moving: AtomicBool,
+    on_lane: AtomicBool,
     /// The turn it computes in, while it computes on the lane.
     turn: Mutex<Option<Turn>>,
 }
@@ -185,8 +200,11 @@ impl Meter {
             gate: lane.gate.clone(),
             cpu_ns: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
-            poll_began: AtomicU64::new(0),
+            poll_wall: AtomicU64::new(0),
+            poll_cpu: AtomicU64::new(0),
+            created: Instant::now(),
             moving: AtomicBool::new(false),
+            on_lane: AtomicBool::new(false),
             turn: Mutex::new(None),
         })
     }
@@ -196,13 +214,20 @@ impl Meter {
         self.moving.load(Relaxed)
     }
 
+    /// Wall time since the meter was made, plus one (never 0).
+    fn wall_ns(&self) -> u64 {
+        self.created.elapsed().as_nanos() as u64 + 1
+    }
+
     /// CPU time used so far, including the poll under way on this thread.
     fn cpu_now(&self) -> u64 {
-        let began = self.poll_began.load(Relaxed);
+        let began = self.poll_wall.load(Relaxed);
         let current = if began == 0 {
             0
+        } else if self.on_lane.load(Relaxed) {
+            thread_cpu_ns().saturating_sub(self.poll_cpu.load(Relaxed))
         } else {
-            thread_cpu_ns().saturating_sub(began)
+            self.wall_ns().saturating_sub(began)
         };
         self.cpu_ns.load(Relaxed) + current
     }
@@ -275,21 +300,29 @@ impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let began = Instant::now();
-        let cpu_began = thread_cpu_ns();
-        self.meter.poll_began.store(cpu_began, Relaxed);
+        let on_lane = self.meter.on_lane.load(Relaxed);
+        let wall_began = self.meter.wall_ns();
+        let cpu_began = if on_lane { thread_cpu_ns() } else { 0 };
+        self.meter.poll_cpu.store(cpu_began, Relaxed);
+        self.meter.poll_wall.store(wall_began, Relaxed);
         let out = self.work.as_mut().poll(cx);
-        let cpu = thread_cpu_ns().saturating_sub(cpu_began);
-        let wall = began.elapsed().as_nanos() as u64;
         let meter = &self.meter;
-        meter.poll_began.store(0, Relaxed);
+        let wall = meter.wall_ns().saturating_sub(wall_began);
+        let cpu = if on_lane {
+            thread_cpu_ns().saturating_sub(cpu_began)
+        } else {
+            wall
+        };
+        meter.poll_wall.store(0, Relaxed);
         meter.cpu_ns.fetch_add(cpu, Relaxed);
-        // Time in the poll not spent computing: the kernel ran another
-        // thread on this core.
-        meter.waited_ns.fetch_add(wall.saturating_sub(cpu), Relaxed);
-        // Pending (on I/O) or ended, it no longer computes: the turn it
-        // computed in goes to the next guest.
-        crate::lock(&meter.turn).take();
+        if on_lane {
+            // Time in the poll not spent computing: the kernel ran another
+            // thread on this core.
+            meter.waited_ns.fetch_add(wall.saturating_sub(cpu), Relaxed);
+            // Pending (on I/O) or ended, it no longer computes: the turn
+            // it computed in goes to the next guest.
+            crate::lock(&meter.turn).take();
+        }
         out
     }
 }

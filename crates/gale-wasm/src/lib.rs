@@ -54,9 +54,10 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 pub use wasmtime_wasi_http::Error as BodyError;
 pub use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// How often the epoch ticks: how long a busy guest may hold the thread it
-/// was called on at most, before it moves to the lane ([`cpu`]).
-const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the epoch ticks: the unit of the time a busy guest may hold
+/// the thread it was called on before it moves to the lane, and of its
+/// slices there ([`cpu`]).
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Linear memory per pool slot reset by memset rather than madvise.
 const KEEP_RESIDENT: usize = 4 << 20;
 /// Guest stdout and stderr kept per invocation, each.
@@ -434,7 +435,7 @@ impl Prepared {
                 // The deadline is relative to the epoch when set: one set when
                 // the store was made has long passed, and would make the guest
                 // yield at its first check.
-                store.set_epoch_deadline(1);
+                store.set_epoch_deadline(cpu::FIRST_SLICE_TICKS);
                 let (stdout, stderr) = store.data().logs();
                 (store, Some(warm), uses, stdout, stderr)
             }
@@ -471,7 +472,7 @@ impl Prepared {
         host.events = self.services.clone().map(events::EventHost::new);
         let mut store = Store::new(self.kind.engine(), host);
         store.limiter(|h| &mut h.limits);
-        store.set_epoch_deadline(1);
+        store.set_epoch_deadline(cpu::FIRST_SLICE_TICKS);
         store.epoch_deadline_callback(|store| match &store.data().meter {
             Some(meter) => meter.on_deadline(),
             None => Ok(UpdateDeadline::Yield(1)),

@@ -52,21 +52,32 @@ async fn timed_post(node: &TestNode, path: &str) -> (u16, Duration, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_function_stays_fast_beside_eight_computing_guests() {
+async fn a_quiet_function_stays_fast_beside_eight_computing_guests_or_processes() {
     let node = TestNode::start().await;
+    let functions = tempfile::tempdir().unwrap();
+    let spin = shell_function(functions.path(), "spin", SPIN);
     let t = testbed();
     node.deploy(&format!(
         "[app]\nname = \"noisy\"\n\
          [functions.spinner]\nsource = \"{t}\"\ntimeout = \"2s\"\nmax_instances = 8\nhttp = [{{ route = \"POST /spinner/loop\" }}]\n\
-         [functions.quiet]\nsource = \"{t}\"\nhttp = [{{ route = \"POST /quiet/count\" }}]\n"
+         [functions.spin-process]\nruntime = \"process\"\nsource = \"{}\"\ntimeout = \"2s\"\nmax_instances = 8\nhttp = [{{ route = \"POST /spin-process\" }}]\n\
+         [functions.quiet]\nsource = \"{t}\"\nhttp = [{{ route = \"POST /quiet/count\" }}]\n",
+        spin.display()
     ))
     .await
     .unwrap();
     assert_eq!(timed_post(&node, "/quiet/count").await.0, 200);
+    for spinner in ["/spinner/loop", "/spin-process"] {
+        quiet_beside(&node, spinner).await;
+    }
+}
 
+/// Sequential requests to `quiet` while eight requests to `spinner`
+/// compute until their timeout (2 s).
+async fn quiet_beside(node: &TestNode, spinner: &str) {
     let spinners: Vec<_> = (0..8)
         .map(|_| {
-            let (http, url) = (node.http.clone(), node.url("/spinner/loop"));
+            let (http, url) = (node.http.clone(), node.url(spinner));
             tokio::spawn(async move {
                 let started = Instant::now();
                 let status = http.post(url).send().await.unwrap().status().as_u16();
@@ -78,7 +89,7 @@ async fn a_quiet_function_stays_fast_beside_eight_computing_guests() {
     let mut latencies = Vec::new();
     let end = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < end {
-        let (status, took, _) = timed_post(&node, "/quiet/count").await;
+        let (status, took, _) = timed_post(node, "/quiet/count").await;
         assert_eq!(status, 200);
         latencies.push(took);
     }
@@ -89,15 +100,15 @@ async fn a_quiet_function_stays_fast_beside_eight_computing_guests() {
     // compute moved off the gateway's threads, it was hundreds.
     assert!(
         p99 < Duration::from_millis(100),
-        "p99 {p99:?} over {} requests",
+        "beside {spinner}: p99 {p99:?} over {} requests",
         latencies.len()
     );
     for s in spinners {
         let (status, took) = s.await.unwrap();
-        assert_eq!(status, 504, "a spinner is cut at its timeout");
+        assert_eq!(status, 504, "a spinner ({spinner}) is cut at its timeout");
         assert!(
             took < Duration::from_millis(3500),
-            "cut after {took:?}, its timeout is 2 s"
+            "{spinner} cut after {took:?}, its timeout is 2 s"
         );
     }
 }

@@ -479,3 +479,23 @@ fn publish_hook(publisher: Publisher) -> gale_process::Publish {
         crate::events::parse_for_store(headers, body).map_err(refused)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn recent_cpu_time_covers_the_last_half_minute_to_minute() {
+        let recent = Recent::default();
+        recent.record(5, 100, 10);
+        recent.record(29, 50, 300);
+        assert_eq!(recent.sums(29), (150, 310));
+        // The next period keeps the previous one beside it...
+        recent.record(31, 7, 7);
+        assert_eq!(recent.sums(40), (157, 317));
+        // ...and drops it once a newer one begins.
+        recent.record(61, 1, 2);
+        assert_eq!(recent.sums(61), (8, 9));
+        assert_eq!(recent.sums(125), (0, 0));
+    }
+}
