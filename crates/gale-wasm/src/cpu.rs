@@ -2,9 +2,9 @@
 //! used, and its `cpu` limit.
 //!
 //! A guest starts on the thread that called it (a gateway worker or a
-//! dispatcher): most invocations end within their first epoch tick and
-//! never change threads. A guest still computing when its first tick
-//! comes is moved to the *lane*, threads of its own at a lower priority
+//! dispatcher): most invocations end within their first slice (one to two
+//! epoch ticks) and never change threads. A guest still computing when its
+//! first slice ends is moved to the *lane*, threads of its own at a lower priority
 //! than the gateway's, so that accepting, parsing and answering other
 //! requests never wait behind it. On the lane guests compute in turns of
 //! a slice each, and a free turn goes to the function that has had the
@@ -185,7 +185,7 @@ pub(crate) struct Meter {
     poll_wall: AtomicU64,
     poll_cpu: AtomicU64,
     created: Instant,
-    /// Its first tick came: the poller moves it to the lane.
+    /// Its first slice ended: the poller moves it to the lane.
     moving: AtomicBool,
     on_lane: AtomicBool,
     /// The turn it computes in, while it computes on the lane.
@@ -209,7 +209,7 @@ impl Meter {
         })
     }
 
-    /// Whether its first tick has come (the poller then moves it to the lane).
+    /// Whether its first slice has ended (the poller then moves it to the lane).
     pub(crate) fn moved(&self) -> bool {
         self.moving.load(Relaxed)
     }

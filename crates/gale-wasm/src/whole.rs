@@ -38,7 +38,7 @@ pub(crate) use bindings::HttpHandlerPre;
 use bindings::exports::gale::http::handler::{Request, Response};
 
 /// Serves `request` with an instance of `prepared` through its
-/// `gale:http/handler` export; see [`crate::serve`], whose contract this
+/// `gale:http/handler` export; see [`crate::proxy::serve`], whose contract this
 /// keeps. The guest has ended when this returns: nothing streams.
 pub(crate) async fn serve<B>(
     prepared: Arc<Prepared>,
