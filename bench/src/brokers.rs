@@ -68,8 +68,7 @@ pub async fn run(messages: u32, rounds: u32, rate: u32, seconds: u32) -> Result<
 
     // Throughput: each round's stream is read by the client alone and by a
     // Gale source, in alternating order.
-    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
+    let mut nats = Rounds::default();
     let mut sources = String::new();
     for r in 1..=rounds {
         let stream = format!("{run}_{r}");
@@ -111,37 +110,14 @@ pub async fn run(messages: u32, rounds: u32, rate: u32, seconds: u32) -> Result<
                 client_side = consume(&js, &stream, messages).await?;
             }
         }
-        println!(
-            "  round {r}: Gale {:.0} msgs/s ({:.1} µs CPU each), async-nats alone {:.0} msgs/s ({:.1} µs CPU each){}",
-            gale.0,
-            gale.1,
-            client_side.0,
-            client_side.1,
-            if gale_first { ", Gale first" } else { "" }
-        );
-        ratios.push(gale.0 / client_side.0);
-        ours.push(gale.0);
-        theirs.push(client_side.0);
-        our_cpu.push(gale.1);
-        their_cpu.push(client_side.1);
+        nats.add(r, "async-nats", gale, client_side, gale_first);
     }
-    println!(
-        "NATS JetStream → durable topic events, acked     {:>9.0} msgs/s = {:.0} % of async-nats consuming and acking alone ({:.0} msgs/s); median of {rounds} rounds' ratios (goal ≥ 50 %)",
-        median(ours),
-        median(ratios) * 100.0,
-        median(theirs)
-    );
-    println!(
-        "  CPU per message: Gale node {:.1} µs, the client alone {:.1} µs",
-        median(our_cpu),
-        median(their_cpu)
-    );
+    nats.report("NATS JetStream → durable topic events, acked", "async-nats");
 
     // RabbitMQ: each round's queue is read by lapin alone and by a Gale
     // source, in alternating order.
     let (_amqp_connection, amqp) = amqp_channel().await?;
-    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
+    let mut rabbit = Rounds::default();
     for r in 1..=rounds {
         let gale_first = r % 2 == 0;
         let mut gale = (0.0, 0.0);
@@ -175,31 +151,9 @@ pub async fn run(messages: u32, rounds: u32, rate: u32, seconds: u32) -> Result<
                 client_side = amqp_consume(&queue, messages).await?;
             }
         }
-        println!(
-            "  round {r}: Gale {:.0} msgs/s ({:.1} µs CPU each), lapin alone {:.0} msgs/s ({:.1} µs CPU each){}",
-            gale.0,
-            gale.1,
-            client_side.0,
-            client_side.1,
-            if gale_first { ", Gale first" } else { "" }
-        );
-        ratios.push(gale.0 / client_side.0);
-        ours.push(gale.0);
-        theirs.push(client_side.0);
-        our_cpu.push(gale.1);
-        their_cpu.push(client_side.1);
+        rabbit.add(r, "lapin", gale, client_side, gale_first);
     }
-    println!(
-        "RabbitMQ queue → durable topic events, acked     {:>9.0} msgs/s = {:.0} % of lapin consuming and acking alone ({:.0} msgs/s); median of {rounds} rounds' ratios (goal ≥ 50 %)",
-        median(ours),
-        median(ratios) * 100.0,
-        median(theirs)
-    );
-    println!(
-        "  CPU per message: Gale node {:.1} µs, the client alone {:.1} µs",
-        median(our_cpu),
-        median(their_cpu)
-    );
+    rabbit.report("RabbitMQ queue → durable topic events, acked  ", "lapin");
 
     // Latency: a handler subscribed to the sources' topic, fed by NATS,
     // then by RabbitMQ.
@@ -479,4 +433,50 @@ async fn amqp_consume(queue: &str, n: u32) -> Result<(f64, f64)> {
     let cpu = (cpu_seconds(me) - cpu) * 1e6 / n as f64;
     conn.close(200, "done".into()).await?;
     Ok((n as f64 / secs, cpu))
+}
+
+/// One broker's throughput rounds: messages/s and µs of CPU per message,
+/// of a Gale source and of the client library alone.
+#[derive(Default)]
+struct Rounds {
+    ours: Vec<f64>,
+    theirs: Vec<f64>,
+    ratios: Vec<f64>,
+    our_cpu: Vec<f64>,
+    their_cpu: Vec<f64>,
+}
+
+impl Rounds {
+    fn add(&mut self, r: u32, client: &str, gale: (f64, f64), alone: (f64, f64), gale_first: bool) {
+        println!(
+            "  round {r}: Gale {:.0} msgs/s ({:.1} µs CPU each), {client} alone {:.0} msgs/s ({:.1} µs CPU each){}",
+            gale.0,
+            gale.1,
+            alone.0,
+            alone.1,
+            if gale_first { ", Gale first" } else { "" }
+        );
+        self.ratios.push(gale.0 / alone.0);
+        self.ours.push(gale.0);
+        self.theirs.push(alone.0);
+        self.our_cpu.push(gale.1);
+        self.their_cpu.push(alone.1);
+    }
+
+    /// The medians over the rounds (the ratio is the median of each
+    /// round's ratio, not the ratio of the medians).
+    fn report(self, what: &str, client: &str) {
+        let rounds = self.ratios.len();
+        println!(
+            "{what}     {:>9.0} msgs/s = {:.0} % of {client} consuming and acking alone ({:.0} msgs/s); median of {rounds} rounds' ratios (goal ≥ 50 %)",
+            median(self.ours),
+            median(self.ratios) * 100.0,
+            median(self.theirs)
+        );
+        println!(
+            "  CPU per message: Gale node {:.1} µs, the client alone {:.1} µs",
+            median(self.our_cpu),
+            median(self.their_cpu)
+        );
+    }
 }

@@ -17,14 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A Lambda runtime in sh that takes an invocation and computes until the
-/// node stops it.
-const SPIN: &str = r#"#!/bin/sh
-api="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
-curl -fsS -o /dev/null "$api/invocation/next"
-while :; do :; done
-"#;
-
 /// A Lambda runtime in plain Python (the standard library's HTTP client
 /// on one kept-alive connection) whose handler computes a few
 /// milliseconds per event.
@@ -49,15 +41,13 @@ pub(crate) async fn run(seconds: u32, rate: u32, saturation_seconds: u32) -> Res
     let handler = testbed.with_file_name("gale_test_handler.wasm");
     let hello = hello_wasm()?;
     let node = Node::start("600s")?;
-    let functions = node.dir.join("bench-functions");
-    for (name, script) in [("spin", SPIN), ("work", WORK)] {
-        let dir = functions.join(name);
-        std::fs::create_dir_all(&dir)?;
-        let bootstrap = dir.join("bootstrap");
-        std::fs::write(&bootstrap, script)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755))?;
-    }
+    // The spinner is the tests' (`tests/lambda/spin`); the Python handler
+    // is written here.
+    let work = node.dir.join("work");
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(work.join("bootstrap"), WORK)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(work.join("bootstrap"), std::fs::Permissions::from_mode(0o755))?;
     node.deploy(&format!(
         r#"[app]
 name = "isolation"
@@ -73,7 +63,7 @@ max_instances = 8
 http = [{{ route = "POST /spinner/loop" }}]
 [functions.spin-process]
 runtime = "process"
-source = "{f}/spin"
+source = "{s}"
 timeout = "3s"
 max_instances = 8
 http = [{{ route = "POST /spin-process" }}]
@@ -82,7 +72,7 @@ source = "{h}"
 http = [{{ route = "GET /hello" }}]
 [functions.python-handler]
 runtime = "process"
-source = "{f}/work"
+source = "{k}"
 max_instances = 4
 events = [{{ topic = "python-work", max_concurrency = 4 }}]
 [functions.wasm-handler]
@@ -91,7 +81,8 @@ max_instances = 4
 events = [{{ topic = "wasm-work", max_concurrency = 4 }}]
 "#,
         t = testbed.display(),
-        f = functions.display(),
+        k = work.display(),
+        s = crate::root().join("tests/lambda/spin").display(),
         h = hello.display(),
         w = handler.display(),
     ))?;

@@ -11,13 +11,6 @@ use gale_core::api::{FunctionInfo, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A Lambda runtime in sh that takes one invocation and computes until the
-/// node stops it.
-const SPIN: &str = "#!/bin/sh\n\
-api=\"http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime\"\n\
-curl -fsS -o /dev/null \"$api/invocation/next\"\n\
-while :; do :; done\n";
-
 /// A Lambda runtime in sh that computes a little for each event, then
 /// answers: with its two curl calls, some milliseconds of CPU per event.
 const WORK: &str = "#!/bin/sh\nset -eu\n\
@@ -54,8 +47,7 @@ async fn timed_post(node: &TestNode, path: &str) -> (u16, Duration, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_function_stays_fast_beside_eight_computing_guests_or_processes() {
     let node = TestNode::start().await;
-    let functions = tempfile::tempdir().unwrap();
-    let spin = shell_function(functions.path(), "spin", SPIN);
+    let spin = common::root().join("tests/lambda/spin");
     let t = testbed();
     node.deploy(&format!(
         "[app]\nname = \"noisy\"\n\
@@ -157,8 +149,7 @@ async fn busy_guests_of_one_function_share_one_part_of_the_cpu() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_limit_cuts_an_invocation_like_a_timeout() {
     let node = TestNode::start().await;
-    let functions = tempfile::tempdir().unwrap();
-    let spin = shell_function(functions.path(), "spin", SPIN);
+    let spin = common::root().join("tests/lambda/spin");
     let t = testbed();
     node.deploy(&format!(
         "[app]\nname = \"capped\"\n\

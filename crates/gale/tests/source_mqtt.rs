@@ -296,15 +296,7 @@ topic = "t"
     let got = node.wait_topic_events("t", 1, Duration::from_secs(10)).await;
     assert!(got.iter().any(|e| e["data"] == "hi"), "{got:?}");
     // The schedule next to them fires on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = node.source("clock").await.unwrap();
-        if s.state == "running" && s.published >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_firing("clock").await;
     // Bad settings are refused at deploy, naming the key.
     for (settings, key) in [
         (

@@ -239,15 +239,7 @@ topic = "t"
     );
     assert!(e.contains("nats stream add"), "{e}");
     // The schedule next to them fires on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = node.source("clock").await.unwrap();
-        if s.state == "running" && s.published >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_firing("clock").await;
 
     // A bad url or subject is refused at deploy, naming the key.
     for (settings, key) in [

@@ -391,15 +391,7 @@ topic = "t"
         "{e}"
     );
     // The schedule next to them fires on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = node.source("clock").await.unwrap();
-        if s.state == "running" && s.published >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_firing("clock").await;
     // A bad url or setting is refused at deploy, naming the key.
     for (settings, key) in [
         ("url = \"http://127.0.0.1:6379\"\nstream = \"s\"", "sources.q.url"),

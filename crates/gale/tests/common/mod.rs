@@ -211,6 +211,20 @@ impl TestNode {
         }
     }
 
+    /// Waits until source `name` runs and has published twice: a schedule
+    /// beside failing sources still fires.
+    pub async fn wait_firing(&self, name: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.source(name).await.unwrap();
+            if s.state == "running" && s.published >= 2 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a source failed, and returns its last error.
     pub async fn wait_failure(&self, name: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
