@@ -398,6 +398,12 @@ async fn a_restarted_broker_is_reconnected_to_and_nothing_is_lost() {
     })
     .await
     .unwrap();
+    // A broker killed right after a declare may come back without the
+    // queue (its metadata was not yet on disk): declare it again, as an
+    // operator would, before publishing the rest.
+    let (conn, ch) = client(&broker.url()).await;
+    declare(&ch, "orders", false).await;
+    let _ = conn.close(200, "ok".into()).await;
     send(100, 200).await;
     let got = node
         .wait_topic_events("orders", 200, Duration::from_secs(90))
