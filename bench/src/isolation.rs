@@ -17,22 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A Lambda runtime in plain Python (the standard library's HTTP client
-/// on one kept-alive connection) whose handler computes a few
-/// milliseconds per event.
-const WORK: &str = r#"#!/usr/bin/env python3
-import http.client, os
-api = http.client.HTTPConnection(os.environ["AWS_LAMBDA_RUNTIME_API"])
-while True:
-    api.request("GET", "/2018-06-01/runtime/invocation/next")
-    answer = api.getresponse()
-    answer.read()
-    request_id = answer.getheader("Lambda-Runtime-Aws-Request-Id")
-    total = sum(i * i for i in range(40000))
-    api.request("POST", f"/2018-06-01/runtime/invocation/{request_id}/response", body=b"{}")
-    api.getresponse().read()
-"#;
-
 /// Rounds of the wasm handler's `work` events: a few ms of computing each.
 const WASM_WORK_ROUNDS: u64 = 3_000_000;
 
@@ -41,13 +25,7 @@ pub(crate) async fn run(seconds: u32, rate: u32, saturation_seconds: u32) -> Res
     let handler = testbed.with_file_name("gale_test_handler.wasm");
     let hello = hello_wasm()?;
     let node = Node::start("600s")?;
-    // The spinner is the tests' (`tests/lambda/spin`); the Python handler
-    // is written here.
-    let work = node.dir.join("work");
-    std::fs::create_dir_all(&work)?;
-    std::fs::write(work.join("bootstrap"), WORK)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(work.join("bootstrap"), std::fs::Permissions::from_mode(0o755))?;
+    // The spinner and the Python handler are the tests' (`tests/lambda`).
     node.deploy(&format!(
         r#"[app]
 name = "isolation"
@@ -81,7 +59,7 @@ max_instances = 4
 events = [{{ topic = "wasm-work", max_concurrency = 4 }}]
 "#,
         t = testbed.display(),
-        k = work.display(),
+        k = crate::root().join("tests/lambda/work").display(),
         s = crate::root().join("tests/lambda/spin").display(),
         h = hello.display(),
         w = handler.display(),
