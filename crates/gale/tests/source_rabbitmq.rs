@@ -398,8 +398,8 @@ async fn a_restarted_broker_is_reconnected_to_and_nothing_is_lost() {
     })
     .await
     .unwrap();
-    // A broker killed right after a declare may come back without the
-    // queue (its metadata was not yet on disk): declare it again, as an
+    // A broker killed with SIGKILL may come back without a queue declared
+    // shortly before (not yet on its disk): declare it again, as an
     // operator would, before publishing the rest.
     let (conn, ch) = client(&broker.url()).await;
     declare(&ch, "orders", false).await;
