@@ -17,7 +17,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use gale_core::api::{InvocationLog, TopicInfo};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Begins a transaction that will write, holding the write lock from the
+/// start. Metadata and logs are two connections on one file: a deferred
+/// transaction that reads and then writes fails at once ("database is
+/// locked") when the other connection committed in between, since waiting
+/// cannot refresh what it read; an immediate one waits its turn instead
+/// (`busy_timeout`).
+fn write_tx(c: &mut Connection) -> Result<Transaction<'_>> {
+    c.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(engine_err)
 }
 
 fn engine_err(e: rusqlite::Error) -> StoreError {
@@ -248,7 +259,7 @@ impl Metadata for Embedded {
         let revision = self
             .with_meta(move |c| {
                 let key = owned;
-                let tx = c.transaction().map_err(engine_err)?;
+                let tx = write_tx(c)?;
                 let current = current_revision(&tx, &key)?;
                 check(expect, current, &key)?;
                 let revision = current.unwrap_or(0) + 1;
@@ -274,7 +285,7 @@ impl Metadata for Embedded {
         let existed = self
             .with_meta(move |c| {
                 let key = owned;
-                let tx = c.transaction().map_err(engine_err)?;
+                let tx = write_tx(c)?;
                 check(expect, current_revision(&tx, &key)?, &key)?;
                 let n = tx
                     .execute("DELETE FROM kv WHERE key = ?1", [&key])

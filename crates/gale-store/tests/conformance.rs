@@ -123,3 +123,30 @@ async fn embedded_topics_survive_reopen_with_attempt_counts() {
     // Dedup memory survives too.
     assert!(store.publish("t", vec![event("a", None)]).await.unwrap()[0].duplicate);
 }
+
+/// Metadata and invocation logs share one database file through two
+/// connections: a deploy's writes beside a stream of log appends (and a
+/// prune) wait for each other, and none fails as "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_metadata_writes_beside_log_appends_never_fail() {
+    let (_dir, store) = embedded();
+    let logs = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..1000 {
+                store.append(vec![log("f", i)]).await.unwrap();
+                if i % 100 == 0 {
+                    store.prune(i, 1, 1000).await.unwrap();
+                }
+            }
+        })
+    };
+    for i in 0..1000u64 {
+        let key = format!("functions/f{}", i % 10);
+        store.put(&key, vec![1], Expect::Any).await.unwrap();
+        if i % 50 == 0 {
+            store.delete(&key, Expect::Any).await.unwrap();
+        }
+    }
+    logs.await.unwrap();
+}

@@ -19,7 +19,7 @@ use crate::{Result, StoreError};
 use gale_core::api::{InvocationLog, Outcome};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::engine_err;
+use super::{engine_err, write_tx};
 
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Engine(format!("log record encoding: {e}"))
@@ -239,7 +239,7 @@ fn decode(function: &str, last_seq: i64, json: &str) -> Vec<Packed> {
 
 /// Stores `records` numbered from the stored counter.
 pub(super) fn append(c: &mut Connection, records: Vec<InvocationLog>) -> Result<()> {
-    let tx = c.transaction().map_err(engine_err)?;
+    let tx = write_tx(c)?;
     write(&tx, records, true)?;
     tx.commit().map_err(engine_err)
 }
@@ -316,7 +316,7 @@ pub(super) fn query(
 /// Drops records started before `cutoff_ms` and all but the newest `keep`
 /// of each function; returns how many records went.
 pub(super) fn prune(c: &mut Connection, cutoff_ms: u64, keep: usize) -> Result<u64> {
-    let tx = c.transaction().map_err(engine_err)?;
+    let tx = write_tx(c)?;
     let cutoff = cutoff_ms as i64;
     let mut removed = tx
         .query_row(
@@ -405,7 +405,7 @@ pub(super) fn prune(c: &mut Connection, cutoff_ms: u64, keep: usize) -> Result<u
 /// per record) into batch rows, keeping their sequence numbers, then drops
 /// the old table, all in one transaction.
 pub(super) fn migrate(c: &mut Connection) -> Result<()> {
-    let tx = c.transaction().map_err(engine_err)?;
+    let tx = write_tx(c)?;
     let exists = tx
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'invocations'",
