@@ -1,7 +1,7 @@
 //! The embedded backend against the conformance suite
 //! (`gale_store::conformance`), plus what only the embedded backend
 //! promises: its data directory survives a reopen, is locked while open,
-//! and migrates older layouts.
+//! migrates older layouts, and takes metadata and log writes at once.
 
 use gale_store::conformance::{self, DAY, event, ids, log};
 use gale_store::{Embedded, Expect, InvocationLogs, Metadata, StoreError, Stores, Topics};
