@@ -119,7 +119,11 @@ events = [{{ topic = "wasm-work", max_concurrency = 4 }}]
     let published = publishing.await??;
     let after = handled(&admin).await?;
     println!();
-    println!("delivery share: 25 % (the default)");
+    // The node inherits the environment: GALE_DELIVERY_SHARE sets its share.
+    match std::env::var("GALE_DELIVERY_SHARE") {
+        Ok(share) => println!("delivery share: {share} % (GALE_DELIVERY_SHARE)"),
+        Err(_) => println!("delivery share: 25 % (the default)"),
+    }
     println!(
         "| HTTP alone (req/s) | HTTP with the event streams (req/s) | HTTP lost | handler | published | handled in the window | lag left |"
     );
