@@ -3,13 +3,14 @@
 //!
 //! A guest starts on the thread that called it (a gateway worker or a
 //! dispatcher): most invocations end within their first slice (one to two
-//! epoch ticks) and never change threads. A guest still computing when its
-//! first slice ends is moved to the *lane*, threads of its own at a lower priority
-//! than the gateway's, so that accepting, parsing and answering other
-//! requests never wait behind it. On the lane guests compute in turns of
-//! a slice each, and a free turn goes to the function that has had the
-//! fewest: eight busy instances of one function share one function's part
-//! of the lane, as one instance of another function gets one part.
+//! epoch ticks) and never change threads. A guest still computing when
+//! its first slice ends is moved to the *lane*, threads of its own at a
+//! lower priority than the gateway's, so that accepting, parsing and
+//! answering other requests never wait behind it. On the lane guests
+//! compute in turns of a slice each, and a free turn goes to the function
+//! that has had the fewest: eight busy instances of one function share one
+//! function's part of the lane, as one instance of another function gets
+//! one part.
 //!
 //! Each invocation is metered per poll (the guest's code and the host's
 //! work on its behalf), and its limit is checked at every tick while it
